@@ -1,0 +1,28 @@
+"""Profiles: YAML files with one section per stage (``sft:``, ``reward:``, ``dpo:``, ``ppo:`` ...).
+
+Built-in profiles live in ``alignlab/configs/``: ``default`` (SmolLM2-135M-Instruct with LoRA on
+the demo data, minutes on a laptop CPU) and ``tiny`` (a random tiny model, seconds: smoke tests).
+A profile may also be a path to your own YAML file of the same shape.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from alignlab.errors import ConfigError
+
+
+def builtin_profiles() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("alignlab.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name: str) -> dict:
+    from alignlab.config import read_yaml
+
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return read_yaml(path)
+    if name not in builtin_profiles():
+        raise ConfigError(f"unknown profile '{name}': built-in profiles are {', '.join(builtin_profiles())}, or give a YAML file")
+    with resources.as_file(resources.files("alignlab.configs") / f"{name}.yaml") as p:
+        return read_yaml(p)

@@ -1,0 +1,80 @@
+"""Sampling responses: the generation-engine interface and its transformers implementation.
+
+An engine turns a batch of tokenised prompts into responses. :class:`TransformersEngine` uses
+``model.generate`` with a KV cache and left padding; a vLLM engine (for GPUs) plugs in behind the
+same two methods. Each result keeps the response token ids (ending at EOS when one was produced)
+and whether the response finished with EOS or hit ``max_new_tokens``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from alignlab.data.collate import left_pad
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.7
+    """Logits are divided by this before sampling (0 means greedy)."""
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    text: str
+    finished: bool  # ended with EOS (False: cut at max_new_tokens)
+    meta: dict = field(default_factory=dict)
+
+
+class TransformersEngine:
+    """Batched sampling with ``model.generate`` (KV cache, left padding, stop at EOS)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def sync_weights(self) -> None:
+        """Nothing to do: this engine samples from the training model itself."""
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        out: list[Generation] = []
+        model = self.model
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
+        generator_state = None
+        if params.seed is not None:
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(params.seed)
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                chunk = prompts[start : start + self.batch_size]
+                ids, attn = left_pad(chunk, pad)
+                kwargs = dict(max_new_tokens=params.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
+                if params.temperature > 0:
+                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+                else:
+                    kwargs.update(do_sample=False)
+                seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+                new = seqs[:, ids.shape[1] :].tolist()
+                for prompt, toks in zip(chunk, new):
+                    if eos in toks:
+                        toks = toks[: toks.index(eos) + 1]
+                        finished = True
+                    else:
+                        finished = False
+                    text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                    out.append(Generation(list(prompt), toks, text, finished))
+        finally:
+            if generator_state is not None:
+                torch.random.set_rng_state(generator_state)
+            model.train(was_training)
+        return out

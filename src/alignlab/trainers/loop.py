@@ -1,0 +1,259 @@
+"""The shared training loop: every stage trains through :func:`fit` (or its parts).
+
+A stage supplies three things: the items (tokenised examples, pairs, ...), ``make_batch`` to
+collate a list of items, and ``step_fn(batch) -> (loss, stats)`` for one micro-batch. The loop
+owns everything else: AdamW, warmup + cosine/linear decay, gradient accumulation, clipping, the
+non-finite guard, a deterministic data order, periodic evaluation, atomic checkpoints, exact
+resume, the progress bar and the metrics file.
+
+Reductions: each micro-batch's loss is the stage's own mean (its docstring says per token or per
+sequence); with accumulation the optimizer sees the mean of the ``grad_accum`` micro-batch losses.
+
+Exact resume: the data order is a pure function of (seed, micro-batch index); the checkpoint holds
+weights, optimizer, scheduler, RNG states, the micro-batch position and each stage's extra state,
+so N steps + resume + N steps equals 2N steps straight.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from alignlab.errors import NumericalError
+from alignlab.trainers import checkpoint as ckpt
+from alignlab.trainers.run import MetricsLog, RunDir
+
+
+# ----------------------------------------------------------------------------- parts
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """AdamW over ``params`` (no weight decay on biases and norms)."""
+    params = [p for p in params if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+
+
+def lr_factor(step: int, *, warmup: int, total: int, kind: str) -> float:
+    """Multiplier of the peak LR at optimizer step ``step``: linear warmup, then decay to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer, cfg, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=total_steps, kind=cfg.scheduler)
+    )
+
+
+class DataOrder:
+    """Micro-batch ``k`` of a shuffled, epoch-by-epoch pass: a pure function of (seed, k)."""
+
+    def __init__(self, n_items: int, batch_size: int, seed: int):
+        if n_items == 0:
+            raise NumericalError("no training examples to train on (the data set is empty after loading)")
+        self.n, self.batch_size, self.seed = n_items, min(batch_size, n_items), seed
+        self.per_epoch = math.ceil(self.n / self.batch_size)
+        self._cache: tuple[int, list[int]] | None = None
+
+    def _perm(self, epoch: int) -> list[int]:
+        if self._cache is None or self._cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = (epoch, torch.randperm(self.n, generator=g).tolist())
+        return self._cache[1]
+
+    def batch(self, k: int) -> list[int]:
+        epoch, i = divmod(k, self.per_epoch)
+        return self._perm(epoch)[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+def grad_norm(params) -> torch.Tensor:
+    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    return torch.stack(grads).norm() if grads else torch.zeros(())
+
+
+class NonFiniteGuard:
+    """Counts consecutive steps with a non-finite loss or gradient; halts after ``limit``."""
+
+    def __init__(self, limit: int):
+        self.limit, self.in_a_row, self.total = limit, 0, 0
+
+    def bad(self) -> bool:
+        self.in_a_row += 1
+        self.total += 1
+        return self.in_a_row >= self.limit
+
+    def good(self) -> None:
+        self.in_a_row = 0
+
+
+def _mean_stats(acc: list[dict]) -> dict:
+    out: dict[str, float] = {}
+    for key in acc[0]:
+        vals = [float(s[key]) for s in acc if key in s]
+        out[key] = sum(vals) / len(vals)
+    return out
+
+
+def progress_bar(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True, unit="step")
+
+
+# ----------------------------------------------------------------------------- fit
+@dataclass
+class FitResult:
+    step: int
+    train_stats: dict = field(default_factory=dict)
+    eval_stats: dict = field(default_factory=dict)
+    resumed_from: str | None = None
+    skipped_steps: int = 0
+    finished: bool = True  # False when stopped early by ``stop_after``
+
+
+def fit(
+    *,
+    cfg,
+    run: RunDir,
+    model,
+    items: list,
+    make_batch: Callable[[list], dict],
+    step_fn: Callable[[dict], tuple[torch.Tensor, dict]],
+    save_model: Callable[[Any], None],
+    load_model: Callable[[Any], None],
+    eval_fn: Callable[[], dict] | None = None,
+    extra_state: dict | None = None,
+    params=None,
+    stop_after: int | None = None,
+) -> FitResult:
+    """Train until ``cfg.max_steps`` (or ``cfg.epochs``); see the module docstring.
+
+    ``extra_state`` maps names to objects with ``state_dict``/``load_state_dict`` saved in every
+    checkpoint. ``stop_after`` ends early after that optimizer step, as if the process were killed
+    right after it (for resume tests).
+    """
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    order = DataOrder(len(items), cfg.batch_size, cfg.seed)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * order.per_epoch / cfg.grad_accum))
+    optimizer = make_optimizer(params, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total)
+    extra_state = extra_state or {}
+
+    step, micro, resumed_from = 0, 0, None
+    torch.manual_seed(cfg.seed + 1)  # dropout and any sampling inside steps
+    if cfg.resume:
+        removed = ckpt.clean_partial(run.ckpt_dir)
+        for r in removed:
+            run.log.warning("removed a partial checkpoint left by a crash: %s", r)
+        latest = ckpt.latest_complete(run.ckpt_dir)
+        if latest is not None:
+            state, extra = ckpt.load_checkpoint(latest, load_model=load_model, optimizer=optimizer, scheduler=scheduler)
+            for name, obj in extra_state.items():
+                if name in extra:
+                    obj.load_state_dict(extra[name])
+            step, micro, resumed_from = state["step"], state["micro"], str(latest)
+            run.log.info("resumed from %s (step %d)", latest, step)
+        else:
+            run.log.info("resume asked but no complete checkpoint found; starting from step 0")
+    metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
+    guard = NonFiniteGuard(cfg.max_bad_steps)
+
+    def save(at_step: int) -> None:
+        ckpt.save_checkpoint(
+            run.ckpt_dir,
+            at_step,
+            save_model=save_model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra={k: v.state_dict() for k, v in extra_state.items()},
+            state={"micro": micro, "total_steps": total},
+            keep_last=cfg.keep_last,
+        )
+
+    def evaluate() -> dict:
+        if eval_fn is None:
+            return {}
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            stats = eval_fn()
+        model.train(was_training)
+        metrics.write(step, "eval", stats)
+        run.log.info("eval at step %d: %s", step, _fmt(stats))
+        return stats
+
+    model.train()
+    bar = progress_bar(total, step, cfg.progress, run.stage)
+    train_stats: dict = {}
+    eval_stats: dict = {}
+    tokens_seen, t0 = 0, time.perf_counter()
+    try:
+        while step < total:
+            acc, finite, wheres = [], True, []
+            for _ in range(cfg.grad_accum):
+                batch = make_batch([items[i] for i in order.batch(micro)])
+                micro += 1
+                wheres.extend(batch.get("where", []))
+                loss, stats = step_fn(batch)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                (loss / cfg.grad_accum).backward()
+                tokens_seen += int(batch.get("n_tokens", 0))
+                acc.append({"loss": loss.detach(), **stats})
+            norm = grad_norm(params) if finite else torch.tensor(float("nan"))
+            if finite and cfg.max_grad_norm > 0 and torch.isfinite(norm):
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            if finite and torch.isfinite(norm):
+                optimizer.step()
+                guard.good()
+            else:
+                run.log.warning("step %d: non-finite loss or gradient; step skipped; batch: %s", step + 1, ", ".join(wheres[:16]))
+                if guard.bad():
+                    optimizer.zero_grad(set_to_none=True)
+                    save(step)
+                    raise NumericalError(
+                        f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (last batch: "
+                        f"{', '.join(wheres[:4])}); halted. The last good state is saved in {run.ckpt_dir}; "
+                        "lower train.lr, check the data, then resume"
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            if acc:
+                train_stats = _mean_stats(acc)
+            elapsed = time.perf_counter() - t0
+            train_stats.update({"lr": lr, "grad_norm": float(norm), "tokens_per_s": tokens_seen / max(elapsed, 1e-9)})
+            if step % cfg.log_every == 0 or step == total:
+                metrics.write(step, "train", train_stats)
+            bar.set_postfix(loss=f"{train_stats.get('loss', float('nan')):.4f}", tok_s=f"{train_stats['tokens_per_s']:.0f}")
+            bar.update(1)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                eval_stats = evaluate()
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                save(step)
+            if stop_after is not None and step >= stop_after:
+                return FitResult(step, train_stats, eval_stats, resumed_from, guard.total, finished=False)
+        eval_stats = evaluate()
+        save(step)
+    finally:
+        bar.close()
+        metrics.close()
+    run.log.info("finished at step %d: %s", step, _fmt(train_stats))
+    return FitResult(step, train_stats, eval_stats, resumed_from, guard.total)
+
+
+def _fmt(stats: dict) -> str:
+    return ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items())
