@@ -141,8 +141,11 @@ def smollm2_dir(progress: bool = True) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # Dequantised to float32 on load: a plain model now, so drop the quantisation markers.
         if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config  # dequantised to float: a plain model now
+            del model.config.quantization_config
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / ".complete").write_text(f"{gguf}\n", encoding="utf-8")

@@ -123,6 +123,8 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically and prune old ones. Raises CheckpointError on I/O failure."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir / step_name(step)
+    if (final / MARKER).is_file():  # this step is already saved: never delete a good checkpoint to rewrite it
+        return final
     tmp = ckpt_dir / f".tmp-{step_name(step)}-{os.getpid()}"
     try:
         if tmp.exists():
@@ -142,7 +144,7 @@ def save_checkpoint(
             json.dump(meta, fh, indent=1, default=str)
         (tmp / MARKER).write_text(f"{step}\n", encoding="utf-8")
         fsync_tree(tmp)
-        if final.exists():  # same step saved again (e.g. final save after a periodic one)
+        if final.exists():  # an incomplete folder of this step (no marker): not a checkpoint
             shutil.rmtree(final)
         os.replace(tmp, final)
         fsync_dir(ckpt_dir)

@@ -215,23 +215,24 @@ def fit(
             norm = grad_norm(params) if finite else torch.tensor(float("nan"))
             if finite and cfg.max_grad_norm > 0 and torch.isfinite(norm):
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            halt = False
             if finite and torch.isfinite(norm):
                 optimizer.step()
                 guard.good()
             else:
                 run.log.warning("step %d: non-finite loss or gradient; step skipped; batch: %s", step + 1, ", ".join(wheres[:16]))
-                if guard.bad():
-                    optimizer.zero_grad(set_to_none=True)
-                    save(step)
-                    raise NumericalError(
-                        f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (last batch: "
-                        f"{', '.join(wheres[:4])}); halted. The last good state is saved in {run.ckpt_dir}; "
-                        "lower train.lr, check the data, then resume"
-                    )
+                halt = guard.bad()
             optimizer.zero_grad(set_to_none=True)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             step += 1
+            if halt:  # the weights are those of the last good step: save them, then stop
+                save(step)
+                raise NumericalError(
+                    f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (last batch: "
+                    f"{', '.join(wheres[:4])}); halted. The last good state is saved in {run.ckpt_dir}; "
+                    "lower train.lr, check the data, then resume"
+                )
             if acc:
                 train_stats = _mean_stats(acc)
             elapsed = time.perf_counter() - t0

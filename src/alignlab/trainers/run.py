@@ -59,10 +59,18 @@ class RunDir:
     def is_complete(self) -> bool:
         return (self.path / STAGE_MARKER).is_file()
 
+    def has_progress(self) -> bool:
+        """True once training wrote anything worth keeping (metrics, checkpoints, a final model)."""
+        return (
+            self.is_complete()
+            or (self.metrics_path.is_file() and self.metrics_path.stat().st_size > 0)
+            or (self.ckpt_dir.is_dir() and any(self.ckpt_dir.iterdir()))
+        )
+
     def prepare(self, cfg, *, resume: bool) -> None:
         """Create the folder and write config.yaml; on resume, refuse a different config."""
         saved = self.path / "config.yaml"
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.has_progress():
             if not resume:
                 raise ConfigError(
                     f"{self.path} already holds a run: pass --resume to continue it, or choose another "
