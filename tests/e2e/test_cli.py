@@ -1,0 +1,77 @@
+"""The command line, as a user runs it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def alignlab(*args, cwd, timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "alignlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_lists_stages_and_every_setting(tmp_path):
+    top = alignlab("--help", cwd=tmp_path)
+    assert top.returncode == 0 and "sft" in top.stdout and "run" in top.stdout and "generate" in top.stdout
+    sft = alignlab("sft", "--help", cwd=tmp_path)
+    assert sft.returncode == 0
+    assert "train.lr = 0.0002" in sft.stdout and "model.lora.r" in sft.stdout and "peak learning rate" in sft.stdout
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["sft", "--profile", "tiny", "train.lrr=1"], "unknown key 'train.lrr'; did you mean 'train.lr'?"),
+        (["sft", "--profile", "nope"], "unknown profile 'nope'"),
+        (["sft", "--profile", "tiny", "data.train=missing.jsonl"], "missing.jsonl"),
+        (["sft", "--profile", "tiny", "model.name_or_path=./no/model"], "model folder not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, args, expected):
+    r = alignlab(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("alignlab: error:"), r.stderr
+    assert expected in lines[0]
+
+
+def test_bad_data_line_is_named(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": 3}\n')
+    r = alignlab("sft", "--profile", "tiny", f"data.train={data}", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "d.jsonl:2" in r.stderr and "response" in r.stderr
+
+
+@pytest.mark.slow
+def test_run_tiny_profile_end_to_end_then_skip_then_generate(tmp_path):
+    r = alignlab("run", "--profile", "tiny", "train.max_steps=6", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stage = tmp_path / "runs" / "tiny" / "sft"
+    for name in ("config.yaml", "metrics.jsonl", "log.txt", "COMPLETE", "samples.jsonl", "final/config.json"):
+        assert (stage / name).exists(), name
+    summary = json.loads((stage / "COMPLETE").read_text())
+    assert summary["steps"] == 6
+    again = alignlab("run", "--profile", "tiny", "train.max_steps=6", cwd=tmp_path)
+    assert again.returncode == 0 and "is complete; skipping" in again.stdout
+    gen = alignlab("generate", "--model", str(stage / "final"), "--prompt", "Hi", "--max-new-tokens", "5", cwd=tmp_path)
+    assert gen.returncode == 0 and gen.stdout.startswith("> Hi"), gen.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_interrupted_stage_is_resumed_by_run(tmp_path):
+    """`alignlab run` continues a stage whose folder exists but is not complete."""
+    from alignlab.config import SFTConfig, load_config
+    from alignlab.profiles import load_profile
+    from alignlab.trainers.sft import train_sft
+
+    os.chdir(tmp_path)
+    cfg = load_config(SFTConfig, None, ["train.max_steps=6", "train.save_every=3", "train.progress=false"], base=load_profile("tiny")["sft"])
+    train_sft(cfg, stop_after=3)
+    r = alignlab("run", "--profile", "tiny", "train.max_steps=6", "train.save_every=3", "train.progress=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (tmp_path / "runs" / "tiny" / "sft" / "log.txt").read_text()
+    assert "resumed from" in log and "step-00000003" in log
