@@ -64,3 +64,13 @@ def test_resume_refuses_a_different_config(tiny_sft_config):
         train_sft(tiny_sft_config())
     with pytest.raises(CheckpointError, match="train.lr"):
         train_sft(tiny_sft_config(**{"train.resume": True, "train.lr": 1e-2}))
+
+
+def test_keep_last_and_tensorboard(tiny_sft_config):
+    from pathlib import Path
+
+    summary = train_sft(tiny_sft_config(**{"train.max_steps": 5, "train.save_every": 1, "train.keep_last": 2, "train.tensorboard": True}))
+    ckpts = sorted(p.name for p in (Path(summary["run_dir"]) / "checkpoints").iterdir())
+    assert ckpts == ["step-00000004", "step-00000005"]
+    events = list((Path(summary["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
