@@ -25,11 +25,22 @@ class Stage:
     config: str  # "module:Class"
     train: str  # "module:function"
     help: str
+    flags: tuple[str, ...] = ()  # config keys also offered as --flags (e.g. dpo's --loss)
 
 
 STAGES: dict[str, Stage] = {
     "sft": Stage("alignlab.config:SFTConfig", "alignlab.trainers.sft:train_sft", "supervised fine-tuning (loss on response tokens only)"),
 }
+STAGES["reward"] = Stage(
+    "alignlab.config:RewardConfig", "alignlab.trainers.reward:train_reward", "reward model (scalar head) from preferences or rankings", ("loss",)
+)
+STAGES["dpo"] = Stage(
+    "alignlab.config:DPOConfig", "alignlab.trainers.dpo:train_dpo", "direct preference methods: dpo, cdpo, ipo, hinge, robust, kto, orpo, simpo", ("loss",)
+)
+STAGES["ppo"] = Stage("alignlab.config:PPOConfig", "alignlab.trainers.ppo:train_ppo", "PPO with a KL penalty against the reference, from a reward source")
+STAGES["rloo"] = Stage("alignlab.config:RLOOConfig", "alignlab.trainers.group:train_rloo", "RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt")
+STAGES["grpo"] = Stage("alignlab.config:GRPOConfig", "alignlab.trainers.group:train_grpo", "GRPO / Dr. GRPO: group-normalised advantages, KL to the reference in the loss")
+STAGES["best-of-n"] = Stage("alignlab.config:BestOfNConfig", "alignlab.trainers.best_of_n:run_best_of_n", "best-of-n sampling by reward (inference only; reports its analytic KL)")
 
 # The stages `alignlab run` runs, in order, when present in the profile.
 PIPELINE = ("sft",)
@@ -73,6 +84,8 @@ def _stage_parser(sub, name: str, stage: Stage):
     p.add_argument("--profile", default=None, help="built-in profile to start from: default (SmolLM2 + LoRA) or tiny")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of this run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. train.lr=1e-4 lora.enabled=true")
+    for key in stage.flags:
+        p.add_argument(f"--{key.replace('.', '-').replace('_', '-')}", dest=f"flag_{key}", default=None, metavar="VALUE", help=f"same as {key}=VALUE")
     return p
 
 
@@ -81,6 +94,8 @@ def build_config(stage: str, args) -> object:
 
     cls = _resolve(STAGES[stage].config)
     overrides = list(args.overrides)
+    flagged = [f"{k}={getattr(args, f'flag_{k}')}" for k in STAGES[stage].flags if getattr(args, f"flag_{k}", None) is not None]
+    overrides = flagged + overrides  # an explicit key=value wins over its --flag
     if getattr(args, "resume", False):
         overrides.append("train.resume=true")
     return load_config(cls, args.config, overrides, base=profile_section(args.profile, stage))
@@ -151,6 +166,14 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    from alignlab.trainers.reward import score_file
+
+    summary = score_file(args.model, args.data, args.out, kind=args.kind, batch_size=args.batch_size, device=args.device)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignlab",
@@ -173,6 +196,13 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=0.9)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
+    score = sub.add_parser("score", help="score a data file with a trained reward model (one JSON line per record)")
+    score.add_argument("--model", required=True, help="a reward model folder (a reward run's final/)")
+    score.add_argument("--data", required=True, help="records: preference (chosen/rejected), ranking, or prompt + response")
+    score.add_argument("--out", required=True, help="JSONL file to write")
+    score.add_argument("--kind", default="auto", choices=("auto", "preference", "ranking", "sft"), help="data kind (auto: from the first row)")
+    score.add_argument("--batch-size", type=int, default=16)
+    score.add_argument("--device", default="auto")
     return parser
 
 
@@ -187,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "score":
+            return cmd_score(args)
         return cmd_stage(args.command, args)
     except AlignlabError as e:
         print(f"alignlab: error: {e}", file=sys.stderr)

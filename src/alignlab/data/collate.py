@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.data.tokenize import IGNORE, Example
+from alignlab.data.tokenize import IGNORE, Example, PairExample, RankedExample
 
 
 def pad_examples(examples: list[Example], pad_id: int, *, side: str = "right") -> dict:
@@ -83,3 +83,44 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
         attn[i, width - len(s) :] = 1
     return ids, attn
+
+
+# ----------------------------------------------------------------------------- preference batches
+def collate_pairs(pairs: list[PairExample], pad_id: int) -> dict:
+    """B pairs -> one right-padded batch of 2B rows: chosen rows ``0..B-1``, then rejected rows ``B..2B-1``.
+
+    One forward pass of the policy then gives both sides: ``seq_logps[:B]`` are chosen,
+    ``seq_logps[B:]`` rejected. Keys as :func:`pad_examples` (shapes (2B, T) and (2B, T-1)) plus
+    ``n_pairs`` = B; ``where`` has one entry per pair.
+    """
+    batch = pad_examples([p.chosen() for p in pairs] + [p.rejected() for p in pairs], pad_id)
+    batch["where"] = [p.where for p in pairs]
+    batch["n_pairs"] = len(pairs)
+    return batch
+
+
+def collate_rankings(groups: list[RankedExample], pad_id: int) -> dict:
+    """Ranked groups -> one right-padded batch of sum(K_i) rows, group after group.
+
+    ``group_sizes`` lists each K_i (groups may differ in K) and ``ranks`` each group's ranks, so a
+    listwise loss can cut the per-row rewards back into (n, K) blocks.
+    """
+    batch = pad_examples([e for g in groups for e in g.examples()], pad_id)
+    batch["where"] = [g.where for g in groups]
+    batch["group_sizes"] = [len(g.responses_ids) for g in groups]
+    batch["ranks"] = [list(g.ranks) for g in groups]
+    return batch
+
+
+def collate_unpaired(examples: list[Example], pad_id: int, mismatched: list[Example] | None = None) -> dict:
+    """KTO examples -> rows ``0..B-1`` the examples, then (if given) rows ``B..2B-1`` their mismatched
+    (prompt_i, response_j) pairs, all in one right-padded batch.
+
+    ``desirable`` is a (B,) bool tensor from ``meta["desirable"]``; ``n_examples`` = B.
+    """
+    rows = list(examples) + list(mismatched or [])
+    batch = pad_examples(rows, pad_id)
+    batch["where"] = [e.where for e in examples]
+    batch["desirable"] = torch.tensor([bool(e.meta["desirable"]) for e in examples], dtype=torch.bool)
+    batch["n_examples"] = len(examples)
+    return batch

@@ -109,3 +109,127 @@ def pack(examples: list[Example], max_length: int) -> list[list[Example]]:
     if current:
         groups.append(current)
     return groups
+
+
+# ----------------------------------------------------------------------------- preference data
+@dataclass
+class PairExample:
+    """One tokenised comparison: ``prompt_ids + chosen_ids`` is preferred to ``prompt_ids + rejected_ids``.
+
+    The prompt is cut once; both responses are then cut to the same budget
+    ``max_length - len(prompt_ids)``, so neither side gets more context than the other.
+    """
+
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    where: str = ""
+
+    def chosen(self) -> Example:
+        return Example(self.prompt_ids, self.chosen_ids, self.where)
+
+    def rejected(self) -> Example:
+        return Example(self.prompt_ids, self.rejected_ids, self.where)
+
+
+@dataclass
+class RankedExample:
+    """K ≥ 2 tokenised responses to one prompt; ``ranks[i]`` is the rank of ``responses_ids[i]`` (1 = best)."""
+
+    prompt_ids: list[int]
+    responses_ids: list[list[int]]
+    ranks: list[int]
+    where: str = ""
+
+    def examples(self) -> list[Example]:
+        return [Example(self.prompt_ids, r, self.where) for r in self.responses_ids]
+
+
+def _fit_responses(tokenizer, prompt, responses, max_length: int, max_prompt_length: int, stats: TokenStats):
+    """(prompt_ids, [response_ids, ...]): the prompt cut once, each response cut to the same room."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    out = []
+    for text in responses:
+        # the first call may cut the prompt; later calls see it already short enough
+        prompt_ids, ids = fit_lengths(prompt_ids, encode_response(tokenizer, text), max_length, max_prompt_length, stats)
+        out.append(ids)
+    stats.examples += 1
+    return prompt_ids, out
+
+
+def preference_pairs(records) -> list[tuple]:
+    """``(prompt, chosen, rejected, where)`` of preference records; a ranking record gives its K(K−1)/2 pairs."""
+    out = []
+    for r in records:
+        if hasattr(r, "pairs"):  # RankingRecord
+            out.extend((r.prompt, c, j, r.where) for c, j in r.pairs())
+        else:
+            out.append((r.prompt, r.chosen, r.rejected, r.where))
+    return out
+
+
+def tokenize_pairs(records, tokenizer, *, max_length: int, max_prompt_length: int) -> tuple[list[PairExample], TokenStats]:
+    """Preference (or ranking, expanded to pairs) records -> :class:`PairExample`.
+
+    ``stats.examples`` counts pairs; ``prompts_truncated`` counts each pair's prompt at most once;
+    ``responses_truncated`` counts each cut response (chosen and rejected separately).
+    """
+    stats = TokenStats()
+    out = []
+    for prompt, chosen, rejected, where in preference_pairs(records):
+        prompt_ids, (c, j) = _fit_responses(tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length, stats)
+        out.append(PairExample(prompt_ids, c, j, where))
+    return out, stats
+
+
+def tokenize_rankings(records, tokenizer, *, max_length: int, max_prompt_length: int) -> tuple[list[RankedExample], TokenStats]:
+    """Records -> :class:`RankedExample` groups (for K-wise / Plackett–Luce losses).
+
+    A ranking record keeps its K responses together; a preference record is a group of K = 2
+    with ranks (1, 2). ``stats.examples`` counts groups.
+    """
+    stats = TokenStats()
+    out = []
+    for r in records:
+        if hasattr(r, "ranks"):
+            texts, ranks = list(r.responses), list(r.ranks)
+        else:
+            texts, ranks = [r.chosen, r.rejected], [1, 2]
+        prompt_ids, ids = _fit_responses(tokenizer, r.prompt, texts, max_length, max_prompt_length, stats)
+        out.append(RankedExample(prompt_ids, ids, ranks, r.where))
+    return out, stats
+
+
+def tokenize_unpaired(records, tokenizer, *, max_length: int, max_prompt_length: int) -> tuple[list[Example], TokenStats]:
+    """Unpaired (KTO) records -> examples with ``meta["desirable"]`` (bool)."""
+    stats = TokenStats()
+    out = []
+    for r in records:
+        ex = tokenize_pair(tokenizer, r.prompt, r.response, max_length=max_length, max_prompt_length=max_prompt_length, stats=stats, where=r.where)
+        ex.meta["desirable"] = bool(r.desirable)
+        out.append(ex)
+    return out, stats
+
+
+def mismatch_partners(examples: list[Example], seed: int) -> list[int]:
+    """For each example i, the index j of another example whose prompt differs (KTO's mismatched pair).
+
+    A fixed, seeded assignment over the whole data set (not re-drawn per batch), so the reference
+    log-probs of every (prompt_i, response_j) can be computed once and cached. Falls back to
+    j = i only when every example has the same prompt.
+    """
+    import random
+
+    n = len(examples)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    partners = [0] * n
+    for pos, i in enumerate(order):
+        j = i
+        for step in range(1, n):
+            cand = order[(pos + step) % n]
+            if examples[cand].prompt_ids != examples[i].prompt_ids:
+                j = cand
+                break
+        partners[i] = j
+    return partners

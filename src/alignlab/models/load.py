@@ -94,7 +94,7 @@ def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     model.to(device)
-    torch.set_grad_enabled(True)
+    model.train(for_training)
     return Loaded(model=model, tokenizer=tokenizer, source=source)
 
 
@@ -153,8 +153,12 @@ def save_pretrained(model, tokenizer, folder: Path, *, base: str | None = None, 
     (folder / INFO_FILE).write_text(json.dumps({"base": base, "seed": seed, "adapter": is_peft(model)}), encoding="utf-8")
 
 
-def restore_weights(model, folder: Path) -> None:
-    """Load weights saved by :func:`save_pretrained` into an existing ``model`` (for exact resume)."""
+def restore_weights(model, folder: Path, *, pattern: str = "*.safetensors") -> None:
+    """Load weights saved by :func:`save_pretrained` into an existing ``model`` (for exact resume).
+
+    ``pattern`` picks the full-weight files (e.g. ``model*.safetensors`` when the folder also
+    holds other tensors, such as a reward head).
+    """
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -164,7 +168,7 @@ def restore_weights(model, folder: Path) -> None:
         set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
         return
     state = {}
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted(folder.glob(pattern)):
         state.update(load_file(str(f)))
     if not state:
         raise ModelLoadError(f"{folder}: no safetensors weights to restore")

@@ -1,0 +1,285 @@
+"""Reward-model stage: a scalar head on the backbone's trunk, trained on comparisons.
+
+Data: preference pairs, or rankings. ``bradley_terry`` sees pairs (a ranking of K gives its
+K(K−1)/2 pairs); ``kwise`` and ``plackett_luce`` see whole groups (a pair is a group of K = 2).
+One forward pass per micro-batch scores every response of it (``collate_pairs``: chosen rows,
+then rejected; ``collate_rankings``: group after group).
+
+Normalisation: the reward's offset and scale are arbitrary (the BT loss sees only differences),
+so after training they are fixed against the *reference policy*: the backbone as loaded samples
+``norm_num_prompts`` responses on ``norm_prompts`` **before** training (saved in the run folder as
+``norm_samples.jsonl`` and reused on resume), the trained model scores them, and ``shift``/``scale``
+(their mean and population std) go into ``final/reward_norm.json``, so those responses score
+mean 0, std 1. Held-out eval (accuracy, mean margin, ECE) uses the raw scores: the ones the
+Bradley–Terry probability σ(r_w − r_l) was trained on.
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from alignlab.data.collate import collate_pairs, collate_rankings, pad_examples
+from alignlab.data.tokenize import Example, encode_prompt, tokenize_pairs, tokenize_rankings
+from alignlab.losses.reward import bradley_terry, calibration, get_reward_loss, reward_magnitude_penalty
+from alignlab.models.heads import RewardModel, restore_reward_model, save_reward_model
+from alignlab.models.load import load_model
+from alignlab.trainers.common import base_name, load_split, seed_everything
+from alignlab.trainers.loop import fit
+from alignlab.trainers.run import RunDir
+
+
+def _device(rm) -> torch.device:
+    return rm.head.weight.device
+
+
+def batch_rewards(rm: RewardModel, batch: dict) -> torch.Tensor:
+    """Raw rewards of every row of a collated batch: (N,) float32."""
+    device = _device(rm)
+    return rm(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+
+# ----------------------------------------------------------------------------- losses per batch
+def pair_loss(cfg, rewards: torch.Tensor, n_pairs: int) -> tuple[torch.Tensor, dict]:
+    """Bradley–Terry on rows (chosen 0..B-1, rejected B..2B-1), per-pair mean, plus the magnitude penalty."""
+    chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]  # (B,), (B,)
+    margin = torch.full_like(chosen, cfg.margin) if cfg.margin else None
+    loss, stats = bradley_terry(chosen, rejected, margin)
+    return _with_penalty(cfg, loss, stats, rewards)
+
+
+def group_loss(cfg, rewards: torch.Tensor, group_sizes: list[int], ranks: list[list[int]]) -> tuple[torch.Tensor, dict]:
+    """A listwise loss over groups that may differ in K: each K's groups form one (n_K, K) block.
+
+    The loss is a per-prompt mean: each block's mean weighted by its share n_K / n of the groups.
+    """
+    fn = get_reward_loss(cfg.loss).fn
+    starts = torch.tensor([0] + group_sizes[:-1]).cumsum(0).tolist()
+    n = len(group_sizes)
+    loss, stats = rewards.new_zeros(()), {}
+    for k in sorted(set(group_sizes)):
+        members = [g for g in range(n) if group_sizes[g] == k]
+        rows = torch.tensor([starts[g] + j for g in members for j in range(k)], device=rewards.device)
+        block = rewards[rows].view(len(members), k)  # (n_K, K)
+        block_ranks = torch.tensor([ranks[g] for g in members], device=rewards.device)  # (n_K, K)
+        part, part_stats = fn(block, block_ranks)
+        w = len(members) / n
+        loss = loss + w * part
+        for key, v in part_stats.items():
+            stats[key] = stats.get(key, 0.0) + w * v
+    return _with_penalty(cfg, loss, stats, rewards)
+
+
+def _with_penalty(cfg, loss, stats, rewards):
+    if cfg.magnitude_penalty:
+        penalty, pstats = reward_magnitude_penalty(rewards, cfg.magnitude_penalty)
+        loss = loss + penalty
+        stats.update(pstats)
+    return loss, stats
+
+
+# ----------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def score_examples(rm: RewardModel, examples: list[Example], pad_id: int, *, batch_size: int = 16, normalised: bool = False) -> torch.Tensor:
+    """Scores of (prompt, response) examples, (N,) float32 on CPU; eval mode, no grad."""
+    was = rm.training
+    rm.eval()
+    out = []
+    try:
+        for s in range(0, len(examples), batch_size):
+            batch = pad_examples(examples[s : s + batch_size], pad_id)
+            raw = batch_rewards(rm, batch)
+            out.append(((raw - rm.shift) / rm.scale if normalised else raw).float().cpu())
+    finally:
+        rm.train(was)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def heldout_stats(rm: RewardModel, pairs, pad_id: int, batch_size: int) -> dict:
+    """Accuracy, mean margin and ECE of σ(r_w − r_l) on held-out pairs (raw scores)."""
+    chosen = score_examples(rm, [p.chosen() for p in pairs], pad_id, batch_size=batch_size)
+    rejected = score_examples(rm, [p.rejected() for p in pairs], pad_id, batch_size=batch_size)
+    cal = calibration(chosen, rejected)
+    return {"accuracy": float(cal["accuracy"]), "margin": float(cal["margin"]), "ece": float(cal["ece"]), "pairs": len(pairs)}
+
+
+def reference_samples(run: RunDir, rm: RewardModel, tokenizer, cfg) -> list[Example]:
+    """The reference policy's responses on the normalisation prompts (sampled once, kept in the run folder)."""
+    from alignlab.data import load_records
+    from alignlab.rollout.generate import SamplingParams, TransformersEngine
+
+    path = run.path / "norm_samples.jsonl"
+    if cfg.norm_num_prompts == 0:
+        return []
+    if path.is_file() and cfg.train.resume:  # the same samples as before the interruption
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [Example(r["prompt_ids"], r["response_ids"], r["where"]) for r in rows]
+    records = load_records(cfg.norm_prompts, "prompt", limit=cfg.norm_num_prompts).records
+    prompts = [encode_prompt(tokenizer, r.prompt)[-cfg.data.max_prompt_length :] for r in records]
+    params = SamplingParams(max_new_tokens=cfg.norm_max_new_tokens, temperature=1.0, top_p=1.0, seed=cfg.train.seed)
+    gens = TransformersEngine(rm.backbone, tokenizer).generate(prompts, params)
+    examples = [Example(g.prompt_ids, g.response_ids or [tokenizer.eos_token_id], r.where) for g, r in zip(gens, records)]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for e, g in zip(examples, gens):
+            fh.write(json.dumps({"where": e.where, "prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "response": g.text}) + "\n")
+    tmp.replace(path)
+    return examples
+
+
+def normalisation(rm: RewardModel, samples: list[Example], pad_id: int, batch_size: int, source: str) -> dict:
+    """``shift``/``scale``: mean and population std of the raw scores of ``samples``."""
+    if not samples:
+        return {"shift": 0.0, "scale": 1.0, "n": 0, "prompts": None}
+    raw = score_examples(rm, samples, pad_id, batch_size=batch_size).double()
+    scale = float(raw.std(unbiased=False)) if len(raw) > 1 else 1.0
+    return {"shift": float(raw.mean()), "scale": scale if scale > 1e-6 else 1.0, "n": len(raw), "prompts": source}
+
+
+# ----------------------------------------------------------------------------- the stage
+def train_reward(cfg, *, stop_after: int | None = None) -> dict:
+    """Train the reward model described by a :class:`~alignlab.config.RewardConfig`; returns a summary.
+
+    Writes ``<output_dir>/<run_name>/reward``; ``final/`` is a reward-model folder
+    (see ``models.heads``) that :func:`~alignlab.models.heads.load_reward_model` reads.
+    """
+    from alignlab.config import validate
+
+    validate(cfg)
+    spec = get_reward_loss(cfg.loss)
+    run = RunDir(cfg.train.output_dir, cfg.train.run_name, "reward")
+    run.prepare(cfg, resume=cfg.train.resume)
+    try:
+        seed = cfg.train.seed
+        seed_everything(seed)
+        train_records, eval_records = load_split(cfg.data, cfg.data_kind, seed, run.log)
+        loaded = load_model(cfg.model, seed=seed)
+        tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
+        rm = RewardModel(loaded.model, seed=seed)
+        lengths = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
+        if spec.listwise:
+            items, stats = tokenize_rankings(train_records, tokenizer, **lengths)
+
+            def make_batch(groups):
+                return collate_rankings(groups, pad_id)
+
+            def step_fn(batch):
+                return group_loss(cfg, batch_rewards(rm, batch), batch["group_sizes"], batch["ranks"])
+
+        else:
+            items, stats = tokenize_pairs(train_records, tokenizer, **lengths)
+
+            def make_batch(pairs):
+                return collate_pairs(pairs, pad_id)
+
+            def step_fn(batch):
+                return pair_loss(cfg, batch_rewards(rm, batch), batch["n_pairs"])
+
+        eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, **lengths)
+        if cfg.train.eval_batches:
+            eval_pairs = eval_pairs[: cfg.train.eval_batches * cfg.train.batch_size]
+        run.log.info("tokenised train: %s; eval pairs: %d", stats.as_dict(), len(eval_pairs))
+        samples = reference_samples(run, rm, tokenizer, cfg)  # before any training step
+
+        base = base_name(cfg.model)
+
+        def save_fn(folder):
+            save_reward_model(rm, tokenizer, folder, base=base, seed=seed)
+
+        def load_fn(folder):
+            restore_reward_model(rm, folder)
+
+        result = fit(
+            cfg=cfg.train,
+            run=run,
+            model=rm,
+            items=items,
+            make_batch=make_batch,
+            step_fn=step_fn,
+            save_model=save_fn,
+            load_model=load_fn,
+            eval_fn=(lambda: heldout_stats(rm, eval_pairs, pad_id, cfg.train.batch_size)) if eval_pairs else None,
+            params=rm.trainable_parameters(),
+            stop_after=stop_after,
+        )
+        summary = {
+            "stage": "reward",
+            "loss": cfg.loss,
+            "steps": result.step,
+            "train_loss": result.train_stats.get("loss"),
+            "train_accuracy": result.train_stats.get("accuracy"),
+            "eval": result.eval_stats,
+            "train_items": len(items),
+            "eval_pairs": len(eval_pairs),
+            "truncation": stats.as_dict(),
+            "skipped_steps": result.skipped_steps,
+        }
+        if not result.finished:
+            return summary  # stopped early on purpose (a simulated crash): not complete
+        norm = normalisation(rm, samples, pad_id, cfg.train.batch_size, cfg.norm_prompts)
+        norm.update(lengths)  # the truncation the model was trained with, for `alignlab score`
+        rm.shift, rm.scale = norm["shift"], norm["scale"]
+        run.log.info("normalisation on %d reference responses: shift %.4g, scale %.4g", norm["n"], norm["shift"], norm["scale"])
+        run.replace_final(lambda folder: save_reward_model(rm, tokenizer, folder, base=base, seed=seed, norm=norm))
+        summary["normalisation"] = norm
+        run.mark_complete(summary)
+        summary["final"] = str(run.final_dir)
+        summary["run_dir"] = str(run.path)
+        return summary
+    finally:
+        run.close()
+
+
+# ----------------------------------------------------------------------------- alignlab score
+def detect_kind(spec: str) -> str:
+    """preference (``chosen``), ranking (``responses``) or sft (a prompt with one response), from the first row."""
+    from alignlab.data import read_rows
+
+    for _, row in read_rows(spec):
+        if "chosen" in row:
+            return "preference"
+        if "responses" in row:
+            return "ranking"
+        return "sft"
+    return "sft"
+
+
+def score_file(model: str, data: str, out: str, *, kind: str = "auto", batch_size: int = 16, device: str = "auto") -> dict:
+    """Score every record of ``data`` with the reward model folder ``model``; one JSON line per record.
+
+    Lines: preference ``{"where", "chosen_score", "rejected_score"}``; ranking ``{"where",
+    "scores": [...]}``; sft (prompt + response) ``{"where", "score"}``. Scores are normalised
+    (``reward_norm.json``).
+    """
+    from pathlib import Path
+
+    from alignlab.data import load_records
+    from alignlab.data.tokenize import tokenize_sft
+    from alignlab.models.heads import load_reward_model
+
+    loaded = load_reward_model(model, device=device)
+    rm, tok = loaded.model, loaded.tokenizer
+    lengths = {"max_length": loaded.norm.get("max_length", 1024), "max_prompt_length": loaded.norm.get("max_prompt_length", 768)}
+    kind = detect_kind(data) if kind == "auto" else kind
+    records = load_records(data, kind).records
+
+    def scores(examples):
+        return score_examples(rm, examples, tok.pad_token_id, batch_size=batch_size, normalised=True).tolist()
+
+    if kind == "preference":
+        pairs, _ = tokenize_pairs(records, tok, **lengths)
+        rows = [{"where": p.where, "chosen_score": c, "rejected_score": r}
+                for p, c, r in zip(pairs, scores([p.chosen() for p in pairs]), scores([p.rejected() for p in pairs]))]
+    elif kind == "ranking":
+        groups, _ = tokenize_rankings(records, tok, **lengths)
+        flat = iter(scores([e for g in groups for e in g.examples()]))
+        rows = [{"where": g.where, "scores": [next(flat) for _ in g.responses_ids]} for g in groups]
+    else:
+        examples, _ = tokenize_sft(records, tok, **lengths)
+        rows = [{"where": e.where, "score": s} for e, s in zip(examples, scores(examples))]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return {"records": len(rows), "kind": kind, "out": str(path)}
