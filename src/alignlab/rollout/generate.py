@@ -8,6 +8,7 @@ and whether the response finished with EOS or hit ``max_new_tokens``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -32,6 +33,20 @@ class Generation:
     meta: dict = field(default_factory=dict)
 
 
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """What RL stages need from a sampler (``TransformersEngine``; ``rollout.vllm_engine.VLLMEngine``).
+
+    ``generate`` returns one :class:`Generation` per prompt, in order; a response keeps its EOS
+    token when it finished. ``sync_weights`` is called after every policy update, so an engine
+    holding its own copy of the weights samples from the current policy.
+    """
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
+
+    def sync_weights(self) -> None: ...
+
+
 class TransformersEngine:
     """Batched sampling with ``model.generate`` (KV cache, left padding, stop at EOS)."""
 
@@ -43,38 +58,41 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        out: list[Generation] = []
         model = self.model
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
         eos = self.tokenizer.eos_token_id
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos
-        generator_state = None
-        if params.seed is not None:
-            generator_state = torch.random.get_rng_state()
-            torch.manual_seed(params.seed)
-        try:
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = prompts[start : start + self.batch_size]
-                ids, attn = left_pad(chunk, pad)
-                kwargs = dict(max_new_tokens=params.max_new_tokens, eos_token_id=eos, pad_token_id=pad)
-                if params.temperature > 0:
-                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        # A seeded call samples from its own RNG stream and leaves the caller's (CPU and CUDA) untouched.
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, enabled=params.seed is not None):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            try:
+                out = self._sample(prompts, params, model, device, eos, pad)
+            finally:
+                model.train(was_training)
+        return out
+
+    def _sample(self, prompts, params, model, device, eos, pad) -> list[Generation]:
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            ids, attn = left_pad(chunk, pad)
+            kwargs = dict(max_new_tokens=params.max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True)
+            if params.temperature > 0:
+                kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+            else:
+                kwargs.update(do_sample=False)
+            seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+            new = seqs[:, ids.shape[1] :].tolist()
+            for prompt, toks in zip(chunk, new):
+                if eos in toks:
+                    toks = toks[: toks.index(eos) + 1]
+                    finished = True
                 else:
-                    kwargs.update(do_sample=False)
-                seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
-                new = seqs[:, ids.shape[1] :].tolist()
-                for prompt, toks in zip(chunk, new):
-                    if eos in toks:
-                        toks = toks[: toks.index(eos) + 1]
-                        finished = True
-                    else:
-                        finished = False
-                    text = self.tokenizer.decode(toks, skip_special_tokens=True)
-                    out.append(Generation(list(prompt), toks, text, finished))
-        finally:
-            if generator_state is not None:
-                torch.random.set_rng_state(generator_state)
-            model.train(was_training)
+                    finished = False
+                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                out.append(Generation(list(prompt), toks, text, finished))
         return out

@@ -97,6 +97,45 @@ class NonFiniteGuard:
         self.in_a_row = 0
 
 
+def clip_and_step(params, optimizer, max_grad_norm: float, *, finite: bool = True) -> tuple[torch.Tensor, bool]:
+    """One optimizer step on the accumulated gradients, unless they (or the loss) are non-finite.
+
+    ``finite=False`` says the loss already was non-finite (the gradients are then not looked at).
+    Clips the global norm to ``max_grad_norm`` (0: no clipping), steps, and always clears the
+    gradients. Returns (the norm before clipping, NaN when skipped early; whether it stepped).
+    """
+    norm = grad_norm(params) if finite else torch.tensor(float("nan"))
+    stepped = finite and bool(torch.isfinite(norm))
+    if stepped:
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, stepped
+
+
+def resume_latest(run: RunDir, *, load_model, optimizer=None, scheduler=None, extra_state: dict | None = None) -> tuple[dict | None, str | None]:
+    """Restore the newest complete checkpoint of ``run`` into the given objects.
+
+    Partial checkpoints left by a crash are removed first. Restores the model (``load_model``),
+    optimizer, scheduler, RNG states and every ``extra_state`` object found in the checkpoint.
+    Returns ``(state, path)``: the checkpoint's ``state.json`` (``step`` and what the stage
+    saved) and its folder, or ``(None, None)`` when there is no complete checkpoint.
+    """
+    for r in ckpt.clean_partial(run.ckpt_dir):
+        run.log.warning("removed a partial checkpoint left by a crash: %s", r)
+    latest = ckpt.latest_complete(run.ckpt_dir)
+    if latest is None:
+        run.log.info("resume asked but no complete checkpoint found; starting from step 0")
+        return None, None
+    state, extra = ckpt.load_checkpoint(latest, load_model=load_model, optimizer=optimizer, scheduler=scheduler)
+    for name, obj in (extra_state or {}).items():
+        if name in extra:
+            obj.load_state_dict(extra[name])
+    run.log.info("resumed from %s (step %d)", latest, state["step"])
+    return state, str(latest)
+
+
 def _mean_stats(acc: list[dict]) -> dict:
     out: dict[str, float] = {}
     for key in acc[0]:
@@ -153,19 +192,11 @@ def fit(
     step, micro, resumed_from = 0, 0, None
     torch.manual_seed(cfg.seed + 1)  # dropout and any sampling inside steps
     if cfg.resume:
-        removed = ckpt.clean_partial(run.ckpt_dir)
-        for r in removed:
-            run.log.warning("removed a partial checkpoint left by a crash: %s", r)
-        latest = ckpt.latest_complete(run.ckpt_dir)
-        if latest is not None:
-            state, extra = ckpt.load_checkpoint(latest, load_model=load_model, optimizer=optimizer, scheduler=scheduler)
-            for name, obj in extra_state.items():
-                if name in extra:
-                    obj.load_state_dict(extra[name])
-            step, micro, resumed_from = state["step"], state["micro"], str(latest)
-            run.log.info("resumed from %s (step %d)", latest, step)
-        else:
-            run.log.info("resume asked but no complete checkpoint found; starting from step 0")
+        state, resumed_from = resume_latest(
+            run, load_model=load_model, optimizer=optimizer, scheduler=scheduler, extra_state=extra_state
+        )
+        if state is not None:
+            step, micro = state["step"], state["micro"]
     metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
     guard = NonFiniteGuard(cfg.max_bad_steps)
 
@@ -212,17 +243,13 @@ def fit(
                 (loss / cfg.grad_accum).backward()
                 tokens_seen += int(batch.get("n_tokens", 0))
                 acc.append({"loss": loss.detach(), **stats})
-            norm = grad_norm(params) if finite else torch.tensor(float("nan"))
-            if finite and cfg.max_grad_norm > 0 and torch.isfinite(norm):
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            norm, stepped = clip_and_step(params, optimizer, cfg.max_grad_norm, finite=finite)
             halt = False
-            if finite and torch.isfinite(norm):
-                optimizer.step()
+            if stepped:
                 guard.good()
             else:
                 run.log.warning("step %d: non-finite loss or gradient; step skipped; batch: %s", step + 1, ", ".join(wheres[:16]))
                 halt = guard.bad()
-            optimizer.zero_grad(set_to_none=True)
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             step += 1
