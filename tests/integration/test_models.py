@@ -1,8 +1,6 @@
 """Model loading: presets, local folders, the local hub cache, LoRA, save -> reload."""
 import importlib.util
-import os
 import time
-from pathlib import Path
 
 import pytest
 import torch

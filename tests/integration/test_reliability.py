@@ -54,7 +54,6 @@ def toy_stage(tmp_path, *, bad_after=None, max_bad=3, **train):
 
 def test_non_finite_steps_are_skipped_logged_and_halt_with_last_good_checkpoint(tmp_path):
     parts = toy_stage(tmp_path, bad_after=2, max_bad=3)
-    good = None
     with pytest.raises(NumericalError, match="3 steps in a row.*toy.jsonl"):
         fit(**parts)
     run = parts["run"]
@@ -86,7 +85,6 @@ def test_isolated_non_finite_step_does_not_halt(tmp_path):
 def test_full_disk_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     parts = toy_stage(tmp_path, save_every=2)
     real_save = torch.save
-    calls = {"n": 0}
 
     def failing_save(obj, f, *a, **k):
         if "step-00000004" in str(f):

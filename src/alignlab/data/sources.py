@@ -26,7 +26,7 @@ import json
 import os
 import random
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence

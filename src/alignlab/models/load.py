@@ -79,7 +79,6 @@ def _resolve_source(name_or_path: str) -> str:
 
 def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
     """Load the policy described by a :class:`~alignlab.config.ModelConfig` (LoRA applied if enabled)."""
-    import torch
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)

@@ -28,7 +28,7 @@ from alignlab.models.load import load_model
 from alignlab.trainers.common import load_split, model_io, sample_responses, seed_everything
 from alignlab.trainers.loop import fit
 from alignlab.trainers.reference import data_fingerprint, model_identity, reference_logps, seq_logps
-from alignlab.trainers.run import RunDir
+from alignlab.trainers.run import open_stage
 
 
 # ----------------------------------------------------------------------------- data sets
@@ -146,13 +146,8 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
 
     Writes ``<output_dir>/<run_name>/dpo`` (see ``trainers.run``); returns a summary.
     """
-    from alignlab.config import validate
-
-    validate(cfg)
     spec = get_preference_loss(cfg.loss)
-    run = RunDir(cfg.train.output_dir, cfg.train.run_name, "dpo")
-    run.prepare(cfg, resume=cfg.train.resume)
-    try:
+    with open_stage(cfg, "dpo") as run:
         seed = cfg.train.seed
         seed_everything(seed)
         kind = cfg.data_kind if spec.paired else "unpaired"
@@ -223,12 +218,7 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
         run.replace_final(save_fn)
         if cfg.train.num_samples:
             run.write_samples(sample_responses(model, tokenizer, eval_records or train_records, n=cfg.train.num_samples, seed=seed))
-        run.mark_complete(summary)
-        summary["final"] = str(run.final_dir)
-        summary["run_dir"] = str(run.path)
-        return summary
-    finally:
-        run.close()
+        return run.complete(summary)
 
 
 def _describe(ref, needed: bool) -> dict:

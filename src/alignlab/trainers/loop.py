@@ -136,6 +136,17 @@ def resume_latest(run: RunDir, *, load_model, optimizer=None, scheduler=None, ex
     return state, str(latest)
 
 
+def on_cadence(cfg, step: int, total: int, *, evaluate, save) -> dict | None:
+    """Evaluate and checkpoint every ``eval_every`` / ``save_every`` steps before the last one
+    (the last step is always evaluated and saved after the loop). Returns new eval stats, if any."""
+    eval_stats = None
+    if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+        eval_stats = evaluate()
+    if cfg.save_every and step % cfg.save_every == 0 and step < total:
+        save(step)
+    return eval_stats
+
+
 def _mean_stats(acc: list[dict]) -> dict:
     out: dict[str, float] = {}
     for key in acc[0]:
@@ -268,10 +279,7 @@ def fit(
                 metrics.write(step, "train", train_stats)
             bar.set_postfix(loss=f"{train_stats.get('loss', float('nan')):.4f}", tok_s=f"{train_stats['tokens_per_s']:.0f}")
             bar.update(1)
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                eval_stats = evaluate()
-            if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                save(step)
+            eval_stats = on_cadence(cfg, step, total, evaluate=evaluate, save=save) or eval_stats
             if stop_after is not None and step >= stop_after:
                 return FitResult(step, train_stats, eval_stats, resumed_from, guard.total, finished=False)
         eval_stats = evaluate()

@@ -26,7 +26,7 @@ from alignlab.models.heads import RewardModel, restore_reward_model, save_reward
 from alignlab.models.load import load_model
 from alignlab.trainers.common import base_name, load_split, seed_everything
 from alignlab.trainers.loop import fit
-from alignlab.trainers.run import RunDir
+from alignlab.trainers.run import RunDir, open_stage
 
 
 def _device(rm) -> torch.device:
@@ -143,13 +143,8 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
     Writes ``<output_dir>/<run_name>/reward``; ``final/`` is a reward-model folder
     (see ``models.heads``) that :func:`~alignlab.models.heads.load_reward_model` reads.
     """
-    from alignlab.config import validate
-
-    validate(cfg)
     spec = get_reward_loss(cfg.loss)
-    run = RunDir(cfg.train.output_dir, cfg.train.run_name, "reward")
-    run.prepare(cfg, resume=cfg.train.resume)
-    try:
+    with open_stage(cfg, "reward") as run:
         seed = cfg.train.seed
         seed_everything(seed)
         train_records, eval_records = load_split(cfg.data, cfg.data_kind, seed, run.log)
@@ -222,12 +217,7 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
         run.log.info("normalisation on %d reference responses: shift %.4g, scale %.4g", norm["n"], norm["shift"], norm["scale"])
         run.replace_final(lambda folder: save_reward_model(rm, tokenizer, folder, base=base, seed=seed, norm=norm))
         summary["normalisation"] = norm
-        run.mark_complete(summary)
-        summary["final"] = str(run.final_dir)
-        summary["run_dir"] = str(run.path)
-        return summary
-    finally:
-        run.close()
+        return run.complete(summary)
 
 
 # ----------------------------------------------------------------------------- alignlab score

@@ -48,12 +48,13 @@ from alignlab.trainers.loop import (
     _fmt,
     _mean_stats,
     clip_and_step,
+    on_cadence,
     make_optimizer,
     make_scheduler,
     progress_bar,
     resume_latest,
 )
-from alignlab.trainers.run import MetricsLog, RunDir
+from alignlab.trainers.run import MetricsLog, RunDir, open_stage
 
 
 # ----------------------------------------------------------------------------- models
@@ -370,10 +371,7 @@ def rl_fit(ctx: RLContext, algo: RLAlgorithm, *, save_model, load_model, eval_fn
                 metrics.write(step, "train", stats)
             bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats.get('kl', float('nan')):.3f}")
             bar.update(1)
-            if tcfg.eval_every and step % tcfg.eval_every == 0 and step < total:
-                eval_stats = evaluate()
-            if tcfg.save_every and step % tcfg.save_every == 0 and step < total:
-                save(step)
+            eval_stats = on_cadence(tcfg, step, total, evaluate=evaluate, save=save) or eval_stats
             if stop_after is not None and step >= stop_after:
                 return FitResult(step, stats, eval_stats, resumed_from, guard.total, finished=False)
         eval_stats = evaluate()
@@ -418,9 +416,7 @@ def run_rl_stage(cfg, stage: str, build_algo: Callable[[RLContext], RLAlgorithm]
 
     # the reward source first: a wrong module:function fails before the run folder exists
     reward = load_reward_source(cfg.reward.source, cfg.reward.kwargs, device=cfg.model.device, batch_size=cfg.reward.batch_size)
-    run = RunDir(cfg.train.output_dir, cfg.train.run_name, stage)
-    run.prepare(cfg, resume=cfg.train.resume)
-    try:
+    with open_stage(cfg, stage) as run:
         seed_everything(cfg.train.seed)
         train_records, eval_records = load_split(cfg.data, "prompt", cfg.train.seed, run.log)
         models = build_models(cfg.model, seed=cfg.train.seed, value=value)
@@ -471,10 +467,5 @@ def run_rl_stage(cfg, stage: str, build_algo: Callable[[RLContext], RLAlgorithm]
             pool_records, pool_ids = (ctx.eval_records, ctx.eval_ids) if ctx.eval_records else (train_records, ctx.train_ids)
             n = cfg.train.num_samples
             run.write_samples(sample_scored(ctx, pool_records[:n], pool_ids[:n], seed=cfg.train.seed))
-        run.mark_complete(summary)
-        summary["final"] = str(run.final_dir)
-        summary["run_dir"] = str(run.path)
-        return summary
-    finally:
-        run.close()
+        return run.complete(summary)
 

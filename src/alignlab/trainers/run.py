@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from alignlab.config import config_diff, save_config, to_dict
@@ -110,6 +111,14 @@ class RunDir:
 
         write_json_atomic(self.path / STAGE_MARKER, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
 
+    def complete(self, summary: dict) -> dict:
+        """Write the COMPLETE marker (last); return the summary with the folder's paths added."""
+        self.mark_complete(summary)
+        out = dict(summary, run_dir=str(self.path))
+        if self.final_dir.exists():
+            out["final"] = str(self.final_dir)
+        return out
+
     # ----------------------------------------------------------------- outputs
     def write_samples(self, rows: list[dict]) -> None:
         with open(self.path / "samples.jsonl", "w", encoding="utf-8") as fh:
@@ -128,6 +137,20 @@ class RunDir:
             shutil.rmtree(self.final_dir)
         os.replace(tmp, self.final_dir)
         return self.final_dir
+
+
+@contextmanager
+def open_stage(cfg, stage: str):
+    """Validate ``cfg`` and open the stage's folder (refusing to mix runs); its log closes at the end."""
+    from alignlab.config import validate
+
+    validate(cfg)
+    run = RunDir(cfg.train.output_dir, cfg.train.run_name, stage)
+    run.prepare(cfg, resume=cfg.train.resume)
+    try:
+        yield run
+    finally:
+        run.close()
 
 
 class MetricsLog:

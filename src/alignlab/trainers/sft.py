@@ -11,7 +11,7 @@ from alignlab.models.load import load_model
 from alignlab.models.logprobs import token_logprobs
 from alignlab.trainers.common import load_split, model_io, sample_responses, seed_everything
 from alignlab.trainers.loop import fit
-from alignlab.trainers.run import RunDir
+from alignlab.trainers.run import open_stage
 
 
 def batch_logprobs(model, batch: dict) -> torch.Tensor:
@@ -41,9 +41,7 @@ def train_sft(cfg, *, stop_after: int | None = None) -> dict:
 
     Writes the run folder ``<output_dir>/<run_name>/sft`` (see ``trainers.run``).
     """
-    run = RunDir(cfg.train.output_dir, cfg.train.run_name, "sft")
-    run.prepare(cfg, resume=cfg.train.resume)
-    try:
+    with open_stage(cfg, "sft") as run:
         seed_everything(cfg.train.seed)
         train_records, eval_records = load_split(cfg.data, "sft", cfg.train.seed, run.log)
         loaded = load_model(cfg.model, seed=cfg.train.seed)
@@ -104,9 +102,4 @@ def train_sft(cfg, *, stop_after: int | None = None) -> dict:
         run.replace_final(save_fn)
         if cfg.train.num_samples:
             run.write_samples(sample_responses(model, tokenizer, eval_records or train_records, n=cfg.train.num_samples, seed=cfg.train.seed))
-        run.mark_complete(summary)
-        summary["final"] = str(run.final_dir)
-        summary["run_dir"] = str(run.path)
-        return summary
-    finally:
-        run.close()
+        return run.complete(summary)
