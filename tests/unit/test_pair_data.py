@@ -29,7 +29,7 @@ def test_prompt_is_cut_once_and_both_responses_share_the_budget():
     assert len(ex.chosen_ids) == 20  # cut from the right to max_length - 40; no EOS (it did not end)
     assert ex.chosen_ids[-1] != tok.eos_token_id
     assert ex.rejected_ids == tok.encode("b" * 10, add_special_tokens=False) + [tok.eos_token_id]  # fits: untouched
-    assert stats.as_dict() == {"examples": 1, "prompts_truncated": 1, "responses_truncated": 1}
+    assert stats.as_dict() == {"examples": 1, "prompts_truncated": 1, "responses_truncated": 1, "cut_where": ["p.jsonl:1"]}
 
 
 def test_collate_pairs_puts_chosen_rows_then_rejected_rows():

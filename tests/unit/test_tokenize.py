@@ -27,7 +27,7 @@ def test_labels_mask_prompt_and_end_with_eos():
     assert labels[:n] == [IGNORE] * n
     assert labels[n:] == ex.response_ids
     assert labels[-1] == tok.eos_token_id
-    assert stats.as_dict() == {"examples": 1, "prompts_truncated": 0, "responses_truncated": 0}
+    assert stats.as_dict() == {"examples": 1, "prompts_truncated": 0, "responses_truncated": 0, "cut_where": []}
 
 
 def test_collate_masks_padding_and_aligns_loss_mask():
@@ -49,10 +49,11 @@ def test_collate_masks_padding_and_aligns_loss_mask():
 
 def test_truncation_cuts_prompt_left_response_right_and_counts():
     stats = TokenStats()
-    p, r = fit_lengths(list(range(10)), [100, 101, 102, 103, 2], max_length=9, max_prompt_length=6, stats=stats)
+    p, r = fit_lengths(list(range(10)), [100, 101, 102, 103, 2], max_length=9, max_prompt_length=6, stats=stats, where="d.jsonl:7")
     assert p == [4, 5, 6, 7, 8, 9]  # oldest prompt tokens dropped
     assert r == [100, 101, 102]  # response cut from the right (no EOS: it did not end here)
     assert stats.prompts_truncated == 1 and stats.responses_truncated == 1
+    assert stats.cut_where == ["d.jsonl:7"]  # the log names the record that was cut
 
 
 def test_sft_loss_equals_hand_cross_entropy_over_response_tokens():

@@ -19,11 +19,16 @@ IGNORE = -100
 
 @dataclass
 class TokenStats:
-    """Counts of what tokenisation changed, written to the run log."""
+    """Counts of what tokenisation changed, written to the run log (with the first cut records' file:line)."""
 
     examples: int = 0
     prompts_truncated: int = 0
     responses_truncated: int = 0
+    cut_where: list = field(default_factory=list)
+
+    def note_cut(self, where: str) -> None:
+        if where and len(self.cut_where) < 10 and where not in self.cut_where:
+            self.cut_where.append(where)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -64,21 +69,23 @@ def encode_response(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False)) + [tokenizer.eos_token_id]
 
 
-def fit_lengths(prompt_ids: list[int], response_ids: list[int], max_length: int, max_prompt_length: int, stats: TokenStats):
-    """Cut the prompt from the left and the response from the right; count each cut."""
+def fit_lengths(prompt_ids: list[int], response_ids: list[int], max_length: int, max_prompt_length: int, stats: TokenStats, where: str = ""):
+    """Cut the prompt from the left and the response from the right; count each cut (and say where)."""
     if len(prompt_ids) > max_prompt_length:
         prompt_ids = prompt_ids[-max_prompt_length:]
         stats.prompts_truncated += 1
+        stats.note_cut(where)
     room = max_length - len(prompt_ids)
     if len(response_ids) > room:
         response_ids = response_ids[:room]
         stats.responses_truncated += 1
+        stats.note_cut(where)
     return prompt_ids, response_ids
 
 
 def tokenize_pair(tokenizer, prompt, response: str, *, max_length: int, max_prompt_length: int, stats: TokenStats, where: str = "") -> Example:
     prompt_ids, response_ids = fit_lengths(
-        encode_prompt(tokenizer, prompt), encode_response(tokenizer, response), max_length, max_prompt_length, stats
+        encode_prompt(tokenizer, prompt), encode_response(tokenizer, response), max_length, max_prompt_length, stats, where
     )
     stats.examples += 1
     return Example(prompt_ids, response_ids, where)
@@ -145,13 +152,13 @@ class RankedExample:
         return [Example(self.prompt_ids, r, self.where) for r in self.responses_ids]
 
 
-def _fit_responses(tokenizer, prompt, responses, max_length: int, max_prompt_length: int, stats: TokenStats):
+def _fit_responses(tokenizer, prompt, responses, max_length: int, max_prompt_length: int, stats: TokenStats, where: str = ""):
     """(prompt_ids, [response_ids, ...]): the prompt cut once, each response cut to the same room."""
     prompt_ids = encode_prompt(tokenizer, prompt)
     out = []
     for text in responses:
         # the first call may cut the prompt; later calls see it already short enough
-        prompt_ids, ids = fit_lengths(prompt_ids, encode_response(tokenizer, text), max_length, max_prompt_length, stats)
+        prompt_ids, ids = fit_lengths(prompt_ids, encode_response(tokenizer, text), max_length, max_prompt_length, stats, where)
         out.append(ids)
     stats.examples += 1
     return prompt_ids, out
@@ -177,7 +184,7 @@ def tokenize_pairs(records, tokenizer, *, max_length: int, max_prompt_length: in
     stats = TokenStats()
     out = []
     for prompt, chosen, rejected, where in preference_pairs(records):
-        prompt_ids, (c, j) = _fit_responses(tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length, stats)
+        prompt_ids, (c, j) = _fit_responses(tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length, stats, where)
         out.append(PairExample(prompt_ids, c, j, where))
     return out, stats
 
@@ -195,7 +202,7 @@ def tokenize_rankings(records, tokenizer, *, max_length: int, max_prompt_length:
             texts, ranks = list(r.responses), list(r.ranks)
         else:
             texts, ranks = [r.chosen, r.rejected], [1, 2]
-        prompt_ids, ids = _fit_responses(tokenizer, r.prompt, texts, max_length, max_prompt_length, stats)
+        prompt_ids, ids = _fit_responses(tokenizer, r.prompt, texts, max_length, max_prompt_length, stats, r.where)
         out.append(RankedExample(prompt_ids, ids, ranks, r.where))
     return out, stats
 
