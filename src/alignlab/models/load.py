@@ -7,6 +7,7 @@ says so.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,24 @@ def _check_folder_is_safe(folder: Path) -> None:
                 ) from None
 
 
+@contextmanager
+def quiet_hf():
+    """Silence transformers' own progress bars and deprecation chatter (alignlab shows its own bar)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _resolve_source(name_or_path: str) -> str:
     p = Path(name_or_path).expanduser()
     if p.exists():
@@ -102,8 +121,9 @@ def _from_pretrained(folder: str, dtype, trust_remote_code: bool):
 
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=None, **kwargs)
+        with quiet_hf():
+            tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=None, **kwargs)
     except OSError as e:
         raise ModelLoadError(
             f"{folder}: cannot load the model ({str(e).splitlines()[0]}). alignlab does not download at "
@@ -132,7 +152,8 @@ def apply_lora(model, lora_cfg):
     config = LoraConfig(
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
     )
-    return get_peft_model(model, config)
+    with quiet_hf():
+        return get_peft_model(model, config)
 
 
 def is_peft(model) -> bool:
@@ -147,8 +168,9 @@ def save_pretrained(model, tokenizer, folder: Path, *, base: str | None = None, 
     import json
 
     folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    with quiet_hf():
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
     (folder / INFO_FILE).write_text(json.dumps({"base": base, "seed": seed, "adapter": is_peft(model)}), encoding="utf-8")
 
 
@@ -207,7 +229,8 @@ def _load_adapter_folder(folder: Path, dtype, trust_remote_code: bool, seed: int
     if not base_name:
         raise ModelLoadError(f"{folder}: LoRA adapter without a recorded base model; add {INFO_FILE} with {{\"base\": ...}}")
     model, tokenizer = _load_any(base_name, dtype, trust_remote_code, info.get("seed", seed))
-    model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+    with quiet_hf():
+        model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     if (folder / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
