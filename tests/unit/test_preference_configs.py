@@ -22,12 +22,17 @@ def test_unknown_loss_names_the_key_and_the_closest_name():
         (["loss=ipo", "data_kind=unpaired"], "data_kind"),
         (["loss=simpo", "length_normalize=true"], "length_normalize"),
         (["beta=0"], "beta"),
-        (["data.packing=true"], "packing"),
     ],
 )
 def test_dpo_options_that_would_be_ignored_are_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(DPOConfig, None, overrides)
+
+
+def test_dpo_packs_by_default_and_reward_refuses_packing():
+    assert load_config(DPOConfig, None, []).data.packing is True
+    with pytest.raises(ConfigError, match="packing"):
+        load_config(RewardConfig, None, ["data.packing=true"])
 
 
 def test_reward_options():

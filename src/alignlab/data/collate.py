@@ -74,6 +74,52 @@ def pack_rows(groups: list[list[Example]], pad_id: int) -> dict:
     }
 
 
+def pack_sequences(examples: list[Example], pad_id: int, width: int) -> dict:
+    """N sequences packed into rows of at most ``width`` tokens (first-fit decreasing), for per-sequence sums.
+
+    Padding is what makes a batch of pairs slow: chosen and rejected responses differ in length,
+    and on alignlab's demo preferences half of a padded batch is padding. Packed, every position
+    is a real token. As :func:`pack_rows`, plus ``seq_index`` (R, T-1): the sequence (0..N-1, in
+    the order given) that each next-token position belongs to, -1 where no loss applies;
+    ``seq_lengths`` (N,): response tokens per sequence; ``n_seqs`` = N.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    bins: list[list[int]] = []
+    used: list[int] = []
+    for i in order:
+        n = len(examples[i].input_ids)
+        for b in range(len(bins)):
+            if used[b] + n <= width:
+                bins[b].append(i)
+                used[b] += n
+                break
+        else:
+            bins.append([i])
+            used.append(n)
+    batch = pack_rows([[examples[i] for i in b] for b in bins], pad_id)
+    owner = torch.full(batch["labels"].shape, -1, dtype=torch.long)  # (R, T): the sequence of each column
+    for r, b in enumerate(bins):
+        col = 0
+        for i in b:
+            n = len(examples[i].input_ids)
+            owner[r, col : col + n] = i
+            col += n
+    seq_index = owner[:, 1:].masked_fill(~batch["loss_mask"], -1)  # (R, T-1), aligned with labels[:, 1:]
+    batch["seq_index"] = seq_index
+    batch["seq_lengths"] = torch.bincount(seq_index[seq_index >= 0], minlength=len(examples))  # (N,)
+    batch["n_seqs"] = len(examples)
+    return batch
+
+
+def collate_sequences(examples: list[Example], pad_id: int, pack_width: int | None = None) -> dict:
+    """Rows for per-sequence log-prob sums: packed when ``pack_width`` is given, else one per row."""
+    if pack_width:
+        return pack_sequences(examples, pad_id, pack_width)
+    batch = pad_examples(examples, pad_id)
+    batch["seq_lengths"] = batch["loss_mask"].sum(-1)
+    return batch
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts for generation: (ids, attention_mask), both (B, T), padded on the left."""
     width = max(len(s) for s in sequences)
@@ -86,14 +132,15 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
 
 
 # ----------------------------------------------------------------------------- preference batches
-def collate_pairs(pairs: list[PairExample], pad_id: int) -> dict:
-    """B pairs -> one right-padded batch of 2B rows: chosen rows ``0..B-1``, then rejected rows ``B..2B-1``.
+def collate_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None = None) -> dict:
+    """B pairs -> one batch of 2B sequences: chosen ``0..B-1``, then rejected ``B..2B-1``.
 
     One forward pass of the policy then gives both sides: ``seq_logps[:B]`` are chosen,
-    ``seq_logps[B:]`` rejected. Keys as :func:`pad_examples` (shapes (2B, T) and (2B, T-1)) plus
-    ``n_pairs`` = B; ``where`` has one entry per pair.
+    ``seq_logps[B:]`` rejected. Right-padded rows (keys as :func:`pad_examples`), or packed rows
+    when ``pack_width`` is given (:func:`pack_sequences`); ``n_pairs`` = B; ``where`` has one entry
+    per pair.
     """
-    batch = pad_examples([p.chosen() for p in pairs] + [p.rejected() for p in pairs], pad_id)
+    batch = collate_sequences([p.chosen() for p in pairs] + [p.rejected() for p in pairs], pad_id, pack_width)
     batch["where"] = [p.where for p in pairs]
     batch["n_pairs"] = len(pairs)
     return batch
@@ -112,14 +159,14 @@ def collate_rankings(groups: list[RankedExample], pad_id: int) -> dict:
     return batch
 
 
-def collate_unpaired(examples: list[Example], pad_id: int, mismatched: list[Example] | None = None) -> dict:
+def collate_unpaired(examples: list[Example], pad_id: int, mismatched: list[Example] | None = None, pack_width: int | None = None) -> dict:
     """KTO examples -> rows ``0..B-1`` the examples, then (if given) rows ``B..2B-1`` their mismatched
     (prompt_i, response_j) pairs, all in one right-padded batch.
 
     ``desirable`` is a (B,) bool tensor from ``meta["desirable"]``; ``n_examples`` = B.
     """
     rows = list(examples) + list(mismatched or [])
-    batch = pad_examples(rows, pad_id)
+    batch = collate_sequences(rows, pad_id, pack_width)
     batch["where"] = [e.where for e in examples]
     batch["desirable"] = torch.tensor([bool(e.meta["desirable"]) for e in examples], dtype=torch.bool)
     batch["n_examples"] = len(examples)

@@ -37,15 +37,15 @@ class PairSet:
 
     names = ("chosen", "rejected")
 
-    def __init__(self, records, tokenizer, max_length: int, max_prompt_length: int):
+    def __init__(self, records, tokenizer, max_length: int, max_prompt_length: int, pack_width: int | None = None):
         self.examples, self.stats = tokenize_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id, self.pack_width = tokenizer.pad_token_id, pack_width
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def batch(self, indices: list[int]) -> dict:
-        batch = collate_pairs([self.examples[i] for i in indices], self.pad_id)
+        batch = collate_pairs([self.examples[i] for i in indices], self.pad_id, self.pack_width)
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
@@ -58,9 +58,9 @@ class UnpairedSet:
 
     names = ("logps", "mismatched")
 
-    def __init__(self, records, tokenizer, max_length: int, max_prompt_length: int, seed: int):
+    def __init__(self, records, tokenizer, max_length: int, max_prompt_length: int, seed: int, pack_width: int | None = None):
         self.examples, self.stats = tokenize_unpaired(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id, self.pack_width = tokenizer.pad_token_id, pack_width
         self.partners = mismatch_partners(self.examples, seed)
         cut = TokenStats()  # mismatched rows are cut to fit too; not counted as data truncation
         self.mismatched = []
@@ -72,7 +72,7 @@ class UnpairedSet:
         return len(self.examples)
 
     def batch(self, indices: list[int]) -> dict:
-        batch = collate_unpaired([self.examples[i] for i in indices], self.pad_id, [self.mismatched[i] for i in indices])
+        batch = collate_unpaired([self.examples[i] for i in indices], self.pad_id, [self.mismatched[i] for i in indices], self.pack_width)
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
@@ -91,7 +91,7 @@ def direct_loss(cfg, model, batch: dict, ref) -> tuple[torch.Tensor, dict]:
     spec = get_preference_loss(cfg.loss)
     device = next(model.parameters()).device
     logps = seq_logps(model, batch)  # (2B,)
-    lengths = batch["loss_mask"].sum(-1).to(device=device, dtype=torch.float32)  # (2B,) response tokens
+    lengths = batch["seq_lengths"].to(device=device, dtype=torch.float32)  # (2B,) response tokens
     idx = batch["index"]
     if not spec.paired:  # KTO: rows 0..B-1 the examples, B..2B-1 their mismatched pairs
         B = batch["n_examples"]
@@ -156,10 +156,12 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
         model, tokenizer = loaded.model, loaded.tokenizer
         lengths = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
 
+        pack_width = cfg.data.max_length if cfg.data.packing else None
+
         def make_set(records):
             if spec.paired:
-                return PairSet(records, tokenizer, **lengths)
-            return UnpairedSet(records, tokenizer, **lengths, seed=seed)
+                return PairSet(records, tokenizer, **lengths, pack_width=pack_width)
+            return UnpairedSet(records, tokenizer, **lengths, seed=seed, pack_width=pack_width)
 
         train_set, eval_set = make_set(train_records), make_set(eval_records)
         run.log.info("tokenised train: %s; eval: %s", train_set.stats.as_dict(), eval_set.stats.as_dict())
@@ -174,7 +176,7 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
                         model,
                         identity=identity,
                         fingerprint=data.fingerprint(),
-                        settings={**lengths, "kind": type(data).__name__},
+                        settings={**lengths, "kind": type(data).__name__, "packing": cfg.data.packing},
                         n_items=len(data),
                         make_batch=data.batch,
                         names=data.names,

@@ -132,11 +132,16 @@ def reference_mode(model):
 
 
 def seq_logps(model, batch: dict) -> torch.Tensor:
-    """Per-sequence sums of response-token log-probs: ``(N, T)`` batch -> ``(N,)`` float32."""
+    """Per-sequence sums of response-token log-probs: ``(N, T)`` batch (or packed rows) -> ``(N,)`` float32."""
     from alignlab.losses.reduce import masked_sum
     from alignlab.trainers.sft import batch_logprobs
 
-    logprobs = batch_logprobs(model, batch)  # (N, T-1)
+    logprobs = batch_logprobs(model, batch)  # (rows, T-1)
+    if "seq_index" in batch:  # packed rows: add each position into its sequence
+        index = batch["seq_index"].to(logprobs.device)
+        keep = index >= 0
+        out = torch.zeros(batch["n_seqs"], dtype=logprobs.dtype, device=logprobs.device)
+        return out.index_add(0, index[keep], logprobs[keep])  # (N,)
     return masked_sum(logprobs, batch["loss_mask"].to(logprobs.device), dim=-1)  # (N,)
 
 
