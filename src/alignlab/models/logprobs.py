@@ -1,10 +1,11 @@
 """Per-token log-probabilities without a full (batch, length, vocabulary) float32 tensor.
 
 A causal LM's logits for a batch of 8 × 512 tokens over SmolLM2's 49,152-word vocabulary are
-800 MB in float32, and autograd keeps a second copy for ``log_softmax``'s backward. Here the
-trunk runs once, then the LM head, ``log_softmax`` and the gather run over chunks of positions
-under activation checkpointing: forward and backward each hold one chunk's logits at a time,
-and the head's matmul is recomputed in backward (a small cost next to the memory saved).
+800 MB in float32, and autograd keeps them for ``log_softmax``'s backward. Here the trunk runs
+once; the LM head then runs only on the positions a loss reads (response tokens: under half of a
+typical batch), over chunks of tokens. A batch that fits in one chunk is computed directly; a
+larger one runs each chunk under activation checkpointing, so at most one chunk's logits are
+live and the head's matmul is recomputed in backward.
 
 Alignment: ``logprobs[:, t]`` is ``log π(input_ids[:, t+1] | input_ids[:, :t+1])``, so the result
 is ``(B, T-1)`` and lines up with ``labels[:, 1:]``.
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK = 128
+DEFAULT_CHUNK = 1024  # tokens whose float32 logits are live at once (1024 × 49,152 × 4 B = 200 MB)
 
 
 def unwrap(model):
@@ -39,26 +40,44 @@ def hidden_states(model, input_ids, attention_mask=None, position_ids=None):
 
 
 def _chunk_logprobs(head, hidden, targets, temperature: float):
-    logits = head(hidden).float()  # (B, c, V): one chunk only
+    logits = head(hidden).float()  # (N, V): one chunk of tokens only
     if temperature != 1.0:
         logits = logits / temperature
-    logz = torch.logsumexp(logits, dim=-1)  # (B, c)
-    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # (B, c)
+    logz = torch.logsumexp(logits, dim=-1)  # (N,)
+    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
     return picked - logz
 
 
-def logprobs_from_hidden(head, hidden, targets, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK):
-    """``log softmax(head(hidden)/temperature)`` at ``targets``: (B, L, H), (B, L) -> (B, L) float32."""
-    pieces = []
-    grad = torch.is_grad_enabled() and hidden.requires_grad
-    for start in range(0, hidden.shape[1], chunk_size):
-        h = hidden[:, start : start + chunk_size]
-        t = targets[:, start : start + chunk_size]
-        if grad:
-            pieces.append(checkpoint(_chunk_logprobs, head, h, t, temperature, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logprobs(head, h, t, temperature))
-    return torch.cat(pieces, dim=1)
+def selected_logprobs(head, hidden, targets, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK):
+    """``log softmax(head(h)/temperature)[target]`` for token rows: (N, H), (N,) -> (N,) float32.
+
+    One chunk of ``chunk_size`` tokens: computed directly (autograd keeps its logits). Several
+    chunks: each under activation checkpointing, so forward and backward hold one chunk's logits
+    at a time and the head's matmul is recomputed in backward.
+    """
+    n = hidden.shape[0]
+    if n <= chunk_size or not (torch.is_grad_enabled() and hidden.requires_grad):
+        pieces = [_chunk_logprobs(head, hidden[s : s + chunk_size], targets[s : s + chunk_size], temperature) for s in range(0, max(n, 1), chunk_size)]
+    else:
+        pieces = [
+            checkpoint(_chunk_logprobs, head, hidden[s : s + chunk_size], targets[s : s + chunk_size], temperature, use_reentrant=False)
+            for s in range(0, n, chunk_size)
+        ]
+    return torch.cat(pieces)
+
+
+def logprobs_from_hidden(head, hidden, targets, *, mask=None, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK):
+    """Log-probs of ``targets`` at the positions ``mask`` selects: (B, L, H), (B, L) -> (B, L) float32.
+
+    The LM head runs only where ``mask`` is true (all positions when None): prompt and padding
+    positions cost nothing and read 0 in the result.
+    """
+    if mask is None:
+        sel = torch.ones(targets.shape, dtype=torch.bool, device=targets.device)
+    else:
+        sel = mask.to(device=targets.device, dtype=torch.bool)
+    picked = selected_logprobs(head, hidden[sel], targets[sel], temperature=temperature, chunk_size=chunk_size)  # (N,)
+    return torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device).masked_scatter(sel, picked)
 
 
 def token_logprobs(
@@ -67,13 +86,18 @@ def token_logprobs(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     *,
+    mask: torch.Tensor | None = None,
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK,
 ) -> torch.Tensor:
-    """Per-token log-probs of the next token: ``(B, T)`` ids -> ``(B, T-1)`` float32."""
+    """Per-token log-probs of the next token: ``(B, T)`` ids -> ``(B, T-1)`` float32.
+
+    ``mask`` (B, T-1), e.g. a batch's ``loss_mask``, limits the LM head to the positions a loss
+    reads; the others are 0.
+    """
     _, head = trunk_and_head(model)
     hidden = hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
-    return logprobs_from_hidden(head, hidden[:, :-1], input_ids[:, 1:], temperature=temperature, chunk_size=chunk_size)
+    return logprobs_from_hidden(head, hidden[:, :-1], input_ids[:, 1:], mask=mask, temperature=temperature, chunk_size=chunk_size)
 
 
 def entropy_chunks(head, hidden, mask, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:

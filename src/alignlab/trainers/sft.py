@@ -15,13 +15,14 @@ from alignlab.trainers.run import open_stage
 
 
 def batch_logprobs(model, batch: dict) -> torch.Tensor:
-    """Next-token log-probs (B, T-1) of a collated batch, on the model's device."""
+    """Next-token log-probs (B, T-1) of a collated batch at its loss positions (0 elsewhere), on the model's device."""
     device = next(model.parameters()).device
     return token_logprobs(
         model,
         batch["input_ids"].to(device),
         batch["attention_mask"].to(device),
         batch["position_ids"].to(device) if "position_ids" in batch else None,
+        mask=batch["loss_mask"].to(device),
     )
 
 
