@@ -1,0 +1,304 @@
+"""What every benchmark here does the same way: run one training in its own process, time its
+optimizer steps, read its peak memory, describe the machine, write the figures to a file.
+
+Each measured run is a fresh child process (``<script> --worker <spec.json>``) started with the
+peer environment's Python (``benchmarks/.envs/trl``, made by ``setup_peers.sh``), so alignlab and
+the peer framework run on the same torch, transformers and peft builds. Peak memory is the
+child's maximum resident set size as the kernel accounts it (``wait4``'s ``ru_maxrss`` for that
+one child; the child's own ``VmHWM`` is recorded too as a cross-check).
+
+Timing: a global optimizer post-step hook (``torch.optim.optimizer.register_optimizer_step_post_hook``)
+stamps the wall clock after every optimizer step, whichever framework owns the optimizer. The
+timed window runs from the end of the last warm-up step to the end of the last step, so it
+covers everything a training step costs (collation, forward, backward, clipping, optimizer,
+scheduler, logging) and nothing before the loop (imports, model load, tokenisation) or after it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+PEER_ENV = BENCH / ".envs" / "trl"
+
+
+# ----------------------------------------------------------------------------- environment
+def peer_python() -> str:
+    py = PEER_ENV / "bin" / "python"
+    if not py.is_file():
+        sys.exit(f"{py}: the benchmark environment is missing; run `bash benchmarks/setup_peers.sh` first")
+    return str(py)
+
+
+def versions(python: str) -> dict:
+    """Versions of the libraries both frameworks run on, read in the peer environment."""
+    code = (
+        "import importlib.metadata as m, json, torch\n"
+        "names = ['torch', 'trl', 'transformers', 'peft', 'accelerate', 'datasets', 'alignlab']\n"
+        "out = {}\n"
+        "for n in names:\n"
+        "    try: out[n] = m.version(n)\n"
+        "    except m.PackageNotFoundError: out[n] = None\n"
+        "out['torch_cuda'] = torch.version.cuda\n"
+        "print(json.dumps(out))\n"
+    )
+    out = json.loads(subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout)
+    out["python"] = platform.python_version()
+    out["alignlab_commit"] = _git(["rev-parse", "--short", "HEAD"])
+    dirty = _git(["status", "--porcelain", "--", "src"])
+    out["alignlab_worktree"] = "modified (uncommitted changes under src/)" if dirty else "clean"
+    return out
+
+
+def _git(args: list[str]) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": mem_gib, "platform": platform.platform()}
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_busy_s() -> float:
+    """Machine-wide busy CPU seconds since boot (all cores), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return float("nan")
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """``base`` updated by ``extra``, nested dicts merged key by key."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+# ----------------------------------------------------------------------------- child runs
+def run_worker(script: Path, spec: dict, *, threads: int, timeout: float) -> dict:
+    """Run ``script --worker`` on ``spec`` in a fresh peer-env process; its report plus peak memory.
+
+    The child writes its report (a JSON object) to ``spec["out"]``. Adds ``max_rss_mib`` (this
+    child's ``ru_maxrss``), ``wall_s`` (the whole process, imports and model load included) and
+    the load average just before the start, and ``other_load_cores``: how many cores' worth of CPU
+    the rest of the machine used on average during the run (from /proc/stat, minus this child).
+    """
+    with tempfile.TemporaryDirectory(prefix="alignlab-bench-") as tmp:
+        tmp = Path(tmp)
+        spec = {**spec, "out": str(tmp / "report.json"), "workdir": str(tmp / "work"), "threads": threads}
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        env = dict(os.environ)
+        env.update(
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            TOKENIZERS_PARALLELISM="false",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            WANDB_DISABLED="true",
+            HF_DATASETS_CACHE=str(tmp / "hf-datasets"),
+            PYTHONWARNINGS="ignore",
+        )
+        log_path = tmp / "child.log"
+        load_before = loadavg()
+        busy0 = cpu_busy_s()
+        t0 = time.perf_counter()
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([peer_python(), str(script), "--worker", str(tmp / "spec.json")], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            deadline = time.monotonic() + timeout
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    proc.returncode = -9
+                    tail = log_path.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"worker timed out after {timeout:.0f} s: {spec.get('name')}\n{tail}")
+                time.sleep(0.25)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        busy = cpu_busy_s() - busy0
+        if proc.returncode != 0 or not Path(spec["out"]).is_file():
+            tail = log_path.read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"worker failed (exit {proc.returncode}): {spec.get('name')}\n{tail}")
+        report = json.loads(Path(spec["out"]).read_text())
+    report["max_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux: kilobytes
+    report["wall_s"] = round(wall, 2)
+    report["loadavg_before"] = load_before
+    child_cpu = usage.ru_utime + usage.ru_stime
+    report["cpu_s"] = round(child_cpu, 2)
+    # cores kept busy by everything else on the machine while this run went on (other users' jobs)
+    report["other_load_cores"] = round(max(0.0, busy - child_cpu) / wall, 2) if wall > 0 else None
+    return report
+
+
+def read_spec(path: str) -> dict:
+    spec = json.loads(Path(path).read_text())
+    threads = int(spec["threads"])
+    import torch
+
+    torch.set_num_threads(threads)
+    Path(spec["workdir"]).mkdir(parents=True, exist_ok=True)
+    return spec
+
+
+def write_report(spec: dict, report: dict) -> None:
+    report["vmhwm_mib"] = vmhwm_mib()
+    Path(spec["out"]).write_text(json.dumps(report))
+
+
+def vmhwm_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+class StepClock:
+    """Wall-clock and process CPU-time stamps after every optimizer step of any ``torch.optim.Optimizer``."""
+
+    def __init__(self):
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []
+        self._handle = register_optimizer_step_post_hook(self._hook)
+
+    def _hook(self, optimizer, args, kwargs) -> None:
+        self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.process_time())  # all threads of this process
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def as_dict(self) -> dict:
+        return {"stamps": self.stamps, "cpu_stamps": self.cpu_stamps}
+
+
+def timing(report: dict, warmup: int, work: list[float]) -> dict:
+    """Rates over the timed steps of one run; ``work[k]`` is what step k+1 processed (tokens, or 1 step).
+
+    * ``rate``: total work of the timed steps / their wall seconds (the headline figure);
+    * ``rate_step_median``: the median over timed steps of work_k / seconds_k (robust to a step
+      that another process on the machine slowed down);
+    * ``rate_per_cpu_s``: total work / process CPU seconds (all threads) in the window: less
+      sensitive to other load on the machine, but it counts spin-waiting threads too.
+    """
+    stamps, cpu = report["stamps"], report["cpu_stamps"]
+    if len(stamps) != len(work):
+        raise RuntimeError(f"{len(stamps)} optimizer steps were seen, {len(work)} were planned")
+    if len(stamps) <= warmup:
+        raise RuntimeError(f"only {len(stamps)} steps; need more than the {warmup} warm-up step(s)")
+    step_s = [b - a for a, b in zip(stamps[warmup - 1 : -1], stamps[warmup:])]
+    timed = work[warmup:]
+    wall = stamps[-1] - stamps[warmup - 1]
+    cpu_s = cpu[-1] - cpu[warmup - 1]
+    return {
+        "timed_s": wall,
+        "timed_cpu_s": cpu_s,
+        "step_s": step_s,
+        "rate": sum(timed) / wall,
+        "rate_step_median": statistics.median(w / s for w, s in zip(timed, step_s)),
+        "step_rates": [w / s for w, s in zip(timed, step_s)],
+        "rate_per_cpu_s": sum(timed) / cpu_s if cpu_s > 0 else None,
+    }
+
+
+# ----------------------------------------------------------------------------- figures
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise(runs: list[dict], key: str, *, peers: list[str], lower_is_better: bool = False) -> dict:
+    """Medians of ``key`` per framework, and alignlab's ratio to the best peer by that measure."""
+    by = {}
+    for r in runs:
+        by.setdefault(r["framework"], []).append(r[key])
+    med = {fw: median(v) for fw, v in by.items()}
+    peer_meds = {fw: med[fw] for fw in peers if med.get(fw) is not None}
+    best = None
+    if peer_meds:
+        best = (min if lower_is_better else max)(peer_meds, key=peer_meds.get)
+    ours = med.get("alignlab")
+    return {
+        "medians": med,
+        "all": by,
+        "best_peer": best,
+        "ours": ours,
+        "peer": peer_meds.get(best),
+        "ratio": (ours / peer_meds[best]) if (best and ours is not None and peer_meds[best]) else None,
+    }
+
+
+def pooled_median(runs: list[dict], key: str, *, peers: list[str]) -> dict:
+    """Like :func:`summarise` for a per-step list (``key``), pooling every timed step of every run."""
+    by = {}
+    for r in runs:
+        by.setdefault(r["framework"], []).extend(r[key])
+    med = {fw: median(v) for fw, v in by.items()}
+    peer_meds = {fw: med[fw] for fw in peers if med.get(fw) is not None}
+    best = max(peer_meds, key=peer_meds.get) if peer_meds else None
+    ours = med.get("alignlab")
+    return {
+        "medians": med,
+        "best_peer": best,
+        "ours": ours,
+        "peer": peer_meds.get(best),
+        "ratio": (ours / peer_meds[best]) if (best and ours is not None and peer_meds[best]) else None,
+    }
+
+
+def write_result(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)

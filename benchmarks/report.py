@@ -1,0 +1,110 @@
+"""Rewrite the figures table in benchmarks/README.md from benchmarks/results/*.json.
+
+    python benchmarks/report.py            # any Python 3.10+; reads only the JSON files
+
+The table sits between the ``<!-- figures:start -->`` and ``<!-- figures:end -->`` markers; the
+rest of the README is prose written by hand. Every number in the table comes from a results file,
+so the table and the files cannot disagree.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+README = BENCH / "README.md"
+START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+def _load(name: str) -> dict | None:
+    p = BENCH / "results" / f"{name}.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def _load_note(d: dict, runs: list[dict] | None = None) -> str:
+    """Load average at start → end, and the most CPU other jobs took during any one run."""
+    a, b = d.get("loadavg_start"), d.get("loadavg_end")
+    note = f"{a[0]:.2f} → {b[0]:.2f}" if a and b else ""
+    others = [r.get("other_load_cores") for r in (runs or []) if r.get("other_load_cores") is not None]
+    if others:
+        note += f"; other jobs ≤ {max(others):.2f} cores"
+    return note
+
+
+def _num(x, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def rows() -> list[list[str]]:
+    out = []
+    sft = _load("sft_throughput")
+    if sft:
+        for c in sft["configs"]:
+            tp, st, mem = c["tokens_per_s"], c["tokens_per_s_step_median"], c["peak_rss_mib"]
+            what = f"SFT {c['name']} (bs {c['batch_size']}, len ≤{c['max_length']}, {c['timed_steps']} timed steps × {len(tp['all'].get('alignlab', []))} runs each)"
+            load = _load_note(sft, c["runs"])
+            out.append([what + " · tokens/s", _num(tp["ours"], ".0f"), f"TRL {_num(tp['peer'], '.0f')}", _num(tp["ratio"], ".2f") + "×", f"median step: {_num(st['ratio'], '.2f')}×", load, sft["date"][:10]])
+            out.append([f"SFT {c['name']} · peak RSS (MiB)", _num(mem["ours"], ".0f"), f"TRL {_num(mem['peer'], '.0f')}", _num(mem["ratio"], ".2f") + "×", "", load, sft["date"][:10]])
+    dpo = _load("dpo_vs_trl")
+    if dpo:
+        for c in dpo["configs"]:
+            sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
+            agree = all(v["agree"] for v in ag.values() if isinstance(v, dict))
+            what = f"DPO {c['name']} (full FT, {c['batch_size_pairs']} pairs/step, len ≤{c['max_length']}, β {c['beta']})"
+            load = _load_note(dpo, c["runs"])
+            others = ", ".join(
+                f"vs {fw} {_num(v, '.3f')}: {_num(sp['ours'] / v if v else None, '.2f')}×" for fw, v in sp["medians"].items() if fw not in ("alignlab", sp["best_peer"])
+            )
+            mem_others = ", ".join(
+                f"vs {fw} {_num(v, '.0f')}: {_num(mem['ours'] / v if v else None, '.2f')}×" for fw, v in mem["medians"].items() if fw not in ("alignlab", mem["best_peer"])
+            )
+            out.append([what + " · steps/s", _num(sp["ours"], ".3f"), f"{sp['best_peer']} {_num(sp['peer'], '.3f')}", _num(sp["ratio"], ".2f") + "× (target ≥ 1.5)", f"{others}; median step: {_num(st['ratio'], '.2f')}×; losses agree: {'yes' if agree else 'NO'}", load, dpo["date"][:10]])
+            out.append([f"DPO {c['name']} · peak RSS (MiB)", _num(mem["ours"], ".0f"), f"{mem['best_peer']} {_num(mem['peer'], '.0f')}", _num(mem["ratio"], ".2f") + "× (target ≤ 0.7)", mem_others, load, dpo["date"][:10]])
+    rm = _load("rm_hh_accuracy")
+    if rm:
+        d = rm["data"]
+        lo, hi = _wilson(rm["heldout_accuracy"], d["heldout_pairs"])
+        out.append(
+            [
+                f"Reward model, HH-RLHF harmless-base: held-out accuracy (SmolLM2-135M LoRA, train {d['train_pairs']} / held-out {d['heldout_pairs']} pairs, len ≤{rm['settings']['max_length']})",
+                f"{_num(rm['heldout_accuracy'], '.3f')} (95% CI {lo:.3f}–{hi:.3f})",
+                f"chance 0.500; longer-response rule {_num(d['baseline_longer_response_accuracy'], '.3f')}",
+                "—",
+                f"1 epoch = {rm['steps']} steps; {rm['run']['wall_s'] / 60:.1f} min in all; peak RSS {rm['run']['max_rss_mib']:.0f} MiB",
+                _load_note(rm, [rm["run"]]),
+                rm["date"][:10],
+            ]
+        )
+    return out
+
+
+def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``p`` measured on ``n`` trials."""
+    if not n:
+        return float("nan"), float("nan")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def table() -> str:
+    head = ["benchmark", "ours (alignlab)", "best peer", "ratio ours/peer", "notes", "machine load (1-min load avg start → end; other jobs' CPU during a run)", "date"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    text = README.read_text(encoding="utf-8")
+    block = f"{START}\n{table()}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text += "\n" + block + "\n"
+    README.write_text(text, encoding="utf-8")
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
