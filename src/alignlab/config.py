@@ -515,6 +515,10 @@ def from_dict(cls: type, data: dict, *, where: str = "", prefix: str = "") -> An
             raise ConfigError(f"{where}unknown key '{prefix}{key}'{_suggest(prefix + str(key), valid)}")
         t = hints[key]
         if dataclasses.is_dataclass(t):
+            # a partial section keeps this stage's own defaults for the keys it does not name
+            fld = next(f for f in dataclasses.fields(cls) if f.name == key)
+            if isinstance(value, dict) and fld.default_factory is not dataclasses.MISSING:
+                value = _merge(to_dict(fld.default_factory()), value)
             kwargs[key] = from_dict(t, value, where=where, prefix=f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, t, prefix + key, where)

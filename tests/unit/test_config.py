@@ -56,3 +56,15 @@ def test_config_diff_names_changed_keys():
     b.train.lr = 1.0
     b.train.progress = False
     assert config_diff(a, b, ignore=("train.progress",)) == ["train.lr"]
+
+
+def test_partial_yaml_section_keeps_the_stage_defaults(tmp_path):
+    """A YAML `data:` section naming one key must not reset the stage's other data defaults."""
+    from alignlab.config import DPOConfig, RewardConfig
+
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  max_length: 400\n")
+    dpo = load_config(DPOConfig, f)
+    assert dpo.data.max_length == 400 and dpo.data.train == "demo:preferences" and dpo.data.packing is True
+    rm = load_config(RewardConfig, f)
+    assert rm.data.train == "demo:preferences" and rm.data.packing is False
