@@ -302,3 +302,32 @@ def write_result(name: str, data: dict) -> Path:
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def trl_training_args(cfg, workdir: str) -> dict:
+    """TRL/transformers training arguments that mirror an alignlab stage config's loop settings.
+
+    Same steps, batch, LR schedule, AdamW settings, clipping and seed; fp32 on CPU; no gradient
+    checkpointing (alignlab's default); rows read in the order given (alignlab's batch order).
+    """
+    t = cfg.train
+    return dict(
+        output_dir=workdir,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_eps,
+        max_grad_norm=t.max_grad_norm,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        seed=t.seed,
+        train_sampling_strategy="sequential",
+    )

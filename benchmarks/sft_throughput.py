@@ -168,26 +168,8 @@ def worker_trl(spec: dict) -> dict:
     loaded = load_model(cfg.model, seed=cfg.train.seed)
     model, tokenizer = loaded.model, loaded.tokenizer
     dataset = datasets.Dataset.from_list(spec["plan_rows"])
-    t = cfg.train
     args = TRLSFTConfig(
-        output_dir=spec["workdir"],
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=1,
-        learning_rate=t.lr,
-        lr_scheduler_type=t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
-        warmup_steps=t.warmup_steps,
-        weight_decay=t.weight_decay,
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        adam_epsilon=t.adam_eps,
-        max_grad_norm=t.max_grad_norm,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        seed=t.seed,
-        train_sampling_strategy="sequential",  # the rows are already in alignlab's batch order
+        **harness.trl_training_args(cfg, spec["workdir"]),
         max_length=cfg.data.max_length,
         completion_only_loss=True,
         packing=False,
