@@ -30,17 +30,17 @@ class Stage:
 
 STAGES: dict[str, Stage] = {
     "sft": Stage("alignlab.config:SFTConfig", "alignlab.trainers.sft:train_sft", "supervised fine-tuning (loss on response tokens only)"),
+    "reward": Stage(
+        "alignlab.config:RewardConfig", "alignlab.trainers.reward:train_reward", "reward model (scalar head) from preferences or rankings", ("loss",)
+    ),
+    "dpo": Stage(
+        "alignlab.config:DPOConfig", "alignlab.trainers.dpo:train_dpo", "direct preference methods: dpo, cdpo, ipo, hinge, robust, kto, orpo, simpo", ("loss",)
+    ),
+    "ppo": Stage("alignlab.config:PPOConfig", "alignlab.trainers.ppo:train_ppo", "PPO with a KL penalty against the reference, from a reward source"),
+    "rloo": Stage("alignlab.config:RLOOConfig", "alignlab.trainers.group:train_rloo", "RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt"),
+    "grpo": Stage("alignlab.config:GRPOConfig", "alignlab.trainers.group:train_grpo", "GRPO / Dr. GRPO: group-normalised advantages, KL to the reference in the loss"),
+    "best-of-n": Stage("alignlab.config:BestOfNConfig", "alignlab.trainers.best_of_n:run_best_of_n", "best-of-n sampling by reward (inference only; reports its analytic KL)"),
 }
-STAGES["reward"] = Stage(
-    "alignlab.config:RewardConfig", "alignlab.trainers.reward:train_reward", "reward model (scalar head) from preferences or rankings", ("loss",)
-)
-STAGES["dpo"] = Stage(
-    "alignlab.config:DPOConfig", "alignlab.trainers.dpo:train_dpo", "direct preference methods: dpo, cdpo, ipo, hinge, robust, kto, orpo, simpo", ("loss",)
-)
-STAGES["ppo"] = Stage("alignlab.config:PPOConfig", "alignlab.trainers.ppo:train_ppo", "PPO with a KL penalty against the reference, from a reward source")
-STAGES["rloo"] = Stage("alignlab.config:RLOOConfig", "alignlab.trainers.group:train_rloo", "RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt")
-STAGES["grpo"] = Stage("alignlab.config:GRPOConfig", "alignlab.trainers.group:train_grpo", "GRPO / Dr. GRPO: group-normalised advantages, KL to the reference in the loss")
-STAGES["best-of-n"] = Stage("alignlab.config:BestOfNConfig", "alignlab.trainers.best_of_n:run_best_of_n", "best-of-n sampling by reward (inference only; reports its analytic KL)")
 
 # The stages `alignlab run` runs, in order, when present in the profile.
 PIPELINE = ("sft",)
