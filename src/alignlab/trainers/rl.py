@@ -153,7 +153,8 @@ def response_logprobs(model, exp: Experience, *, temperature: float, device) -> 
     """(log π(y_t) at ``temperature`` ``(B, R)`` float32, the hidden states ``(B, R, H)``)."""
     h = response_hidden(model, exp, device)
     _, head = trunk_and_head(model)
-    return logprobs_from_hidden(head, h, exp.response_ids.to(device), temperature=temperature), h
+    mask = exp.response_mask.to(device)  # the head runs only on real response tokens; padding reads 0
+    return logprobs_from_hidden(head, h, exp.response_ids.to(device), mask=mask, temperature=temperature), h
 
 
 def policy_forward(models: RLModels, exp: Experience, *, temperature: float, with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
