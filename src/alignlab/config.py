@@ -54,7 +54,12 @@ class ModelConfig:
     dtype: str = knob("auto", "auto (fp32 on CPU, bf16 on GPU), float32, bfloat16 or float16")
     device: str = knob("auto", "auto (cuda if available), cpu or cuda[:N]")
     trust_remote_code: bool = knob(False, "allow the model folder's own Python code to run (off: safe)")
-    gradient_checkpointing: bool = knob(False, "recompute activations in backward to save memory")
+    gradient_checkpointing: str = knob(
+        "selective",
+        "recompute activations in backward to save memory: none; selective (keep matmul and attention outputs, "
+        "recompute the element-wise ops: about half the activation memory for a few % more time); "
+        "full (keep only each layer's input: least memory, about a third more compute)",
+    )
     lora: LoraConfig = knob(help="LoRA adapters", factory=LoraConfig)
 
 
@@ -494,6 +499,10 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool):
+            raise ConfigError(
+                f"{where}'{key}': expected a string, got {value!r} (YAML reads an unquoted yes, no, on, off, true or false as a boolean: quote it)"
+            )
     else:  # pragma: no cover - a config class with an unsupported annotation is a bug here
         raise TypeError(f"unsupported config type {annotation!r} for {key}")
     expected = _TYPE_NAMES.get(annotation, str(annotation))
@@ -628,6 +637,7 @@ def save_config(cfg: Any, path: str | Path) -> None:
 _CHOICES = {
     "train.scheduler": ("cosine", "linear", "constant"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.gradient_checkpointing": ("none", "selective", "full"),
 }
 
 

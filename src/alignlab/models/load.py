@@ -14,6 +14,7 @@ from typing import Any
 
 from alignlab.errors import ModelLoadError, UnsafeFileError
 from alignlab.models import presets
+from alignlab.models.checkpointing import enable_checkpointing
 
 
 @dataclass
@@ -106,9 +107,8 @@ def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
     tokenizer = prepare_tokenizer(tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if cfg.gradient_checkpointing and for_training:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+    if for_training:
+        enable_checkpointing(model, cfg.gradient_checkpointing)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     model.to(device)
