@@ -7,8 +7,13 @@ Same model weights (alignlab's ``load_model``), same pairs in the same order (al
 ``demo:preferences`` through the chat template and picks the batches; TRL gets those
 ``prompt_ids`` / ``chosen_ids`` / ``rejected_ids`` as they are and reads them with a sequential
 sampler), batch size, sequence length, full fine-tuning, float32, sigmoid DPO loss with the same
-β, AdamW, clipping at 1.0, no warm-up (so step 1 already moves the weights), no gradient
-checkpointing, same thread count.
+β, AdamW, clipping at 1.0, no warm-up (so step 1 already moves the weights), same thread count.
+
+Activation checkpointing: each framework as it is set up by default in ``smollm2-full``, i.e.
+alignlab's selective checkpointing (it keeps matmul and attention outputs and recomputes only
+element-wise ops; no matmul runs twice) against TRL without checkpointing (transformers offers
+only full checkpointing, which reruns every layer). ``smollm2-full-gc`` runs both with full
+per-layer checkpointing, the least memory either framework offers.
 
 TRL is measured in two set-ups and alignlab's ratio is taken against the better one per figure:
 
@@ -43,6 +48,11 @@ PEERS = ["trl", "trl-precompute"]
 CONFIGS = {
     "tiny": ("tiny", {}),
     "smollm2-full": ("default", {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}}, "train": {"lr": 1.0e-6}}),
+    # both frameworks with full per-layer activation checkpointing (the least memory either offers)
+    "smollm2-full-gc": (
+        "default",
+        {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}, "gradient_checkpointing": "full"}, "train": {"lr": 1.0e-6}},
+    ),
     # Not in the default set: LoRA with dropout off (TRL's DPOTrainer turns dropout off by default).
     "smollm2-lora": ("default", {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": True, "dropout": 0.0}}}),
 }
@@ -57,7 +67,7 @@ def build_config(name: str, args) -> dict:
     steps = args.warmup + args.steps
     batch_size = args.batch_size or tree["train"]["batch_size"]
     forced = {
-        "model": {"dtype": "float32", "device": "cpu", "gradient_checkpointing": False},
+        "model": {"dtype": "float32", "device": "cpu"},
         # exactly the pairs the steps use: one epoch, no held-out set (so no eval reference pass)
         "data": {"limit": steps * batch_size, "eval_fraction": 0.0},
         "train": {
@@ -156,6 +166,8 @@ def worker_trl(spec: dict) -> dict:
     lora = cfg.model.lora
     use_lora = lora.enabled
     cfg.model.lora.enabled = False  # TRL applies the adapters itself (peft_config)
+    full_checkpointing = cfg.model.gradient_checkpointing == "full"
+    cfg.model.gradient_checkpointing = "none"  # TRL's own switch decides (full or none: it has no selective mode)
     loaded = load_model(cfg.model, seed=cfg.train.seed)
     model, tokenizer = loaded.model, loaded.tokenizer
     ref_model = None
@@ -163,7 +175,7 @@ def worker_trl(spec: dict) -> dict:
         ref_model = load_model(cfg.model, seed=cfg.train.seed, for_training=False).model
         ref_model.eval().requires_grad_(False)
     args = TRLDPOConfig(
-        **harness.trl_training_args(cfg, spec["workdir"]),
+        **harness.trl_training_args(cfg, spec["workdir"], gradient_checkpointing=full_checkpointing),
         max_length=cfg.data.max_length,
         beta=cfg.beta,
         loss_type=["sigmoid"],
@@ -275,6 +287,7 @@ def measure(name: str, args) -> dict:
         "name": name,
         "model": config["model"]["name_or_path"],
         "lora": config["model"]["lora"]["enabled"],
+        "gradient_checkpointing": {"alignlab": config["model"]["gradient_checkpointing"], "trl": "full" if config["model"]["gradient_checkpointing"] == "full" else "none"},
         "batch_size_pairs": config["train"]["batch_size"],
         "max_length": config["data"]["max_length"],
         "max_prompt_length": config["data"]["max_prompt_length"],
@@ -297,7 +310,7 @@ def measure(name: str, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--configs", default="tiny,smollm2-full", help=f"comma-separated, from {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default="tiny,smollm2-full,smollm2-full-gc", help=f"comma-separated, from {', '.join(CONFIGS)}")
     p.add_argument("--peers", default=",".join(PEERS), help="TRL set-ups to run, from " + ", ".join(PEERS))
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run (after the warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="optimizer steps run first and left out of the timing (>= 1)")

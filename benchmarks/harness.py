@@ -304,11 +304,12 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def trl_training_args(cfg, workdir: str) -> dict:
+def trl_training_args(cfg, workdir: str, gradient_checkpointing: bool = False) -> dict:
     """TRL/transformers training arguments that mirror an alignlab stage config's loop settings.
 
-    Same steps, batch, LR schedule, AdamW settings, clipping and seed; fp32 on CPU; no gradient
-    checkpointing (alignlab's default); rows read in the order given (alignlab's batch order).
+    Same steps, batch, LR schedule, AdamW settings, clipping and seed; fp32 on CPU; rows read in
+    the order given (alignlab's batch order). ``gradient_checkpointing``: transformers' own (full,
+    per layer); it has no selective mode.
     """
     t = cfg.train
     return dict(
@@ -326,7 +327,7 @@ def trl_training_args(cfg, workdir: str) -> dict:
         max_grad_norm=t.max_grad_norm,
         bf16=False,
         fp16=False,
-        gradient_checkpointing=False,
+        gradient_checkpointing=gradient_checkpointing,
         use_cpu=True,
         seed=t.seed,
         train_sampling_strategy="sequential",

@@ -46,7 +46,7 @@ def build_config(name: str, args) -> dict:
     profile, changes = CONFIGS[name]
     tree = harness.merge(load_profile(profile)["sft"], changes)
     forced = {
-        "model": {"dtype": "float32", "device": "cpu", "gradient_checkpointing": False},
+        "model": {"dtype": "float32", "device": "cpu", "gradient_checkpointing": "none"},
         "train": {
             "run_name": f"bench-{name}",
             "max_steps": args.warmup + steps_for(name, args),
