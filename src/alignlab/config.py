@@ -567,6 +567,7 @@ def parse_overrides(cls: type, overrides: list[str]) -> dict:
     import yaml
 
     tree: dict = {}
+    leaves = _leaf_keys(cls)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. train.lr=1e-4)")
@@ -576,7 +577,8 @@ def parse_overrides(cls: type, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        if raw.strip().lower() in ("none", "null", "~"):
+        optional = "None" in str(leaves[key].type)  # `key=none` empties an optional field; elsewhere "none" is a word
+        if optional and raw.strip().lower() in ("none", "null", "~"):
             value = None
         _set_dotted(tree, key, value)
     return tree

@@ -266,3 +266,19 @@ def test_merged_lora_weights_reproduce_the_policy_for_a_weight_synced_engine():
     assert (want - got).abs().max() < 1e-4
     assert all(torch.equal(v, before[k]) for k, v in policy.model.state_dict().items())
     assert isinstance(TransformersEngine(policy.model, policy.tokenizer), GenerationEngine)
+
+
+@pytest.mark.parametrize("value_model", ["head", "separate"])
+def test_ppo_steps_are_the_same_with_selective_checkpointing(tmp_path, value_model):
+    """The RL forward (policy log-probs and values) under checkpointing gives the same updates."""
+    from alignlab.trainers.ppo import train_ppo
+
+    runs = {}
+    for mode in ("none", "selective"):
+        summary = train_ppo(
+            tiny_cfg("ppo", tmp_path / mode, "train.max_steps=3", f"value_model={value_model}", f"model.gradient_checkpointing={mode}")
+        )
+        runs[mode] = train_rows(summary)
+    for a, b in zip(runs["none"], runs["selective"]):
+        for key in ("loss", "score", "kl", "value/loss", "policy/clipfrac"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key

@@ -56,4 +56,7 @@ def test_unknown_mode_and_yaml_booleans_are_config_errors():
     with pytest.raises(ConfigError, match="quote it"):  # YAML reads an unquoted `off` as false
         load_config(DPOConfig, None, ["model.gradient_checkpointing=off"])
     assert load_config(DPOConfig, None, ["model.gradient_checkpointing=full"]).model.gradient_checkpointing == "full"
+    # `none` is a mode here, not an empty value (it empties only optional fields)
+    assert load_config(DPOConfig, None, ["gradient_checkpointing=none"]).model.gradient_checkpointing == "none"
+    assert load_config(DPOConfig, None, ["data.eval=none"]).data.eval is None
     assert load_config(DPOConfig, None, []).model.gradient_checkpointing == "selective"
