@@ -41,3 +41,36 @@ def test_temperature_scales_logits():
         want = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         got = token_logprobs(model, ids, temperature=0.7)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("chunk_size", [1024, 4])
+def test_linear_head_backward_matches_autograd_with_bias_and_temperature(temperature, chunk_size):
+    """The LM head's lean backward (gradient built in the saved logits' memory) equals autograd's."""
+    from alignlab.models.logprobs import selected_logprobs
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True).double()
+    hidden = torch.randn(11, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (11,))
+    upstream = torch.randn(11, dtype=torch.float64)  # any weights on the log-probs
+
+    want = torch.log_softmax(head(hidden) / temperature, -1).gather(-1, targets[:, None]).squeeze(-1)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [hidden, head.weight, head.bias])
+
+    got = selected_logprobs(head, hidden, targets, temperature=temperature, chunk_size=chunk_size)
+    assert got.dtype == torch.float32 and torch.allclose(got.double(), want, atol=1e-6)
+    got_grads = torch.autograd.grad((got * upstream.float()).sum(), [hidden, head.weight, head.bias])
+    for g, w in zip(got_grads, want_grads):
+        assert torch.allclose(g, w, atol=1e-5)
+
+
+def test_linear_head_backward_refuses_to_run_twice():
+    from alignlab.models.logprobs import selected_logprobs
+
+    head = torch.nn.Linear(8, 20, bias=False)
+    hidden = torch.randn(3, 8, requires_grad=True)
+    out = selected_logprobs(head, hidden, torch.tensor([1, 2, 3])).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="ran twice"):
+        out.backward()

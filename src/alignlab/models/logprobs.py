@@ -39,7 +39,49 @@ def hidden_states(model, input_ids, attention_mask=None, position_ids=None):
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
 
+class _LinearLogprobs(torch.autograd.Function):
+    """``log softmax((h Wᵀ + b) / τ)[target]`` for a plain linear head, with a lean backward.
+
+    Autograd's own backward of ``logsumexp`` and ``gather`` allocates three more (N, V) float32
+    tensors (the exponentials, their product with the gradient, the scattered one-hot) while every
+    trunk activation is still alive: the step's peak. Here the gradient w.r.t. the logits,
+    ``g·(onehot(target) − softmax)/τ``, is built in the memory of the saved logits, so the head's
+    backward needs no (N, V) tensor beyond them. The saved logits are overwritten: backward runs once
+    (no ``retain_graph``; a second call raises).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature: float):
+        logits = F.linear(hidden, weight, bias).float()  # (N, V)
+        if temperature != 1.0:
+            logits.div_(temperature)
+        logz = torch.logsumexp(logits, dim=-1)  # (N,)
+        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N,)
+        ctx.save_for_backward(hidden, weight, logits, logz, targets)
+        ctx.temperature, ctx.has_bias, ctx.used = temperature, bias is not None, False
+        return picked - logz
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad: (N,)
+        if ctx.used:
+            raise RuntimeError("the LM head's log-prob backward ran twice (retain_graph is not supported here)")
+        ctx.used = True
+        hidden, weight, logits, logz, targets = ctx.saved_tensors
+        g = logits.sub_(logz.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))  # -g·softmax, in place: (N, V)
+        g.scatter_add_(-1, targets.unsqueeze(-1), grad.unsqueeze(-1))  # + g·onehot(target)
+        if ctx.temperature != 1.0:
+            g.div_(ctx.temperature)
+        g = g.to(weight.dtype)
+        grad_hidden = g @ weight if ctx.needs_input_grad[0] else None  # (N, H)
+        grad_weight = g.t() @ hidden if ctx.needs_input_grad[1] else None  # (V, H)
+        grad_bias = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
 def _chunk_logprobs(head, hidden, targets, temperature: float):
+    if type(head) is torch.nn.Linear:  # the usual LM head (an adapter-wrapped one takes the generic path)
+        return _LinearLogprobs.apply(hidden, head.weight, head.bias, targets, temperature)
     logits = head(hidden).float()  # (N, V): one chunk of tokens only
     if temperature != 1.0:
         logits = logits / temperature
