@@ -13,7 +13,9 @@ Activation checkpointing: each framework as it is set up by default in ``smollm2
 alignlab's selective checkpointing (it keeps matmul and attention outputs and recomputes only
 element-wise ops; no matmul runs twice) against TRL without checkpointing (transformers offers
 only full checkpointing, which reruns every layer). ``smollm2-full-gc`` runs both with full
-per-layer checkpointing, the least memory either framework offers.
+per-layer checkpointing, the least memory either framework offers (and TRL's ``trl`` set-up there
+is its shipped default: ``DPOConfig.gradient_checkpointing`` defaults to True);
+``smollm2-full-none`` (not in the default list) runs both without checkpointing.
 
 TRL is measured in two set-ups and alignlab's ratio is taken against the better one per figure:
 
@@ -48,6 +50,11 @@ PEERS = ["trl", "trl-precompute"]
 CONFIGS = {
     "tiny": ("tiny", {}),
     "smollm2-full": ("default", {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}}, "train": {"lr": 1.0e-6}}),
+    # like for like without checkpointing: where alignlab stands before its selective mode
+    "smollm2-full-none": (
+        "default",
+        {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}, "gradient_checkpointing": "none"}, "train": {"lr": 1.0e-6}},
+    ),
     # both frameworks with full per-layer activation checkpointing (the least memory either offers)
     "smollm2-full-gc": (
         "default",

@@ -46,12 +46,15 @@ def rows() -> list[list[str]]:
             load = _load_note(sft, c["runs"])
             out.append([what + " · tokens/s", _num(tp["ours"], ".0f"), f"TRL {_num(tp['peer'], '.0f')}", _num(tp["ratio"], ".2f") + "×", f"median step: {_num(st['ratio'], '.2f')}×", load, sft["date"][:10]])
             out.append([f"SFT {c['name']} · peak RSS (MiB)", _num(mem["ours"], ".0f"), f"TRL {_num(mem['peer'], '.0f')}", _num(mem["ratio"], ".2f") + "×", "", load, sft["date"][:10]])
-    dpo = _load("dpo_vs_trl")
-    if dpo:
+    for dpo in filter(None, (_load("dpo_vs_trl"), _load("dpo_vs_trl_none"))):
         for c in dpo["configs"]:
             sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
             agree = all(v["agree"] for v in ag.values() if isinstance(v, dict))
-            what = f"DPO {c['name']} (full FT, {c['batch_size_pairs']} pairs/step, len ≤{c['max_length']}, β {c['beta']})"
+            ckpt = c.get("gradient_checkpointing", {"alignlab": "none", "trl": "none"})
+            what = (
+                f"DPO {c['name']} (full FT, {c['batch_size_pairs']} pairs/step, len ≤{c['max_length']}, β {c['beta']}; "
+                f"activation checkpointing: alignlab {ckpt['alignlab']}, TRL {ckpt['trl']})"
+            )
             load = _load_note(dpo, c["runs"])
             others = ", ".join(
                 f"vs {fw} {_num(v, '.3f')}: {_num(sp['ours'] / v if v else None, '.2f')}×" for fw, v in sp["medians"].items() if fw not in ("alignlab", sp["best_peer"])
