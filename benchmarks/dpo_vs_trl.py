@@ -67,6 +67,7 @@ CONFIGS = {
 
 def build_config(name: str, args) -> dict:
     from alignlab.config import DPOConfig, from_dict, to_dict, validate
+    from alignlab.models.checkpointing import resolve_mode
     from alignlab.profiles import load_profile
 
     profile, changes = CONFIGS[name]
@@ -100,6 +101,7 @@ def build_config(name: str, args) -> dict:
     tree = harness.merge(tree, forced)
     cfg = from_dict(DPOConfig, tree)
     validate(cfg)
+    cfg.model.gradient_checkpointing = resolve_mode(cfg.model)  # record what runs, not `auto`
     return to_dict(cfg)
 
 

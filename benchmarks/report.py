@@ -36,13 +36,18 @@ def _num(x, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def _ckpt(config: dict) -> str:
+    """Which activation checkpointing each side ran (results written before the switch had none)."""
+    c = config.get("gradient_checkpointing", {"alignlab": "none", "trl": "none"})
+    return f"; activation checkpointing: alignlab {c['alignlab']}, TRL {c['trl']}"
+
+
 def rows() -> list[list[str]]:
     out = []
-    sft = _load("sft_throughput")
-    if sft:
+    for sft in filter(None, (_load("sft_throughput"), _load("sft_defaults"))):
         for c in sft["configs"]:
             tp, st, mem = c["tokens_per_s"], c["tokens_per_s_step_median"], c["peak_rss_mib"]
-            what = f"SFT {c['name']} (bs {c['batch_size']}, len ≤{c['max_length']}, {c['timed_steps']} timed steps × {len(tp['all'].get('alignlab', []))} runs each)"
+            what = f"SFT {c['name']} (bs {c['batch_size']}, len ≤{c['max_length']}, {c['timed_steps']} timed steps × {len(tp['all'].get('alignlab', []))} runs each{_ckpt(c)})"
             load = _load_note(sft, c["runs"])
             out.append([what + " · tokens/s", _num(tp["ours"], ".0f"), f"TRL {_num(tp['peer'], '.0f')}", _num(tp["ratio"], ".2f") + "×", f"median step: {_num(st['ratio'], '.2f')}×", load, sft["date"][:10]])
             out.append([f"SFT {c['name']} · peak RSS (MiB)", _num(mem["ours"], ".0f"), f"TRL {_num(mem['peer'], '.0f')}", _num(mem["ratio"], ".2f") + "×", "", load, sft["date"][:10]])
@@ -50,11 +55,7 @@ def rows() -> list[list[str]]:
         for c in dpo["configs"]:
             sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
             agree = all(v["agree"] for v in ag.values() if isinstance(v, dict))
-            ckpt = c.get("gradient_checkpointing", {"alignlab": "none", "trl": "none"})
-            what = (
-                f"DPO {c['name']} (full FT, {c['batch_size_pairs']} pairs/step, len ≤{c['max_length']}, β {c['beta']}; "
-                f"activation checkpointing: alignlab {ckpt['alignlab']}, TRL {ckpt['trl']})"
-            )
+            what = f"DPO {c['name']} (full FT, {c['batch_size_pairs']} pairs/step, len ≤{c['max_length']}, β {c['beta']}{_ckpt(c)})"
             load = _load_note(dpo, c["runs"])
             others = ", ".join(
                 f"vs {fw} {_num(v, '.3f')}: {_num(sp['ours'] / v if v else None, '.2f')}×" for fw, v in sp["medians"].items() if fw not in ("alignlab", sp["best_peer"])

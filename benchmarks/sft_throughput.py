@@ -8,8 +8,9 @@ or the SmolLM2-135M-Instruct safetensors folder), the same token ids (alignlab t
 data once through the chat template; TRL receives those ``input_ids`` with a ``completion_mask``
 so its loss covers the response tokens only), the same batches in the same order (alignlab's data
 order; TRL reads them with a sequential sampler), batch size, sequence length, number of steps,
-float32, AdamW, gradient clipping at 1.0, no gradient checkpointing (alignlab's default; TRL's
-default is on, which would slow it), and the same thread count.
+float32, AdamW, gradient clipping at 1.0, and the same thread count. Activation checkpointing is
+off on both sides in the default configs (TRL's default is full checkpointing, alignlab's is
+selective); ``smollm2-lora-defaults`` runs each framework with its own default.
 
 Throughput = (prompt + response tokens of the timed steps) / (seconds of the timed steps), the
 timed steps being those after ``--warmup`` warm-up steps (see ``harness``: model load, imports
@@ -27,11 +28,14 @@ import harness
 
 SCRIPT = Path(__file__).resolve()
 
-# name -> (profile, what changes from that profile's sft section)
+NO_CKPT = {"model": {"gradient_checkpointing": "none"}}
+# name -> (profile, what changes from that profile's sft section, TRL's gradient_checkpointing)
 CONFIGS = {
-    "tiny": ("tiny", {}),
-    "smollm2-lora": ("default", {}),
-    "smollm2-full": ("default", {"model": {"lora": {"enabled": False}}, "train": {"lr": 2.0e-5}}),
+    "tiny": ("tiny", {}, False),
+    "smollm2-lora": ("default", NO_CKPT, False),
+    "smollm2-full": ("default", harness.merge(NO_CKPT, {"model": {"lora": {"enabled": False}}, "train": {"lr": 2.0e-5}}), False),
+    # not in the default list: each framework as it is set up by default (alignlab selective, TRL full checkpointing)
+    "smollm2-lora-defaults": ("default", {}, True),
 }
 
 
@@ -43,10 +47,10 @@ def build_config(name: str, args) -> dict:
     """The alignlab SFT config (a plain dict) both frameworks are set up from."""
     from alignlab.profiles import load_profile
 
-    profile, changes = CONFIGS[name]
+    profile, changes, _ = CONFIGS[name]
     tree = harness.merge(load_profile(profile)["sft"], changes)
     forced = {
-        "model": {"dtype": "float32", "device": "cpu", "gradient_checkpointing": "none"},
+        "model": {"dtype": "float32", "device": "cpu"},
         "train": {
             "run_name": f"bench-{name}",
             "max_steps": args.warmup + steps_for(name, args),
@@ -65,9 +69,11 @@ def build_config(name: str, args) -> dict:
         forced["data"] = {"max_length": args.max_length, "max_prompt_length": min(args.max_length // 2, tree["data"].get("max_prompt_length", 384))}
     tree = harness.merge(tree, forced)
     from alignlab.config import SFTConfig, from_dict, to_dict, validate
+    from alignlab.models.checkpointing import resolve_mode
 
     cfg = from_dict(SFTConfig, tree)
     validate(cfg)
+    cfg.model.gradient_checkpointing = resolve_mode(cfg.model)  # record what runs, not `auto`
     return to_dict(cfg)
 
 
@@ -165,11 +171,12 @@ def worker_trl(spec: dict) -> dict:
     lora = cfg.model.lora
     use_lora = lora.enabled
     cfg.model.lora.enabled = False  # TRL applies the adapters itself (peft_config), as its users do
+    cfg.model.gradient_checkpointing = "none"  # TRL's own switch decides (spec["trl_gradient_checkpointing"])
     loaded = load_model(cfg.model, seed=cfg.train.seed)
     model, tokenizer = loaded.model, loaded.tokenizer
     dataset = datasets.Dataset.from_list(spec["plan_rows"])
     args = TRLSFTConfig(
-        **harness.trl_training_args(cfg, spec["workdir"]),
+        **harness.trl_training_args(cfg, spec["workdir"], gradient_checkpointing=spec["trl_gradient_checkpointing"]),
         max_length=cfg.data.max_length,
         completion_only_loss=True,
         packing=False,
@@ -219,7 +226,13 @@ def measure(name: str, args) -> dict:
     repeats = args.tiny_repeats if name == "tiny" else args.repeats
     for rep in range(repeats):
         for framework in ("alignlab", "trl"):
-            spec = {"name": f"{name}/{framework}/{rep}", "framework": framework, "config": config, "plan_rows": plan["rows"] if framework == "trl" else None}
+            spec = {
+                "name": f"{name}/{framework}/{rep}",
+                "framework": framework,
+                "config": config,
+                "plan_rows": plan["rows"] if framework == "trl" else None,
+                "trl_gradient_checkpointing": CONFIGS[name][2],
+            }
             r = harness.run_worker(SCRIPT, spec, threads=args.threads, timeout=args.timeout)
             t = harness.timing(r, args.warmup, work)
             r.pop("stamps"), r.pop("cpu_stamps")
@@ -249,6 +262,7 @@ def measure(name: str, args) -> dict:
         "name": name,
         "model": config["model"]["name_or_path"],
         "lora": config["model"]["lora"]["enabled"],
+        "gradient_checkpointing": {"alignlab": config["model"]["gradient_checkpointing"], "trl": "full" if CONFIGS[name][2] else "none"},
         "batch_size": config["train"]["batch_size"],
         "max_length": config["data"]["max_length"],
         "max_prompt_length": config["data"]["max_prompt_length"],

@@ -5,7 +5,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from alignlab.config import DPOConfig, LoraConfig, load_config
 from alignlab.errors import ConfigError
-from alignlab.models.checkpointing import enable_checkpointing
+from alignlab.models.checkpointing import enable_checkpointing, resolve_mode
 from alignlab.models.load import apply_lora
 from alignlab.models.logprobs import token_logprobs
 from alignlab.models.presets import build_tiny
@@ -59,4 +59,12 @@ def test_unknown_mode_and_yaml_booleans_are_config_errors():
     # `none` is a mode here, not an empty value (it empties only optional fields)
     assert load_config(DPOConfig, None, ["gradient_checkpointing=none"]).model.gradient_checkpointing == "none"
     assert load_config(DPOConfig, None, ["data.eval=none"]).data.eval is None
-    assert load_config(DPOConfig, None, []).model.gradient_checkpointing == "selective"
+    assert load_config(DPOConfig, None, []).model.gradient_checkpointing == "auto"
+
+
+def test_auto_is_selective_for_full_fine_tuning_and_none_with_lora():
+    full = load_config(DPOConfig, None, ["lora.enabled=false"]).model
+    lora = load_config(DPOConfig, None, ["lora.enabled=true"]).model
+    assert resolve_mode(full) == "selective" and resolve_mode(lora) == "none"
+    lora.gradient_checkpointing = "full"  # an explicit mode is kept
+    assert resolve_mode(lora) == "full"

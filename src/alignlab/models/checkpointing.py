@@ -24,6 +24,21 @@ import logging
 MODES = ("none", "selective", "full")
 
 
+def resolve_mode(model_cfg) -> str:
+    """The mode a :class:`~alignlab.config.ModelConfig` asks for, ``auto`` decided.
+
+    ``auto``: ``selective`` for full fine-tuning, ``none`` with LoRA. Measured on SmolLM2-135M
+    (CPU, float32): with all weights trained the backward computes weight gradients too, so the
+    recomputed element-wise work is about 7% of a DPO step, and it saves 0.74 GB of the 4 GB peak;
+    with LoRA the backward is light, the same recomputation costs about 15% of an SFT step, and the
+    peak without it is already small (no gradients or AdamW moments for the base weights).
+    """
+    mode = model_cfg.gradient_checkpointing
+    if mode == "auto":
+        return "none" if model_cfg.lora.enabled else "selective"
+    return mode
+
+
 @functools.cache
 def _kept_ops() -> frozenset:
     """The aten ops whose outputs selective checkpointing keeps: matrix products and attention kernels."""

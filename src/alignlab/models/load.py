@@ -14,7 +14,7 @@ from typing import Any
 
 from alignlab.errors import ModelLoadError, UnsafeFileError
 from alignlab.models import presets
-from alignlab.models.checkpointing import enable_checkpointing
+from alignlab.models.checkpointing import enable_checkpointing, resolve_mode
 
 
 @dataclass
@@ -108,7 +108,7 @@ def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if for_training:
-        enable_checkpointing(model, cfg.gradient_checkpointing)
+        enable_checkpointing(model, resolve_mode(cfg))
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     model.to(device)
