@@ -577,7 +577,10 @@ def parse_overrides(cls: type, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        optional = "None" in str(leaves[key].type)  # `key=none` empties an optional field; elsewhere "none" is a word
+        kind = str(leaves[key].type)
+        if isinstance(value, bool) and kind.startswith("str"):
+            value = raw.strip()  # a string field takes the word as typed (YAML would read `off` as false)
+        optional = "None" in kind  # `key=none` empties an optional field; elsewhere "none" is a word
         if optional and raw.strip().lower() in ("none", "null", "~"):
             value = None
         _set_dotted(tree, key, value)

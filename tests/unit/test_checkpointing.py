@@ -50,11 +50,15 @@ def test_selective_keeps_well_under_the_plain_activations_and_full_keeps_least()
     assert full < 0.5 * selective
 
 
-def test_unknown_mode_and_yaml_booleans_are_config_errors():
+def test_unknown_mode_and_yaml_booleans_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="none, selective, full"):
         load_config(DPOConfig, None, ["model.gradient_checkpointing=partial"])
-    with pytest.raises(ConfigError, match="quote it"):  # YAML reads an unquoted `off` as false
+    with pytest.raises(ConfigError, match="must be one of auto, none, selective, full; got 'off'"):  # not YAML's false
         load_config(DPOConfig, None, ["model.gradient_checkpointing=off"])
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("model:\n  gradient_checkpointing: off\n")  # in a file YAML reads it as false
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(DPOConfig, yaml_file)
     assert load_config(DPOConfig, None, ["model.gradient_checkpointing=full"]).model.gradient_checkpointing == "full"
     # `none` is a mode here, not an empty value (it empties only optional fields)
     assert load_config(DPOConfig, None, ["gradient_checkpointing=none"]).model.gradient_checkpointing == "none"
