@@ -66,8 +66,7 @@ CONFIGS = {
 
 
 def build_config(name: str, args) -> dict:
-    from alignlab.config import DPOConfig, from_dict, to_dict, validate
-    from alignlab.models.checkpointing import resolve_mode
+    from alignlab.config import DPOConfig
     from alignlab.profiles import load_profile
 
     profile, changes = CONFIGS[name]
@@ -98,11 +97,7 @@ def build_config(name: str, args) -> dict:
         forced["beta"] = args.beta
     if args.max_length:
         forced["data"].update(max_length=args.max_length, max_prompt_length=args.max_length // 2)
-    tree = harness.merge(tree, forced)
-    cfg = from_dict(DPOConfig, tree)
-    validate(cfg)
-    cfg.model.gradient_checkpointing = resolve_mode(cfg.model)  # record what runs, not `auto`
-    return to_dict(cfg)
+    return harness.stage_config(DPOConfig, harness.merge(tree, forced))
 
 
 def make_plan(config: dict) -> dict:

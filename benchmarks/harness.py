@@ -304,6 +304,20 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def stage_config(cls, tree: dict) -> dict:
+    """A benchmark's config tree checked as alignlab's stage config ``cls``, as a plain dict.
+
+    ``auto`` checkpointing is resolved, so the results record what actually ran.
+    """
+    from alignlab.config import from_dict, to_dict, validate
+    from alignlab.models.checkpointing import resolve_mode
+
+    cfg = from_dict(cls, tree)
+    validate(cfg)
+    cfg.model.gradient_checkpointing = resolve_mode(cfg.model)
+    return to_dict(cfg)
+
+
 def trl_training_args(cfg, workdir: str, gradient_checkpointing: bool = False) -> dict:
     """TRL/transformers training arguments that mirror an alignlab stage config's loop settings.
 

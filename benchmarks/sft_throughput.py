@@ -67,14 +67,9 @@ def build_config(name: str, args) -> dict:
         forced["train"]["batch_size"] = args.batch_size
     if args.max_length:
         forced["data"] = {"max_length": args.max_length, "max_prompt_length": min(args.max_length // 2, tree["data"].get("max_prompt_length", 384))}
-    tree = harness.merge(tree, forced)
-    from alignlab.config import SFTConfig, from_dict, to_dict, validate
-    from alignlab.models.checkpointing import resolve_mode
+    from alignlab.config import SFTConfig
 
-    cfg = from_dict(SFTConfig, tree)
-    validate(cfg)
-    cfg.model.gradient_checkpointing = resolve_mode(cfg.model)  # record what runs, not `auto`
-    return to_dict(cfg)
+    return harness.stage_config(SFTConfig, harness.merge(tree, forced))
 
 
 def make_plan(config: dict) -> dict:
