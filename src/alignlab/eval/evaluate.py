@@ -1,0 +1,283 @@
+"""Evaluate a run from already generated, already scored responses; write ``<run>/eval/eval.json``.
+
+Generation is not done here: the caller (the pipeline's eval stage) samples each policy on the
+same held-out prompts, scores the responses with the gold reward (and the proxy RM if any) and
+passes the rows. One row::
+
+    {"prompt": str | [{role, content}...],   the same prompt value for every policy (the pairing key)
+     "response": str,
+     "gold": float,                          gold reward; computed with gold_fn where missing
+     "score": float | None,                  proxy (reward-model) score, optional
+     "length": int | None,                   response tokens, optional (else words are counted)
+     "logprobs": [float] | None,             per-token log π(y_t), optional: gives the KL
+     "ref_logprobs": [float] | None}         per-token log π_ref(y_t), optional
+
+Several rows per prompt and policy are allowed: a prompt's gold is their mean, and its win
+outcome the mean over all (policy response, baseline response) pairs.
+
+eval.json schema (version 1); every interval is ``[lo, hi]`` at ``confidence``::
+
+    {
+      "schema": 1,
+      "created": "YYYY-MM-DDTHH:MM:SS",
+      "baseline": "sft",                    the policy every other is compared with
+      "confidence": 0.95, "seed": 0, "tie_tol": 0.0, "kl_estimator": "k3",
+      "policies": {
+        "<name>": {
+          "n_samples": int, "n_prompts": int, "n_missing_gold": int,
+          "gold":  {mean, std, se, n, t_interval, bootstrap_interval},     per-response gold
+          "proxy": {same} | null,                                            per-response proxy score
+          "length": {"mean_words": float, "mean_tokens": float | null},
+          "kl": {"k1": {mean, se, n}, "k3": {mean, se, n}} | null,         nats per response
+          "win_rate": null for the baseline, else                            vs the baseline, on gold
+                {win_rate, wins, ties, losses, n, tie_rate, wilson, bootstrap},
+          "gain": null for the baseline, else                                paired mean gold − baseline
+                {mean, std, se, n, t_interval, bootstrap_interval, significant},
+          "monitors": {"<monitor>": {name, value, threshold, fired, message}}
+        }
+      },
+      "frontier": {
+        "points": [{name, kl, kl_se, gold, gold_interval, n}],   one per policy (kl null without logprobs)
+        "checkpoints": [same] | [],                              from the ``checkpoints`` argument
+        "best_of_n": {"by_gold": [{n, kl, gold, n_prompts}],     oracle selection
+                      "by_proxy": [...] | null,                 selection by the proxy score, gold reported
+                      "source": "<policy>" | null}             whose samples (several per prompt) built it
+      },
+      "overoptimisation": {"bon": {form, alpha, beta, r2, n, peak_kl} | null,
+                           "rl":  {same} | null},   fitted on gold gain over the baseline, d = √KL
+      "training_monitors": {"<stage>": {"<monitor>": {...}}},   from each stage's metrics.jsonl
+      "probes": {...} | null,          passed through (see alignlab.eval.probes)
+      "rewardbench": {...} | null      passed through (see alignlab.eval.rewardbench)
+    }
+
+Next to it, ``<run>/eval/samples.jsonl`` holds the rows without token arrays, each with its
+``policy``: the report shows the policies' answers to the same prompts side by side from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from alignlab import runs
+from alignlab.eval import frontier, monitors, overopt, stats
+from alignlab.eval.kl import rows_kl
+
+EVAL_STAGE = "eval"
+EVAL_FILE = "eval.json"
+SCHEMA_VERSION = 1
+
+GoldFn = Callable[[list, list], Sequence[float]]
+
+
+def prompt_key(prompt) -> str:
+    """A hashable key for a prompt value (text, or a list of messages)."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def fill_gold(rows: Sequence[dict], gold_fn: GoldFn | None) -> list[dict]:
+    """Copies of ``rows`` with ``gold`` computed by ``gold_fn(prompts, responses)`` where missing."""
+    rows = [dict(r) for r in rows]
+    todo = [i for i, r in enumerate(rows) if r.get("gold") is None]
+    if todo and gold_fn is not None:
+        values = list(gold_fn([rows[i]["prompt"] for i in todo], [rows[i]["response"] for i in todo]))
+        if len(values) != len(todo):
+            raise ValueError(f"gold_fn returned {len(values)} scores for {len(todo)} responses")
+        for i, v in zip(todo, values):
+            rows[i]["gold"] = float(v)
+    return rows
+
+
+def _by_prompt(rows: Sequence[dict], key: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        if _finite(r.get(key)):
+            out.setdefault(prompt_key(r["prompt"]), []).append(float(r[key]))
+    return out
+
+
+def _win_outcomes(policy: dict[str, list[float]], base: dict[str, list[float]], tie_tol: float) -> list[float]:
+    """Per shared prompt: the mean outcome over all (policy, baseline) response pairs."""
+    out = []
+    for key in policy.keys() & base.keys():
+        a = np.repeat(policy[key], len(base[key]))
+        b = np.tile(base[key], len(policy[key]))
+        out.append(float(stats.compare(a, b, tie_tol=tie_tol).mean()))
+    return out
+
+
+def _policy_summary(rows: list[dict], *, confidence: float, n_boot: int, seed: int) -> dict:
+    gold = [float(r["gold"]) for r in rows if _finite(r.get("gold"))]
+    proxy = [float(r["score"]) for r in rows if _finite(r.get("score"))]
+    tokens = [float(r["length"]) for r in rows if _finite(r.get("length"))]
+    return {
+        "n_samples": len(rows),
+        "n_prompts": len({prompt_key(r["prompt"]) for r in rows}),
+        "n_missing_gold": len(rows) - len(gold),
+        "gold": stats.mean_interval(gold, confidence=confidence, n_boot=n_boot, seed=seed),
+        "proxy": stats.mean_interval(proxy, confidence=confidence, n_boot=n_boot, seed=seed) if proxy else None,
+        "length": {
+            "mean_words": float(np.mean([monitors.response_length(r["response"]) for r in rows])) if rows else None,
+            "mean_tokens": float(np.mean(tokens)) if tokens else None,
+        },
+        "kl": rows_kl(rows),
+    }
+
+
+def _best_of_n(policies: dict[str, list[dict]], baseline: str, bon_source: str | None) -> dict:
+    """The empirical best-of-n curves from the first policy (baseline first) with ≥ 2 samples per prompt."""
+    order = [bon_source] if bon_source else [baseline, *[p for p in policies if p != baseline]]
+    for name in order:
+        rows = policies.get(name) or []
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            if _finite(r.get("gold")):
+                groups.setdefault(prompt_key(r["prompt"]), []).append(r)
+        if not groups or min(len(g) for g in groups.values()) < 2:
+            continue
+        gold = [[float(r["gold"]) for r in g] for g in groups.values()]
+        has_proxy = all(_finite(r.get("score")) for g in groups.values() for r in g)
+        by_proxy = None
+        if has_proxy:
+            proxy = [[float(r["score"]) for r in g] for g in groups.values()]
+            by_proxy = frontier.best_of_n_gold(gold, by_per_prompt=proxy)
+        return {"by_gold": frontier.best_of_n_gold(gold), "by_proxy": by_proxy, "source": name}
+    return {"by_gold": [], "by_proxy": None, "source": None}
+
+
+def _fits(bon: dict, points: list[dict], base_gold: float | None) -> dict:
+    curve = bon["by_proxy"] or bon["by_gold"]
+    bon_fit = None
+    if curve:
+        g0 = curve[0]["gold"]
+        bon_fit = overopt.fit_bon([p["kl"] for p in curve], [p["gold"] - g0 for p in curve])
+    rl_fit = None
+    usable = [p for p in points if p["kl"] is not None and p["gold"] is not None]
+    if usable and base_gold is not None:
+        rl_fit = overopt.fit_rl([p["kl"] for p in usable], [p["gold"] - base_gold for p in usable])
+    return {"bon": bon_fit, "rl": rl_fit}
+
+
+def _training_monitors(run: Path) -> dict[str, dict]:
+    out = {}
+    for stage in runs.list_stages(run):
+        if stage == EVAL_STAGE:
+            continue
+        rows = [r for r in runs.StageFolder(run / stage).read_metrics() if r.get("split", "train") == "train"]
+        found = monitors.training_monitors(rows)
+        if found:
+            out[stage] = found
+    return out
+
+
+def evaluate_run(
+    run_path: str | Path,
+    *,
+    policies: dict[str, Sequence[dict]],
+    gold_fn: GoldFn | None = None,
+    baseline: str = "sft",
+    checkpoints: dict[str, Sequence[dict]] | None = None,
+    bon_source: str | None = None,
+    probes: dict | None = None,
+    rewardbench: dict | None = None,
+    tie_tol: float = 0.0,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    kl_estimator: str = "k3",
+    write: bool = True,
+) -> dict:
+    """Compute the evaluation summary (schema in the module docstring) and write it to
+    ``<run>/eval/eval.json`` (atomically, through :mod:`alignlab.runs`) unless ``write`` is False.
+
+    ``policies`` maps a name (``sft``, ``ppo``, ``dpo``, ``bon-16``...) to its scored rows;
+    ``baseline`` must be one of them. ``gold_fn(prompts, responses) -> scores`` fills ``gold``
+    where a row lacks it (any callable; the gold registry's functions fit). ``checkpoints``
+    (name → rows, in training order) adds frontier points for intermediate checkpoints and is what
+    the RL over-optimisation form is fitted on (else the non-baseline policies are). The best-of-n
+    curve comes from ``bon_source``'s rows, by default the first policy, baseline first, that has
+    at least two samples of every prompt.
+    """
+    if baseline not in policies:
+        raise ValueError(f"baseline '{baseline}' is not among the policies ({', '.join(policies) or 'none'})")
+    run = Path(run_path)
+    scored = {name: fill_gold(rows, gold_fn) for name, rows in policies.items()}
+    ckpts = {name: fill_gold(rows, gold_fn) for name, rows in (checkpoints or {}).items()}
+
+    base_rows = scored[baseline]
+    base_gold = _by_prompt(base_rows, "gold")
+    base_texts = [r["response"] for r in base_rows]
+    out_policies = {}
+    for name, rows in scored.items():
+        summary = _policy_summary(rows, confidence=confidence, n_boot=n_boot, seed=seed)
+        if name == baseline:
+            summary["win_rate"], summary["gain"] = None, None
+        else:
+            pol_gold = _by_prompt(rows, "gold")
+            summary["win_rate"] = stats.win_rate(
+                _win_outcomes(pol_gold, base_gold, tie_tol), confidence=confidence, n_boot=n_boot, seed=seed
+            )
+            shared = sorted(pol_gold.keys() & base_gold.keys())
+            summary["gain"] = stats.paired_difference(
+                [np.mean(pol_gold[k]) for k in shared],
+                [np.mean(base_gold[k]) for k in shared],
+                confidence=confidence,
+                n_boot=n_boot,
+                seed=seed,
+            )
+        groups: dict[str, list[str]] = {}
+        for r in rows:
+            groups.setdefault(prompt_key(r["prompt"]), []).append(r["response"])
+        summary["monitors"] = monitors.sample_monitors(
+            [r["response"] for r in rows],
+            baseline=None if name == baseline else base_texts,
+            groups=list(groups.values()),
+        )
+        out_policies[name] = summary
+
+    points = frontier.checkpoint_points(scored, estimator=kl_estimator, confidence=confidence, seed=seed)
+    ckpt_points = frontier.checkpoint_points(ckpts, estimator=kl_estimator, confidence=confidence, seed=seed)
+    bon = _best_of_n(scored, baseline, bon_source)
+    base_mean = out_policies[baseline]["gold"]["mean"]
+    fit_points = ckpt_points or [p for p in points if p["name"] != baseline]
+
+    result = {
+        "schema": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "baseline": baseline,
+        "confidence": confidence,
+        "seed": seed,
+        "tie_tol": tie_tol,
+        "kl_estimator": kl_estimator,
+        "policies": out_policies,
+        "frontier": {"points": points, "checkpoints": ckpt_points, "best_of_n": bon},
+        "overoptimisation": _fits(bon, fit_points, base_mean),
+        "training_monitors": _training_monitors(run) if run.is_dir() else {},
+        "probes": probes,
+        "rewardbench": rewardbench,
+    }
+    if write:
+        folder = runs.StageFolder(run / EVAL_STAGE)
+        runs.atomic_write_json(folder.path / EVAL_FILE, result)
+        folder.write_samples(
+            [
+                {"policy": name, **{k: v for k, v in r.items() if k not in ("logprobs", "ref_logprobs")}}
+                for name, rows in scored.items()
+                for r in rows
+            ]
+        )
+    return result
+
+
+def read_eval(run_path: str | Path) -> dict | None:
+    """``<run>/eval/eval.json``, or None where the run has not been evaluated."""
+    return runs.read_json(Path(run_path) / EVAL_STAGE / EVAL_FILE)
