@@ -8,17 +8,16 @@ in a stage config picks one (:func:`load_reward_source`):
   ``alignlab.models.heads.load_reward_model`` at the last real token, with the model's own
   normalisation; the response is re-tokenised with the reward model's tokenizer and ends with EOS
   only when it finished;
-* a **built-in rule** by name: ``house_style`` (ends with "Hope this helps!", the demo data's
-  sign-off), ``contains_word`` (a word appears), ``char_fraction`` (fraction of the response's
-  characters that are in a set — learnable by a random tiny model in a few dozen steps);
+* a **gold reward** (:mod:`alignlab.gold`, the same registry the simulated annotator and
+  evaluation use): ``gold:<spec>``, e.g. ``gold:sentiment``, ``gold:sentiment+0.5*concise``,
+  ``gold:concise(target=20)``, ``gold:demo`` (bare ``gold`` is ``gold:demo``); a registry name
+  alone also works (``house_style``, ``contains_word``, ``char_fraction``, ``sentiment``, ...);
 * a **Python function** ``module:function`` (e.g. a verifiable check):
   ``fn(prompts: list[str], responses: list[str], **kwargs) -> list[float]``. ``prompts`` are the
   last user message of each prompt; if ``fn`` accepts them by name it also gets ``messages``
   (each prompt as chat dicts), ``meta`` (each prompt record's other fields, e.g. a reference
   answer) and ``finished`` (ended with EOS). ``reward.kwargs`` (``key=value`` strings) become
-  keyword arguments, checked against the signature when the source is loaded;
-* ``gold``: the simulated annotator's gold reward — a slot for ``alignlab.feedback.annotator``'s
-  ``gold_reward`` function (same signature as above) once it exists.
+  keyword arguments, checked against the signature when the source is loaded.
 
 Every problem with a source (a missing module or function, a folder that is not a reward model,
 a function that returns the wrong number of scores or a non-finite one) is a ConfigError that
@@ -33,50 +32,24 @@ import difflib
 import importlib
 import inspect
 import math
-import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.gold import (  # noqa: F401 - old imports
+    GOLD_REWARDS,
+    HOUSE_PHRASE,
+    char_fraction,
+    contains_word,
+    get_gold,
+    house_style,
+)
 
-HOUSE_PHRASE = "Hope this helps!"
-
-
-# ----------------------------------------------------------------------------- built-in rules
-def house_style(prompts: Sequence[str], responses: Sequence[str], phrase: str = HOUSE_PHRASE) -> list[float]:
-    """1 when the response ends with ``phrase`` (the demo data's sign-off), 0.5 when it only
-    contains it (any case), else 0."""
-    out = []
-    for r in responses:
-        text = r.strip()
-        if text.endswith(phrase):
-            out.append(1.0)
-        elif phrase.lower() in text.lower():
-            out.append(0.5)
-        else:
-            out.append(0.0)
-    return out
-
-
-def contains_word(prompts: Sequence[str], responses: Sequence[str], word: str = "thanks") -> list[float]:
-    """1 when ``word`` appears in the response as a whole word (any case), else 0."""
-    pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
-    return [1.0 if pattern.search(r) else 0.0 for r in responses]
-
-
-def char_fraction(prompts: Sequence[str], responses: Sequence[str], chars: str = "a") -> list[float]:
-    """Fraction of the response's characters that are in ``chars`` (0 for an empty response)."""
-    wanted = set(chars)
-    return [sum(c in wanted for c in r) / len(r) if r else 0.0 for r in responses]
-
-
-BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = {
-    "house_style": house_style,
-    "contains_word": contains_word,
-    "char_fraction": char_fraction,
-}
+# The built-in rules live in alignlab.gold (one registry); re-exported here for old imports.
+BUILTIN_REWARDS: dict[str, Callable[..., list[float]]] = GOLD_REWARDS
 
 # Optional arguments a reward function may take by name (in addition to prompts, responses).
 OPTIONAL_INPUTS = ("messages", "meta", "finished")
@@ -236,32 +209,25 @@ def load_reward_source(spec: str, kwargs: Sequence[str] | dict = (), *, device: 
     options = dict(kwargs) if isinstance(kwargs, dict) else parse_kwargs(kwargs)
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("reward.source is empty: give a reward-model folder, a built-in rule "
-                          f"({', '.join(BUILTIN_REWARDS)}), module:function or gold")
+                          f"({', '.join(BUILTIN_REWARDS)}), module:function or gold:<spec>")
     spec = spec.strip()
-    if spec == "gold":
-        try:
-            annotator = importlib.import_module("alignlab.feedback.annotator")
-            fn = annotator.gold_reward
-        except (ImportError, AttributeError):
-            raise ConfigError(
-                "reward.source 'gold': the simulated annotator (alignlab.feedback.annotator.gold_reward) is not "
-                "available in this version; use a reward-model folder, a built-in rule or module:function"
-            ) from None
-        return FunctionReward(fn, "gold", options)
+    if spec == "gold" or spec.startswith("gold:"):
+        gold_spec = spec[len("gold:"):].strip() if spec != "gold" else "demo"
+        return FunctionReward(get_gold(gold_spec), spec, options)
     path = Path(spec).expanduser()
     if path.is_dir():
         if options:
             raise ConfigError(f"reward.kwargs apply to Python reward functions, not to the reward-model folder '{spec}'")
         return RewardModelSource(path, device=device, batch_size=batch_size)
-    if spec in BUILTIN_REWARDS:
-        return FunctionReward(BUILTIN_REWARDS[spec], spec, options)
+    if spec in GOLD_REWARDS:
+        return FunctionReward(get_gold(spec), spec, options)
     if ":" in spec:
         return FunctionReward(import_function(spec), spec, options)
     close = difflib.get_close_matches(spec, list(BUILTIN_REWARDS), n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     raise ConfigError(
         f"reward.source '{spec}': not a folder, a built-in rule ({', '.join(BUILTIN_REWARDS)}), "
-        f"module:function or gold{hint}"
+        f"module:function or gold:<spec>{hint}"
     )
 
 
