@@ -1,4 +1,5 @@
 """Unit tests for the DPO-family losses: hand-computed values, limits, gradients, dispatcher."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,10 @@ import pytest
 import torch
 
 from alignlab.errors import ConfigError, NumericalError
+from alignlab.losses import reference_based as D
+from alignlab.losses import unpaired as K
 from alignlab.losses import preference as P
+from alignlab.losses import reference_free as RF
 
 
 def t(*values: float) -> torch.Tensor:
@@ -51,8 +55,9 @@ def test_dpo_hand_value_and_stats():
     assert stats["rewards/accuracy"].item() == pytest.approx(0.5)  # pair 1 right, pair 2 wrong
     assert stats["logps/chosen"].item() == pytest.approx(-6.0)
     assert stats["logps/rejected"].item() == pytest.approx(-6.25)
-    # kl = mean over the 4 responses of ρ = (0.5 - 1.0 - 0.2 - 0.5) / 4
-    assert stats["kl"].item() == pytest.approx(-0.3)
+    # logratio/mean = mean over the 4 responses of ρ = (0.5 - 1.0 - 0.2 - 0.5) / 4 (not a KL: < 0)
+    assert stats["logratio/mean"].item() == pytest.approx(-0.3)
+    assert "kl" not in stats
     for value in stats.values():
         assert value.dim() == 0 and not value.requires_grad
 
@@ -64,7 +69,7 @@ def test_dpo_policy_equal_to_reference_is_log2():
     assert loss.item() == pytest.approx(math.log(2.0), abs=1e-15)
     assert stats["rewards/accuracy"].item() == 0.5  # all ties: chance, not 0
     assert stats["rewards/margin"].item() == 0.0
-    assert stats["kl"].item() == 0.0
+    assert stats["logratio/mean"].item() == 0.0
 
 
 def test_dpo_beta_to_zero_is_log2():
@@ -173,18 +178,18 @@ def test_hinge_hand_value_and_zero_beyond_margin():
 def test_simpo_hand_value():
     lengths_w, lengths_l = t(4.0, 10.0), t(2.0, 5.0)
     beta, gamma = 2.0, 0.5
-    loss, stats = P.simpo(CHOSEN, REJECTED, lengths_w, lengths_l, beta=beta, gamma=gamma)
+    loss, stats = P.simpo(CHOSEN, REJECTED, lengths_w, lengths_l, beta=beta, simpo_gamma=gamma)
     z1 = beta * -5.0 / 4 - beta * -6.0 / 2 - gamma  # -2.5 + 6 - 0.5 = 3.0
     z2 = beta * -7.0 / 10 - beta * -6.5 / 5 - gamma  # -1.4 + 2.6 - 0.5 = 0.7
     assert loss.item() == pytest.approx((nls(z1) + nls(z2)) / 2, abs=1e-12)
     assert stats["rewards/chosen"].item() == pytest.approx((-2.5 - 1.4) / 2)
     assert stats["rewards/accuracy"].item() == 1.0
-    assert "kl" not in stats
+    assert "logratio/mean" not in stats
 
 
 def test_simpo_gamma_zero_equal_lengths_is_scaled_logp_difference():
     lengths = t(3.0, 3.0)
-    loss, _ = P.simpo(CHOSEN, REJECTED, lengths, lengths, beta=1.5, gamma=0.0)
+    loss, _ = P.simpo(CHOSEN, REJECTED, lengths, lengths, beta=1.5, simpo_gamma=0.0)
     # -log σ(β/3·(logπ_w - logπ_l)): differences [1.0, -0.5]
     expected = (nls(1.5 / 3 * 1.0) + nls(1.5 / 3 * -0.5)) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-12)
@@ -193,20 +198,34 @@ def test_simpo_gamma_zero_equal_lengths_is_scaled_logp_difference():
 def test_orpo_hand_value():
     chosen, rejected = t(-2.0, -3.0), t(-3.0, -1.0)
     lengths_w, lengths_l = t(4.0, 3.0), t(2.0, 4.0)
-    nll = t(0.5, 1.0)  # = -chosen / lengths_w
     lam = 0.1
 
     def log_odds(a: float) -> float:
         return a - math.log(1 - math.exp(a))
 
     ratios = [log_odds(-0.5) - log_odds(-1.5), log_odds(-1.0) - log_odds(-0.25)]
-    loss, stats = P.orpo(chosen, rejected, lengths_w, lengths_l, nll, orpo_lambda=lam)
-    expected = (0.5 + 1.0) / 2 + lam * (nls(ratios[0]) + nls(ratios[1])) / 2
+    loss, stats = P.orpo(chosen, rejected, lengths_w, lengths_l, orpo_lambda=lam)
+    nll = (2.0 + 3.0) / (4 + 3)  # token-level: all 7 chosen tokens weigh the same
+    expected = nll + lam * (nls(ratios[0]) + nls(ratios[1])) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-12)
-    assert stats["nll"].item() == pytest.approx(0.75)
+    assert stats["nll"].item() == pytest.approx(5 / 7)
     assert stats["orpo/log_odds_ratio"].item() == pytest.approx(sum(ratios) / 2)
     assert stats["rewards/chosen"].item() == pytest.approx(lam * (-0.5 - 1.0) / 2)
-    assert "kl" not in stats
+    assert "logratio/mean" not in stats
+
+
+def test_orpo_nll_is_token_level_not_a_mean_of_sequence_means():
+    # chosen seq_logps -2 over 1 token and -2 over 4 tokens: 4 nats over 5 tokens = 0.8 per token.
+    # The old input (a mean of the per-sequence means, -(logps/lengths)) gave (2 + 0.5) / 2 = 1.25.
+    chosen, lengths = t(-2.0, -2.0), t(1.0, 4.0)
+    _, stats = P.orpo(chosen, t(-9.0, -9.0), lengths, t(3.0, 3.0), orpo_lambda=0.1)
+    assert stats["nll"].item() == pytest.approx(0.8, abs=1e-12)
+    # the gradient of the NLL term: every chosen token weighs 1/5, so d/dlogπ(y_w) = -1/5 per
+    # sequence whatever its length (the odds-ratio term is switched off with λ = 0)
+    chosen = chosen.clone().requires_grad_()
+    loss, _ = P.orpo(chosen, t(-9.0, -9.0), lengths, t(3.0, 3.0), orpo_lambda=0.0)
+    loss.backward()
+    assert chosen.grad.tolist() == pytest.approx([-0.2, -0.2], abs=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -215,7 +234,7 @@ def test_orpo_finite_as_avg_logp_goes_to_zero(dtype, avg_logp):
     chosen = torch.tensor([avg_logp * 5], dtype=dtype, requires_grad=True)
     rejected = torch.tensor([-2.0], dtype=dtype, requires_grad=True)
     lengths = torch.tensor([5.0], dtype=dtype)
-    loss, _ = P.orpo(chosen, rejected, lengths, lengths, -chosen / lengths, orpo_lambda=0.1)
+    loss, _ = P.orpo(chosen, rejected, lengths, lengths, orpo_lambda=0.1)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
 
@@ -241,15 +260,13 @@ def test_kto_hand_value_one_desirable_one_undesirable():
     logps, ref = t(-3.0, -4.0), t(-3.5, -3.8)  # r = [0.5, -0.2]
     desirable = torch.tensor([True, False])
     beta, z0, lam_d, lam_u = 0.5, 0.1, 1.0, 2.0
-    loss, stats = P.kto(
-        logps, ref, desirable, z0, beta=beta, desirable_weight=lam_d, undesirable_weight=lam_u
-    )
+    loss, stats = P.kto(logps, ref, desirable, z0, beta=beta, desirable_weight=lam_d, undesirable_weight=lam_u)
     expected = (lam_d * (1 - sig(beta * (0.5 - z0))) + lam_u * (1 - sig(beta * (z0 - -0.2)))) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert stats["rewards/chosen"].item() == pytest.approx(0.25)
     assert stats["rewards/rejected"].item() == pytest.approx(-0.1)
     assert stats["rewards/margin"].item() == pytest.approx(0.35)
-    assert stats["kl"].item() == pytest.approx(0.15)
+    assert stats["logratio/mean"].item() == pytest.approx(0.15)
     assert stats["kto/kl_ref_point"].item() == pytest.approx(0.1)
     assert stats["count/desirable"].item() == 1 and stats["count/undesirable"].item() == 1
 
@@ -284,7 +301,6 @@ def call_paired(name: str, chosen, rejected, ref_chosen, ref_rejected, lengths_w
         ref_rejected_logps=ref_rejected,
         chosen_lengths=lengths_w,
         rejected_lengths=lengths_l,
-        chosen_nll=-(chosen / lengths_w),
         beta=0.1,
         label_smoothing=0.1 if name in ("cdpo", "robust") else 0.0,
     )
@@ -327,7 +343,7 @@ def test_gradient_raises_chosen_and_lowers_rejected(name):
     loss, _ = call_paired(name, chosen, rejected, t(-6.0, -9.0), t(-6.0, -9.0), lengths, lengths)
     loss.backward()
     assert (chosen.grad < 0).all() and (rejected.grad > 0).all()
-    if name != "orpo":  # orpo's NLL term also acts on chosen alone
+    if name not in ("orpo", "rpo"):  # their NLL term also acts on chosen alone
         assert torch.allclose(chosen.grad, -rejected.grad)
 
 
@@ -335,10 +351,43 @@ def test_gradient_raises_chosen_and_lowers_rejected(name):
 
 
 def test_registry_records_what_each_loss_needs():
-    assert set(P.PREFERENCE_LOSSES) == {"dpo", "cdpo", "ipo", "hinge", "robust", "kto", "orpo", "simpo"}
+    names = {"dpo", "cdpo", "ipo", "hinge", "robust", "dpo_norm", "rpo", "kto", "orpo", "simpo"}
+    assert set(P.PREFERENCE_LOSSES) == names
     assert P.PREFERENCE_LOSSES["kto"].paired is False
     assert {n for n, s in P.PREFERENCE_LOSSES.items() if not s.needs_reference} == {"orpo", "simpo"}
-    assert {n for n, s in P.PREFERENCE_LOSSES.items() if s.needs_nll} == {"orpo"}
+    assert {n for n, s in P.PREFERENCE_LOSSES.items() if s.needs_nll} == set()  # nll comes from logps + lengths
+    assert {n for n, s in P.PREFERENCE_LOSSES.items() if s.supports_length_normalize} == {
+        "dpo",
+        "cdpo",
+        "ipo",
+        "hinge",
+        "robust",
+    }
+
+
+def test_every_row_has_a_default_for_each_hyperparameter():
+    for name, spec in P.PREFERENCE_LOSSES.items():
+        assert set(spec.hyperparameters) <= set(spec.defaults), name
+        assert P.loss_defaults(name) == spec.defaults and P.loss_defaults(name) is not spec.defaults
+
+
+def test_published_defaults():
+    assert P.loss_defaults("dpo") == {"beta": 0.1}
+    assert P.loss_defaults("ipo") == {"beta": 0.1, "length_normalize": True}
+    assert P.loss_defaults("simpo") == {"beta": 2.0, "simpo_gamma": 1.0}
+    assert P.loss_defaults("orpo") == {"orpo_lambda": 0.1}
+    assert P.loss_defaults("rpo") == {"beta": 0.1, "rpo_alpha": 1.0}
+    assert P.loss_defaults("dpo_norm") == {"beta": 5.0}
+    assert P.loss_defaults("kto") == {"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0}
+    assert P.loss_defaults("cdpo")["label_smoothing"] == P.loss_defaults("robust")["label_smoothing"] == 0.1
+    with pytest.raises(ConfigError, match="did you mean 'simpo'"):
+        P.loss_defaults("simpoo")
+
+
+def test_modules_split_by_job_and_preference_re_exports():
+    assert P.dpo is D.dpo and P.rpo is D.rpo and P.dpo_norm is D.dpo_norm
+    assert P.simpo is RF.simpo and P.orpo is RF.orpo and P.log_odds is RF.log_odds
+    assert P.kto is K.kto and P.kto_kl_ref_point is K.kto_kl_ref_point
 
 
 @pytest.mark.parametrize(
@@ -347,10 +396,12 @@ def test_registry_records_what_each_loss_needs():
         ("dpo", lambda: P.dpo(*ref_args(), beta=BETA)),
         ("cdpo", lambda: P.cdpo(*ref_args(), beta=BETA, label_smoothing=0.2)),
         ("robust", lambda: P.robust(*ref_args(), beta=BETA, label_smoothing=0.2)),
-        ("ipo", lambda: P.ipo(*ref_args(), beta=BETA)),
+        ("ipo", lambda: D.on_mean_logps(P.ipo, *ref_args(), t(4.0, 5.0), t(2.0, 5.0), beta=BETA)),
         ("hinge", lambda: P.hinge(*ref_args(), beta=BETA)),
-        ("simpo", lambda: P.simpo(CHOSEN, REJECTED, t(4.0, 5.0), t(2.0, 5.0), beta=BETA, gamma=0.7)),
-        ("orpo", lambda: P.orpo(CHOSEN, REJECTED, t(4.0, 5.0), t(2.0, 5.0), t(0.3, 0.4), orpo_lambda=0.3)),
+        ("dpo_norm", lambda: P.dpo_norm(*ref_args(), t(4.0, 5.0), t(2.0, 5.0), beta=BETA)),
+        ("rpo", lambda: P.rpo(*ref_args(), t(4.0, 5.0), beta=BETA, rpo_alpha=0.6)),
+        ("simpo", lambda: P.simpo(CHOSEN, REJECTED, t(4.0, 5.0), t(2.0, 5.0), beta=BETA, simpo_gamma=0.7)),
+        ("orpo", lambda: P.orpo(CHOSEN, REJECTED, t(4.0, 5.0), t(2.0, 5.0), orpo_lambda=0.3)),
     ],
 )
 def test_dispatcher_passes_each_loss_its_inputs(name, direct):
@@ -362,11 +413,11 @@ def test_dispatcher_passes_each_loss_its_inputs(name, direct):
         ref_rejected_logps=REF_REJECTED,
         chosen_lengths=t(4.0, 5.0),
         rejected_lengths=t(2.0, 5.0),
-        chosen_nll=t(0.3, 0.4),
         beta=BETA,
         label_smoothing=0.2 if name in ("cdpo", "robust") else 0.0,
-        gamma=0.7,
+        simpo_gamma=0.7,
         orpo_lambda=0.3,
+        rpo_alpha=0.6,
     )
     expected_loss, expected_stats = direct()
     assert loss.item() == expected_loss.item()
@@ -389,9 +440,9 @@ def test_length_normalize_divides_policy_and_reference_by_length():
     # h per token: [0.5/2 - (-0.2)/5, -1.0/4 - (-0.5)/1] = [0.29, 0.25]
     assert loss.item() == pytest.approx((nls(BETA * 0.29) + nls(BETA * 0.25)) / 2, abs=1e-12)
     assert stats["rewards/chosen"].item() == pytest.approx(BETA * (0.25 - 0.25) / 2)
-    # logps and kl stay summed, per sequence
+    # logps and logratio/mean stay summed, per sequence
     assert stats["logps/chosen"].item() == pytest.approx(-6.0)
-    assert stats["kl"].item() == pytest.approx(-0.3)
+    assert stats["logratio/mean"].item() == pytest.approx(-0.3)
 
 
 def test_unknown_name_suggests_the_closest():
@@ -412,8 +463,14 @@ def test_missing_reference_is_a_config_error():
         ({"name": "kto"}, "unpaired"),
         ({"name": "dpo", "label_smoothing": 0.1}, "label_smoothing"),
         ({"name": "simpo"}, "chosen_lengths"),
-        ({"name": "orpo", "chosen_lengths": t(1.0, 1.0), "rejected_lengths": t(1.0, 1.0)}, "chosen_nll"),
-        ({"name": "ipo", "length_normalize": True}, "chosen_lengths"),
+        ({"name": "rpo"}, "chosen_lengths"),
+        ({"name": "dpo", "length_normalize": True}, "chosen_lengths"),
+        ({"name": "ipo"}, "chosen_lengths"),  # length-averaged by default
+        (
+            {"name": "simpo", "chosen_lengths": t(1.0, 1.0), "rejected_lengths": t(1.0, 1.0), "length_normalize": True},
+            "length_normalize",
+        ),
+        ({"name": "dpo", "simpo_gamma": 0.5, "gamma": 0.7}, "disagree"),
     ],
 )
 def test_dispatcher_config_errors(kwargs, match):
@@ -432,4 +489,89 @@ def test_dispatcher_config_errors(kwargs, match):
 
 def test_empty_response_length_is_an_error():
     with pytest.raises(NumericalError, match="length 0"):
-        P.simpo(CHOSEN, REJECTED, t(0.0, 2.0), t(1.0, 1.0), beta=2.0, gamma=0.5)
+        P.simpo(CHOSEN, REJECTED, t(0.0, 2.0), t(1.0, 1.0), beta=2.0, simpo_gamma=0.5)
+
+
+# ----------------------------------------------------------------------------- defaults in the dispatcher
+
+
+def test_ipo_defaults_to_length_averaged_logps():
+    lengths_w, lengths_l = t(2.0, 4.0), t(5.0, 1.0)
+    # per-token h (see test_length_normalize_...): [0.29, 0.25]; target 1/(2·0.1) = 5
+    loss, stats = P.preference_loss(
+        "ipo",
+        chosen_logps=CHOSEN,
+        rejected_logps=REJECTED,
+        ref_chosen_logps=REF_CHOSEN,
+        ref_rejected_logps=REF_REJECTED,
+        chosen_lengths=lengths_w,
+        rejected_lengths=lengths_l,
+    )
+    assert loss.item() == pytest.approx(((0.29 - 5.0) ** 2 + (0.25 - 5.0) ** 2) / 2, abs=1e-12)  # 22.3733
+    assert stats["logratio/mean"].item() == pytest.approx(-0.3)  # still summed
+    summed, _ = P.preference_loss(
+        "ipo",
+        chosen_logps=CHOSEN,
+        rejected_logps=REJECTED,
+        ref_chosen_logps=REF_CHOSEN,
+        ref_rejected_logps=REF_REJECTED,
+        length_normalize=False,
+    )
+    # the summed form (the old default): h = [0.7, -0.5]
+    assert summed.item() == pytest.approx(((0.7 - 5.0) ** 2 + (-0.5 - 5.0) ** 2) / 2, abs=1e-12)  # 24.37
+
+
+def test_dispatcher_fills_published_defaults():
+    loss, _ = P.preference_loss(
+        "dpo",
+        chosen_logps=CHOSEN,
+        rejected_logps=REJECTED,
+        ref_chosen_logps=REF_CHOSEN,
+        ref_rejected_logps=REF_REJECTED,
+    )
+    assert loss.item() == pytest.approx((nls(0.1 * 0.7) + nls(0.1 * -0.5)) / 2, abs=1e-12)
+    lengths_w, lengths_l = t(4.0, 10.0), t(2.0, 5.0)
+    sides = dict(chosen_logps=CHOSEN, rejected_logps=REJECTED, chosen_lengths=lengths_w, rejected_lengths=lengths_l)
+    loss, _ = P.preference_loss("simpo", **sides)
+    # β = 2, γ = 1: z = 2·(-1.25) - 2·(-3) - 1 = 2.5 and 2·(-0.7) - 2·(-1.3) - 1 = 0.2
+    assert loss.item() == pytest.approx((nls(2.5) + nls(0.2)) / 2, abs=1e-12)
+    # gamma, the old keyword, is still read as simpo_gamma
+    old, _ = P.preference_loss("simpo", **sides, beta=2.0, gamma=1.0)
+    assert old.item() == loss.item()
+
+
+# ----------------------------------------------------------------------------- length-normalised DPO, RPO
+
+
+def test_dpo_norm_hand_value():
+    lengths_w, lengths_l = t(2.0, 4.0), t(5.0, 1.0)
+    loss, stats = P.dpo_norm(*ref_args(), lengths_w, lengths_l, beta=5.0)
+    # per-token ρ_w = [0.5/2, -1.0/4] = [0.25, -0.25], ρ_l = [-0.2/5, -0.5/1] = [-0.04, -0.5]
+    assert loss.item() == pytest.approx((nls(5.0 * 0.29) + nls(5.0 * 0.25)) / 2, abs=1e-12)
+    assert stats["rewards/chosen"].item() == pytest.approx(5.0 * (0.25 - 0.25) / 2)
+    assert stats["rewards/rejected"].item() == pytest.approx(5.0 * (-0.04 - 0.5) / 2)
+    assert stats["logps/chosen"].item() == pytest.approx(-6.0)
+    assert stats["logratio/mean"].item() == pytest.approx(-0.3)
+
+
+def test_rpo_hand_value_and_token_level_nll():
+    lengths_w = t(2.0, 8.0)
+    loss, stats = P.rpo(*ref_args(), lengths_w, beta=BETA, rpo_alpha=0.5)
+    nll = (5.0 + 7.0) / (2 + 8)  # = 1.2 per chosen token; per-sequence means would give (2.5 + 0.875) / 2
+    expected = (nls(BETA * 0.7) + nls(BETA * -0.5)) / 2 + 0.5 * nll
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert stats["nll"].item() == pytest.approx(1.2)
+    dpo_loss, dpo_stats = P.dpo(*ref_args(), beta=BETA)
+    assert {k: v.item() for k, v in stats.items() if k != "nll"} == {k: v.item() for k, v in dpo_stats.items()}
+    zero, _ = P.rpo(*ref_args(), lengths_w, beta=BETA, rpo_alpha=0.0)
+    assert zero.item() == dpo_loss.item()
+
+
+def test_rpo_keeps_chosen_likely_where_dpo_lowers_both():
+    # a step of gradient descent on DPO alone may lower both log-probs; RPO's NLL raises chosen
+    chosen, rejected = t(-4.0).requires_grad_(), t(-4.0).requires_grad_()
+    loss, _ = P.rpo(chosen, rejected, t(-4.0), t(-4.0), t(4.0), beta=0.1, rpo_alpha=1.0)
+    loss.backward()
+    # d/dlogπ_w = -β(1-σ(0)) - α/4 = -0.05 - 0.25
+    assert chosen.grad.item() == pytest.approx(-0.05 - 0.25)
+    assert rejected.grad.item() == pytest.approx(0.05)

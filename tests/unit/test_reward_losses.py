@@ -1,4 +1,5 @@
 """Unit tests for reward-model losses and calibration: hand-computed values and identities."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,8 @@ def test_bradley_terry_hand_value_with_margin():
     # r_w - r_l - m = [0.5, -0.5, -1.0]
     assert loss.item() == pytest.approx((nls(0.5) + nls(-0.5) + nls(-1.0)) / 3, abs=1e-12)
     # r_w - r_l = [1, -0.5, 0]: right, wrong, tie (1/2)
-    assert stats["accuracy"].item() == pytest.approx(0.5)
-    assert stats["margin"].item() == pytest.approx(0.5 / 3)
+    assert stats["rewards/accuracy"].item() == pytest.approx(0.5)
+    assert stats["rewards/margin"].item() == pytest.approx(0.5 / 3)
     assert stats["rewards/chosen"].item() == pytest.approx(1.5 / 3)
     assert stats["rewards/rejected"].item() == pytest.approx(1.0 / 3)
 
@@ -59,8 +60,8 @@ def test_kwise_is_the_mean_of_the_hand_computed_pairwise_terms():
     row0 = (nls(2.0) + nls(1.0) + nls(-1.0)) / 3
     row1 = (nls(1.0) + nls(0.5) + nls(-0.5)) / 3
     assert loss.item() == pytest.approx((row0 + row1) / 2, abs=1e-12)
-    assert stats["accuracy"].item() == pytest.approx(4 / 6)
-    assert stats["margin"].item() == pytest.approx((2 + 1 - 1 + 1 + 0.5 - 0.5) / 6)
+    assert stats["rewards/accuracy"].item() == pytest.approx(4 / 6)
+    assert stats["rewards/margin"].item() == pytest.approx((2 + 1 - 1 + 1 + 0.5 - 0.5) / 6)
 
 
 def test_kwise_gradient_matches_a_loop_over_pairs():
@@ -111,6 +112,40 @@ def test_ranks_must_be_permutations():
         R.kwise_pairwise(REWARDS, torch.tensor([[1, 1, 3], [1, 2, 3]]))
     with pytest.raises(DataError, match="permutation"):
         R.plackett_luce(REWARDS, torch.tensor([[0, 1, 2], [1, 2, 3]]))
+
+
+def test_bradley_terry_float_margin_equals_the_same_margin_per_pair():
+    chosen, rejected = t(2.0, 0.5), t(1.0, 1.0)
+    loss, _ = R.bradley_terry(chosen, rejected, 0.5)
+    # r_w - r_l - m = [0.5, -1.0]
+    assert loss.item() == pytest.approx((nls(0.5) + nls(-1.0)) / 2, abs=1e-12)
+    per_pair, _ = R.bradley_terry(chosen, rejected, t(0.5, 0.5))
+    assert loss.item() == per_pair.item()
+
+
+def test_reward_losses_log_the_preference_loss_keys():
+    from alignlab.losses.preference import dpo
+
+    _, bt = R.bradley_terry(t(1.0, 0.0), t(0.0, 1.0))
+    _, pref = dpo(t(1.0, 0.0), t(0.0, 1.0), t(0.0, 0.0), t(0.0, 0.0), beta=1.0)
+    keys = {"rewards/accuracy", "rewards/margin", "rewards/chosen", "rewards/rejected"}
+    assert set(bt) == keys and keys <= set(pref)
+    assert {k: bt[k].item() for k in keys} == {k: pref[k].item() for k in keys}  # same helper, same numbers
+
+
+def test_reward_centering_penalty_hand_value():
+    chosen, rejected = t(1.0, 2.0, -1.0), t(0.5, -3.0, -1.0)
+    loss, stats = R.reward_centering_penalty(chosen, rejected, coef=0.01)
+    # (r_w + r_l)^2 = [2.25, 1, 4], mean 7.25 / 3
+    assert loss.item() == pytest.approx(0.01 * 7.25 / 3, abs=1e-12)
+    assert stats["rewards/centering"].item() == pytest.approx(7.25 / 3)
+    # it sees only the common offset: halving each pair's sum quarters it and leaves the BT loss alone
+    shifted, _ = R.reward_centering_penalty(
+        chosen - 0.25 * (chosen + rejected), rejected - 0.25 * (chosen + rejected), 1.0
+    )
+    bt, _ = R.bradley_terry(chosen, rejected)
+    bt_shifted, _ = R.bradley_terry(chosen - 0.25 * (chosen + rejected), rejected - 0.25 * (chosen + rejected))
+    assert shifted.item() == pytest.approx(0.25 * 7.25 / 3) and bt_shifted.item() == pytest.approx(bt.item())
 
 
 def test_reward_magnitude_penalty_hand_value():

@@ -1,4 +1,5 @@
-"""Advantage estimators: GAE for PPO, group baselines for RLOO and GRPO, and the best-of-n KL.
+"""Advantage estimators: GAE for PPO, group baselines for RLOO and GRPO, REINFORCE++'s globally
+normalised returns, DAPO's dynamic-sampling filter and overlong shaping, and the best-of-n KL.
 
 Token tensors are ``(B, T)`` aligned with response tokens; ``mask`` is 1 on valid response tokens.
 Sequence-level estimators take one score per response, ``(B,)``, with the responses of a prompt
@@ -7,16 +8,18 @@ stored contiguously: ``[prompt0 × k, prompt1 × k, ...]``.
 Everything here produces training *targets*, so results are computed without autograd and are
 detached from the inputs.
 """
+
 from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.losses.kl import reward_with_kl
 from alignlab.losses.reduce import whiten
 
 
@@ -145,6 +148,70 @@ GROUP_ADVANTAGES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "grpo": partial(grpo_advantages, scale_by_std=True),
     "dr_grpo": partial(grpo_advantages, scale_by_std=False),
 }
+
+
+@torch.no_grad()
+def reinforce_pp_advantages(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    estimator: str = "k1",
+    gamma: float = 1.0,
+    clip_score: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ advantages (Hu 2025, "REINFORCE++", arXiv:2501.03262): no critic, no group.
+
+        r_t = −β · kl_t  +  [t is the last valid token] · score          (per token, reward_with_kl)
+        G_t = Σ_{s ≥ t} γ^{s−t} r_s                                      (return-to-go over the row)
+        A_t = (G_t − mean(G)) / std(G)     mean and std over **every valid token of the batch**
+
+    The global normalisation (not per prompt, not per sequence) is the method's point: it is the
+    stable baseline that replaces PPO's value model and GRPO's group. ``scores`` ``(B,)``;
+    ``logprobs`` (of the sampling policy, detached), ``ref_logprobs``, ``mask`` ``(B, T)``;
+    ``estimator`` as in :func:`alignlab.losses.kl.kl_estimate` (the paper uses k1).
+    Returns ``(advantages, returns)``, both ``(B, T)`` and 0 on padding; feed the advantages to
+    the clipped per-token loss ``alignlab.losses.ppo.ppo_policy_loss``.
+    """
+    rewards, _ = reward_with_kl(scores, logprobs, ref_logprobs, mask, beta, estimator, clip_score)  # (B, T)
+    returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=gamma, lam=1.0)  # V = 0: A = G
+    return whiten(returns, mask), returns
+
+
+def dapo_keep_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """DAPO's dynamic sampling (Yu et al. 2025, arXiv:2503.14476): keep only informative groups.
+
+    A group whose G responses all have the same score (all right or all wrong) has group-relative
+    advantages 0 and gives no gradient; DAPO drops it and samples more prompts until the batch is
+    full. ``scores`` ``(B·G,)`` grouped contiguously -> a bool mask ``(B·G,)``, True for every
+    response of a group whose scores are not all equal (``mask.view(-1, G)[:, 0]`` per group).
+    """
+    r = _grouped(scores, group_size, "dapo_keep_groups")  # (B, G)
+    keep = r.amax(-1) > r.amin(-1)  # (B,)
+    return keep.repeat_interleave(r.shape[-1])  # (B·G,)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, cache_len: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476), added to the scores.
+
+                  0                                 |y| ≤ L_max − L_cache
+        R(y) =    ((L_max − L_cache) − |y|) / L_cache    L_max − L_cache < |y| ≤ L_max
+                  −1                                |y| > L_max
+
+    A linear ramp from 0 to −1 over the last ``cache_len`` tokens of the budget ``max_len``, so a
+    response is not punished abruptly for being cut. ``lengths`` ``(B,)`` response tokens ->
+    ``(B,)`` float32 penalties (≤ 0). The paper: L_max = 20480, L_cache = 4096.
+    """
+    if not 0 < cache_len <= max_len:
+        raise ConfigError(
+            f"overlong_penalty needs 0 < cache_len <= max_len; got cache_len={cache_len}, max_len={max_len}"
+        )
+    n = lengths.to(torch.promote_types(lengths.dtype, torch.float32))
+    start = max_len - cache_len
+    ramp = (start - n) / cache_len  # (B,) in [−1, 0) inside the cache window
+    out = torch.where(n <= start, torch.zeros_like(n), ramp)
+    return torch.where(n > max_len, torch.full_like(n, -1.0), out)
 
 
 def best_of_n_kl(n: int) -> float:

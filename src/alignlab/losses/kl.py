@@ -11,18 +11,30 @@ with the log ratio ℓ = log π(y_t) − log π_ref(y_t) and y_t ~ π:
 * ``k2 = ½ ℓ²``                  biased, low variance, always ≥ 0;
 * ``k3 = (exp(−ℓ) − 1) + ℓ``     unbiased, low variance, always ≥ 0 (``exp(x) ≥ 1 + x``).
 
+In the reward (PPO) the estimate is a constant; in the **loss** (GRPO, :func:`kl_loss_term`) what
+matters is its gradient. On samples y ~ π, with ∇ℓ = ∇log π:
+
+* ``∇k1 = ∇log π``                 expectation Σ_y π ∇log π = 0: no gradient at all on average;
+* ``∇k2 = ℓ · ∇log π``             expectation = ∇KL(π‖π_ref), the gradient of the KL we mean;
+* ``∇k3 = (1 − π_ref/π) ∇log π``   expectation = −Σ_y π_ref ∇log π = ∇KL(π_ref‖π), the reverse KL.
+
+So the loss term defaults to k2 (its *value* is biased, its gradient is the right one); k3, as in
+GRPO, pulls towards π_ref with the gradient of the other KL direction.
+
 Controllers (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", §2.2):
 a fixed β, or an adaptive β driven towards a target KL by a clipped proportional controller.
 """
+
 from __future__ import annotations
 
-import difflib
 import math
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from alignlab.errors import ConfigError
+from alignlab.losses.reduce import masked_mean
+from alignlab.losses.registry import Stats, choose
 
 # k3 clamps the log ratio to [-K3_LOG_RATIO_CLAMP, K3_LOG_RATIO_CLAMP] before exponentiating:
 # exp(20) ≈ 4.9e8 is finite in float32 (and its square too), so k3 and anything built on it stay
@@ -32,18 +44,7 @@ from alignlab.errors import ConfigError
 K3_LOG_RATIO_CLAMP = 20.0
 
 
-def _choose(registry: Mapping[str, Any], name: str, what: str) -> Any:
-    """``registry[name]``, or a ConfigError that names the closest valid name."""
-    try:
-        return registry[name]
-    except (KeyError, TypeError):
-        valid = sorted(registry)
-        close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.0)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown {what} '{name}'{hint} (valid: {', '.join(valid)})") from None
-
-
-def _log_ratio(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+def log_ratio(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """ℓ = log π − log π_ref, computed in at least float32 (bf16 differences lose the KL)."""
     dtype = torch.promote_types(torch.promote_types(logprobs.dtype, ref_logprobs.dtype), torch.float32)
     return logprobs.to(dtype) - ref_logprobs.to(dtype)
@@ -84,8 +85,43 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     hold, so reduce with a mask. The result is float32 (float64 if an input is float64).
     Differentiable in both arguments.
     """
-    fn = _choose(KL_ESTIMATORS, estimator, "KL estimator")
-    return fn(_log_ratio(logprobs, ref_logprobs))
+    fn = choose(KL_ESTIMATORS, estimator, "KL estimator")
+    return fn(log_ratio(logprobs, ref_logprobs))
+
+
+def kl_loss_term(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: str = "k2",
+) -> tuple[torch.Tensor, Stats]:
+    """KL to π_ref as a loss term (added with a weight β by the trainer), per-token mean.
+
+        loss = masked_mean(k(log π − log π_ref), mask)        (per token over the batch's valid tokens)
+
+    ``logprobs`` ``(B, T)`` are log π_θ of tokens **sampled from π_θ** (on-policy, with grad),
+    ``ref_logprobs`` ``(B, T)`` log π_ref of the same tokens, ``mask`` ``(B, T)`` 1 on valid tokens.
+    The default ``k2`` is the estimator whose expected gradient on such samples is ∇KL(π‖π_ref)
+    (see the module docstring: k1's is 0, k3's is ∇KL(π_ref‖π)). Padded positions reach neither
+    the loss nor a gradient. Stats: ``policy/kl_loss`` (the loss), ``policy/kl_k1`` (per-token
+    mean log-ratio, an unbiased KL value to log beside it).
+    """
+    if logprobs.shape != mask.shape or ref_logprobs.shape != mask.shape:
+        raise ValueError(
+            f"logprobs {tuple(logprobs.shape)}, ref_logprobs {tuple(ref_logprobs.shape)} and "
+            f"mask {tuple(mask.shape)} must all be (B, T)"
+        )
+    valid = mask.bool()
+    logprobs = torch.where(valid, logprobs, torch.zeros_like(logprobs))  # (B, T) garbage-free padding
+    ref_logprobs = torch.where(valid, ref_logprobs, torch.zeros_like(ref_logprobs))
+    per_token = kl_estimate(logprobs, ref_logprobs, estimator)  # (B, T)
+    loss = masked_mean(per_token, mask)
+    with torch.no_grad():
+        stats = {
+            "policy/kl_loss": loss.detach(),
+            "policy/kl_k1": masked_mean(log_ratio(logprobs.detach(), ref_logprobs), mask),
+        }
+    return loss, stats
 
 
 # ---------------------------------------------------------------------------------- controllers
@@ -160,7 +196,7 @@ KL_CONTROLLERS: dict[str, type] = {
 
 def make_kl_controller(kind: str, **params: float) -> FixedKLController | AdaptiveKLController:
     """Build a controller by name: ``fixed(beta)`` or ``adaptive(init_beta, target, horizon)``."""
-    cls = _choose(KL_CONTROLLERS, kind, "KL controller")
+    cls = choose(KL_CONTROLLERS, kind, "KL controller")
     try:
         return cls(**params)
     except TypeError as exc:

@@ -1,4 +1,5 @@
-"""Policy-gradient losses for RL from a reward: PPO (policy and value), GRPO / Dr. GRPO, REINFORCE.
+"""Policy-gradient losses for RL from a reward: PPO (policy and value), GRPO / Dr. GRPO, REINFORCE,
+RLOO's sequence-ratio loss, DAPO, GSPO; the entropy bonus; the :data:`POLICY_LOSSES` registry.
 
 Conventions: token tensors are ``(B, T)`` aligned with response tokens; ``mask`` is 1 on valid
 response tokens; ``logprobs`` are per-token log π_θ of the sampled token (with grad),
@@ -12,17 +13,26 @@ Reductions (all through :mod:`alignlab.losses.reduce`):
 * **per sequence** (``"sequence"``): mean over each response's valid tokens, then mean over the
   responses that have at least one valid token — every response weighs the same. A row with no
   valid token is left out of the mean, so adding an empty row never changes the loss.
+
+Importance ratios: **per token** ρ_t = π_θ(y_t)/π_old(y_t) (PPO, GRPO, DAPO), or **per sequence**
+(RLOO: exp Σ_t, the ratio of the sequence probabilities; GSPO: exp mean_t, its geometric mean per
+token). A sequence ratio is clipped once per response, and its log is clamped to
+±SEQ_LOG_RATIO_CLAMP before ``exp`` so a far-off response cannot make inf·0 = NaN gradients.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.losses.kl import _choose, kl_estimate
+from alignlab.losses.kl import kl_estimate
 from alignlab.losses.reduce import masked_mean, masked_sum, masked_var, seq_mean
+from alignlab.losses.registry import Stats, choose
 
-Stats = dict[str, torch.Tensor]
+# exp(20) ≈ 4.9e8: finite in float32; a sequence log-ratio beyond ±20 is saturated (gradient 0).
+SEQ_LOG_RATIO_CLAMP = 20.0
 
 
 def _check_shapes(**tensors: torch.Tensor) -> None:
@@ -68,18 +78,31 @@ POLICY_REDUCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 
 def _clipped_surrogate(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    cliprange: float,
+    cliprange_high: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token ``max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))``, ρ = exp(logπ − logπ_old); all ``(B, T)``.
+    """Per-token ``max(−A·ρ, −A·clip(ρ, 1−ε_low, 1+ε_high))``, ρ = exp(logπ − logπ_old); ``(B, T)``.
 
+    ε_low = ``cliprange``, ε_high = ``cliprange_high`` (defaults to ε_low: the symmetric PPO clip).
     Returns (loss per token, ratio, clipped-term-active indicator as float).
     """
+    high = cliprange if cliprange_high is None else cliprange_high
     ratio = torch.exp(logprobs - old_logprobs)  # (B, T)
-    unclipped = -advantages * ratio  # (B, T)
-    clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)  # (B, T)
-    per_token = torch.maximum(unclipped, clipped)  # (B, T)
-    was_clipped = (clipped > unclipped).to(per_token.dtype)  # (B, T) gradient is 0 here
-    return per_token, ratio, was_clipped
+    return _clip_objective(ratio, advantages, cliprange, high)
+
+
+def _clip_objective(
+    ratio: torch.Tensor, advantages: torch.Tensor, low: float, high: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``max(−A·ρ, −A·clip(ρ, 1−low, 1+high))`` elementwise, the ratio, and where the clip is active."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - low, 1.0 + high)
+    per_item = torch.maximum(unclipped, clipped)
+    was_clipped = (clipped > unclipped).to(per_item.dtype)  # gradient is 0 here
+    return per_item, ratio, was_clipped
 
 
 def ppo_policy_loss(
@@ -104,7 +127,7 @@ def ppo_policy_loss(
       ``policy/ratio_mean`` mean ρ.
     """
     _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
-    reduce = _choose(POLICY_REDUCTIONS, reduction, "policy loss reduction")
+    reduce = choose(POLICY_REDUCTIONS, reduction, "policy loss reduction")
     logprobs, old_logprobs, advantages = _zero_padding(mask, logprobs, old_logprobs, advantages)
     per_token, ratio, was_clipped = _clipped_surrogate(logprobs, old_logprobs, advantages, cliprange)
     loss = reduce(per_token, mask)
@@ -269,7 +292,7 @@ def grpo_loss(
     """
     _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, mask=mask)
     _check_seq(advantages, mask)
-    reduce = _choose(GRPO_LOSS_TYPES, loss_type, "GRPO loss type")
+    reduce = choose(GRPO_LOSS_TYPES, loss_type, "GRPO loss type")
     logprobs, old_logprobs, ref_logprobs = _zero_padding(mask, logprobs, old_logprobs, ref_logprobs)
     adv = advantages.unsqueeze(-1).expand_as(logprobs)  # (B,) -> (B, T)
     per_token, ratio, was_clipped = _clipped_surrogate(logprobs, old_logprobs, adv, cliprange)
@@ -288,27 +311,222 @@ def grpo_loss(
     return loss, stats
 
 
+def _seq_ratio(log_ratio_seq: torch.Tensor) -> torch.Tensor:
+    """exp of a per-sequence log-ratio ``(B,)``, its log clamped to ±SEQ_LOG_RATIO_CLAMP."""
+    return torch.exp(log_ratio_seq.clamp(-SEQ_LOG_RATIO_CLAMP, SEQ_LOG_RATIO_CLAMP))
+
+
 def reinforce_loss(
-    logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    old_logprobs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """REINFORCE with a sequence advantage (Williams 1992; with RLOO advantages, Ahmadian et al. 2024).
 
-        loss = mean_i [ −A_i · Σ_t log π_θ(y_{i,t}) ]     (per sequence; rows with no valid token
-                                                          are left out of the mean)
+        loss = mean_i [ −A_i · w_i · Σ_t log π_θ(y_{i,t}) ]     (per sequence; rows with no valid
+                                                                token are left out of the mean)
+        w_i  = 1                                                 on-policy (old_logprobs=None)
+        w_i  = sg(exp(Σ_t log π_θ(y_{i,t}) − Σ_t log π_old(y_{i,t})))    with old_logprobs
 
-    Shapes: logprobs, mask ``(B, T)``; advantages ``(B,)`` (constants, e.g. from
+    With ``old_logprobs`` (the policy that sampled y, e.g. before the previous minibatch's step)
+    the gradient is the importance-weighted on-policy gradient E_{π_old}[π_θ/π_old · A ∇log π_θ]
+    = E_{π_θ}[A ∇log π_θ], with the **sequence** ratio: the sample's probability is a product over
+    tokens. w is a detached weight, so the loss value equals the on-policy one when π_θ = π_old.
+    The weight is not clipped (unbiased; its variance grows with the policy's drift; see
+    :func:`rloo_loss` for the clipped form).
+
+    Shapes: logprobs, mask, old_logprobs ``(B, T)``; advantages ``(B,)`` (constants, e.g. from
     :func:`alignlab.losses.advantages.rloo_advantages`).
-    Stats: ``policy/loss``, ``policy/seq_logps_mean`` (mean Σ_t log π per sequence).
+    Stats: ``policy/loss``, ``policy/seq_logps_mean`` (mean Σ_t log π per sequence), and with
+    old_logprobs ``policy/ratio_mean`` (mean sequence ratio w).
     """
     _check_shapes(logprobs=logprobs, mask=mask)
     _check_seq(advantages, mask)
     (logprobs,) = _zero_padding(mask, logprobs)
     seq_logps = masked_sum(logprobs, mask, dim=-1)  # (B,)
     nonempty = mask.bool().any(-1)  # (B,)
-    loss = masked_mean(-advantages.detach().to(seq_logps.dtype) * seq_logps, nonempty)
+    weighted_adv = advantages.detach().to(seq_logps.dtype)  # (B,)
+    stats: Stats = {}
+    if old_logprobs is not None:
+        _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs)
+        (old_logprobs,) = _zero_padding(mask, old_logprobs)
+        ratio = _seq_ratio(seq_logps.detach() - masked_sum(old_logprobs.detach(), mask, dim=-1))  # (B,)
+        weighted_adv = weighted_adv * ratio
+        stats["policy/ratio_mean"] = masked_mean(ratio, nonempty)
+    loss = masked_mean(-weighted_adv * seq_logps, nonempty)
+    with torch.no_grad():
+        stats["policy/loss"] = loss.detach()
+        stats["policy/seq_logps_mean"] = masked_mean(seq_logps.detach(), nonempty)
+    return loss, stats
+
+
+def _sequence_clipped(
+    log_ratio_seq: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    low: float,
+    high: float,
+) -> tuple[torch.Tensor, Stats]:
+    """Clipped surrogate on a sequence ratio ``(B,)``, mean over non-empty rows, with its stats."""
+    nonempty = mask.bool().any(-1)  # (B,)
+    ratio = _seq_ratio(log_ratio_seq)  # (B,)
+    per_seq, ratio, was_clipped = _clip_objective(ratio, advantages.detach().to(ratio.dtype), low, high)  # (B,)
+    loss = masked_mean(per_seq, nonempty)
     with torch.no_grad():
         stats = {
             "policy/loss": loss.detach(),
-            "policy/seq_logps_mean": masked_mean(seq_logps.detach(), nonempty),
+            "policy/clipfrac": masked_mean(was_clipped, nonempty),  # per sequence
+            "policy/ratio_mean": masked_mean(ratio.detach(), nonempty),  # per sequence
         }
     return loss, stats
+
+
+def rloo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float = 0.2,
+) -> tuple[torch.Tensor, Stats]:
+    """RLOO's clipped loss with a **sequence-level** ratio (Ahmadian et al. 2024, arXiv:2402.14740,
+    which treats the whole response as one action; the clipped form of TRL's RLOO trainer).
+
+        ρ_i  = exp(Σ_t log π_θ(y_{i,t}) − Σ_t log π_old(y_{i,t}))      (B,)
+        loss = mean_i max(−ρ_i A_i, −clip(ρ_i, 1−ε, 1+ε) A_i)         (per sequence)
+
+    At ρ = 1 the gradient of response i is −A_i Σ_t ∇log π_θ(y_{i,t}) / B: the REINFORCE gradient
+    of the whole sequence, not its per-token mean (a per-token ratio averaged per sequence would
+    give A_i/|y_i| · Σ_t ∇log π). Shapes: logprobs, old_logprobs, mask ``(B, T)``; advantages
+    ``(B,)``, e.g. :func:`alignlab.losses.advantages.rloo_advantages`. Stats: ``policy/loss``,
+    ``policy/clipfrac`` and ``policy/ratio_mean`` (both per sequence).
+    """
+    _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
+    _check_seq(advantages, mask)
+    logprobs, old_logprobs = _zero_padding(mask, logprobs, old_logprobs)
+    log_ratio_seq = masked_sum(logprobs - old_logprobs, mask, dim=-1)  # (B,)
+    return _sequence_clipped(log_ratio_seq, advantages, mask, cliprange, cliprange)
+
+
+def gspo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_low: float = 3e-4,
+    cliprange_high: float = 4e-4,
+) -> tuple[torch.Tensor, Stats]:
+    """Group Sequence Policy Optimization (Zheng et al. 2025, arXiv:2507.18071).
+
+        s_i  = exp( 1/|y_i| · Σ_t (log π_θ(y_{i,t}) − log π_old(y_{i,t})) )     (B,) length-normalised
+        loss = mean_i max(−s_i A_i, −clip(s_i, 1−ε_low, 1+ε_high) A_i)         (per sequence)
+
+    The ratio is the per-token geometric mean of the sequence ratio, so its scale does not depend
+    on the length, and a whole response is clipped or kept: the paper's ε are tiny, 3e-4 / 4e-4
+    (token-level PPO uses 0.2). Advantages ``(B,)`` are group-normalised scores
+    (:func:`alignlab.losses.advantages.grpo_advantages`). Shapes as :func:`rloo_loss`; stats too.
+    """
+    _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
+    _check_seq(advantages, mask)
+    logprobs, old_logprobs = _zero_padding(mask, logprobs, old_logprobs)
+    log_ratio_seq = seq_mean(logprobs - old_logprobs, mask)  # (B,) per-token mean per sequence
+    return _sequence_clipped(log_ratio_seq, advantages, mask, cliprange_low, cliprange_high)
+
+
+def dapo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_low: float = 0.2,
+    cliprange_high: float = 0.28,
+) -> tuple[torch.Tensor, Stats]:
+    """DAPO's policy loss (Yu et al. 2025, arXiv:2503.14476): clip-higher and token-level
+    normalisation.
+
+        ρ_t  = exp(log π_θ(y_t) − log π_old(y_t))
+        loss = Σ_i Σ_t max(−ρ_t A_i, −clip(ρ_t, 1−ε_low, 1+ε_high) A_i) / Σ_i |y_i|    (per token)
+
+    ε_high > ε_low lets unlikely tokens with A > 0 grow further (against entropy collapse); the
+    mean is over every valid token of the batch, so a long response weighs in proportion to its
+    length (GRPO's per-sequence mean down-weights each token of a long one). DAPO has no KL term.
+    Use with :func:`alignlab.losses.advantages.dapo_keep_groups` (dynamic sampling) and
+    :func:`alignlab.losses.advantages.overlong_penalty`. Advantages ``(B,)`` (one per response,
+    group-normalised) or ``(B, T)``. Stats as :func:`ppo_policy_loss`.
+    """
+    _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
+    if advantages.dim() == 1:
+        _check_seq(advantages, mask)
+        advantages = advantages.unsqueeze(-1).expand_as(logprobs)  # (B,) -> (B, T)
+    _check_shapes(logprobs=logprobs, advantages=advantages)
+    logprobs, old_logprobs, advantages = _zero_padding(mask, logprobs, old_logprobs, advantages)
+    per_token, ratio, was_clipped = _clipped_surrogate(
+        logprobs, old_logprobs, advantages, cliprange_low, cliprange_high
+    )
+    loss = token_mean(per_token, mask)
+    with torch.no_grad():
+        stats = {
+            "policy/loss": loss.detach(),
+            "policy/clipfrac": masked_mean(was_clipped, mask),
+            "policy/approx_kl": masked_mean(kl_estimate(old_logprobs, logprobs.detach(), "k3"), mask),
+            "policy/ratio_mean": masked_mean(ratio.detach(), mask),
+        }
+    return loss, stats
+
+
+def entropy_bonus(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, Stats]:
+    """Mean entropy of π over valid response tokens, **with grad**, for an entropy bonus.
+
+        H = masked_mean(H_t, mask),   H_t = −Σ_v π(v|·) log π(v|·)           (per token)
+
+    The trainer adds ``−c · H`` to its loss (c ≥ 0, the entropy coefficient) to keep the policy
+    from collapsing early (Schulman et al. 2017, eq. 9; Mnih et al. 2016). ``logits`` ``(B, T, V)``
+    at the response positions, ``mask`` ``(B, T)``. Stats: ``entropy``.
+    """
+    entropy = entropy_from_logits(logits, mask)
+    return entropy, {"entropy": entropy.detach()}
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    """One row of :data:`POLICY_LOSSES`: a policy loss and what it is fed with."""
+
+    fn: Callable[..., tuple[torch.Tensor, Stats]]
+    """The pure loss function."""
+    advantages: str
+    """The estimator whose advantages it takes: ``gae`` (per token, needs a value model),
+    ``reinforce_pp`` (per token, :func:`~alignlab.losses.advantages.reinforce_pp_advantages`), or
+    a key of ``GROUP_ADVANTAGES`` (one per response)."""
+    defaults: dict[str, float] = field(default_factory=dict)
+    """Published defaults of its hyperparameters."""
+
+
+POLICY_LOSSES: dict[str, PolicyLoss] = {
+    # Schulman et al. 2017: ε = 0.2
+    "ppo": PolicyLoss(ppo_policy_loss, "gae", {"cliprange": 0.2}),
+    # Shao et al. 2024 (DeepSeekMath): KL weight β = 0.04 in the loss; ε = 0.2
+    "grpo": PolicyLoss(grpo_loss, "grpo", {"cliprange": 0.2, "beta": 0.04}),
+    # Williams 1992 / Ahmadian et al. 2024: no hyperparameter beyond the group size
+    "reinforce": PolicyLoss(reinforce_loss, "rloo"),
+    # Ahmadian et al. 2024, clipped: ε = 0.2
+    "rloo": PolicyLoss(rloo_loss, "rloo", {"cliprange": 0.2}),
+    # Yu et al. 2025: ε_low = 0.2, ε_high = 0.28
+    "dapo": PolicyLoss(dapo_loss, "grpo", {"cliprange_low": 0.2, "cliprange_high": 0.28}),
+    # Zheng et al. 2025: ε_low = 3e-4, ε_high = 4e-4 (sequence-level ratio)
+    "gspo": PolicyLoss(gspo_loss, "grpo", {"cliprange_low": 3e-4, "cliprange_high": 4e-4}),
+    # Hu 2025: PPO's clipped token loss on globally normalised REINFORCE++ advantages, ε = 0.2
+    "reinforce_pp": PolicyLoss(ppo_policy_loss, "reinforce_pp", {"cliprange": 0.2}),
+}
+
+
+def get_policy_loss(name: str) -> PolicyLoss:
+    """The registry row for ``name``; an unknown name raises ConfigError naming the closest one."""
+    return choose(POLICY_LOSSES, name, "policy loss")
+
+
+def policy_loss_defaults(name: str) -> dict[str, float]:
+    """The published defaults of policy loss ``name`` (a copy)."""
+    return dict(get_policy_loss(name).defaults)

@@ -8,10 +8,17 @@ Every loss in alignlab reduces through these helpers so that each mean says what
   with no valid token gets 0 and is reported by ``mask.sum(-1) == 0``.
 * ``masked_sum(x, mask)`` — the sum over valid tokens (``seq_logps`` are ``masked_sum`` along -1).
 
+When only per-sequence sums are at hand (``seq_logps`` and response lengths), the same two means are:
+
+* ``length_normalize(sums, lengths)`` — **per sequence**: each sum over its own length, ``(B,)``;
+* ``pooled_token_mean(sums, lengths)`` — **per token**: Σ sums / Σ lengths, ``()``; equal to
+  ``masked_mean`` over the tokens the sums came from.
+
 A mean over an empty mask never silently returns 0 or NaN: ``masked_mean`` raises
 :class:`~alignlab.errors.NumericalError` unless ``allow_empty=True`` is passed, in which case the
 result is 0 *and* callers can see the count is zero.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +40,11 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None)
 
 
 def masked_mean(
-    values: torch.Tensor, mask: torch.Tensor, dim: int | None = None, *, allow_empty: bool = False
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    dim: int | None = None,
+    *,
+    allow_empty: bool = False,
 ) -> torch.Tensor:
     """Per-token mean of ``values`` over ``mask`` (whole tensor, or along ``dim``).
 
@@ -79,3 +90,33 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, ep
     if not shift_mean:
         out = out + mean
     return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+def _check_lengths(sums: torch.Tensor, lengths: torch.Tensor) -> None:
+    if sums.shape != lengths.shape or sums.dim() != 1:
+        raise ValueError(f"sums and lengths must both be (B,); got {tuple(sums.shape)} and {tuple(lengths.shape)}")
+    if bool((lengths <= 0).any()):
+        raise NumericalError(
+            "a response has length 0 (no response tokens); check that responses are not empty after truncation"
+        )
+
+
+def length_normalize(sums: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean from per-sequence sums: ``sums / lengths``, ``(B,), (B,) -> (B,)``.
+
+    ``lengths`` are response token counts (int or float); a length <= 0 is an empty response and
+    raises :class:`NumericalError` instead of dividing by zero.
+    """
+    _check_lengths(sums, lengths)
+    return sums / lengths.to(sums.dtype)
+
+
+def pooled_token_mean(sums: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Per-token mean from per-sequence sums: ``Σ_b sums_b / Σ_b lengths_b``, ``(B,), (B,) -> ()``.
+
+    Every token of the batch weighs the same (a long response counts more than a short one), which
+    is what ``masked_mean`` over the underlying ``(B, T)`` tokens gives. Lengths as in
+    :func:`length_normalize`.
+    """
+    _check_lengths(sums, lengths)
+    return sums.sum() / lengths.to(sums.dtype).sum()

@@ -5,52 +5,37 @@ and ``rejected_rewards`` of shape (B,); ranked data gives ``rewards`` (B, K) wit
 (B, K), 1 = best, a permutation of 1..K in every row. Each loss returns ``(loss, stats)`` and
 says what it averages over (per pair or per prompt).
 
-Stats use the keys of the preference losses where they mean the same thing: ``accuracy`` (a tie
-counts 1/2), ``margin`` (mean r_better - r_worse), ``rewards/chosen``, ``rewards/rejected``.
+Stats use the keys of the preference losses (:mod:`alignlab.losses.pref_stats`):
+``rewards/accuracy`` (a tie counts 1/2), ``rewards/margin`` (mean r_better - r_worse),
+``rewards/chosen``, ``rewards/rejected`` (for rankings: the better / worse response of each pair).
 """
+
 from __future__ import annotations
 
-import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from alignlab.errors import ConfigError, DataError, NumericalError
-
-Stats = dict[str, torch.Tensor]
-
-
-def _pairwise_accuracy(margins: torch.Tensor) -> torch.Tensor:
-    """Fraction of ``margins > 0``, a tie counting 1/2. ``(N,) -> ()``."""
-    return ((margins > 0).to(margins.dtype) + 0.5 * (margins == 0).to(margins.dtype)).mean()
-
-
-def _pair_stats(better: torch.Tensor, worse: torch.Tensor) -> Stats:
-    """Stats over N pairs given the rewards of the better and the worse response, each (N,)."""
-    better, worse = better.detach(), worse.detach()
-    margins = better - worse  # (N,)
-    return {
-        "accuracy": _pairwise_accuracy(margins),
-        "margin": margins.mean(),
-        "rewards/chosen": better.mean(),
-        "rewards/rejected": worse.mean(),
-    }
+from alignlab.losses.pref_stats import pairwise_accuracy, reward_stats
+from alignlab.losses.registry import Stats, choose
 
 
 def bradley_terry(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
-    margin: torch.Tensor | None = None,
+    margin: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Bradley–Terry pairwise loss (Bradley & Terry, 1952; as in Ouyang et al., 2022).
 
         L = mean_B  -log σ(r_w - r_l - m)
 
-    ``margin`` m (B,) is an optional per-pair margin, e.g. from a preference-strength rating
-    (Touvron et al., 2023, Llama 2); it asks r_w to exceed r_l by at least about m. The mean is
-    per pair. Stats: ``accuracy``, ``margin`` (mean r_w - r_l, without m), ``rewards/chosen``,
+    ``margin`` m asks r_w to exceed r_l by at least about m: a float (the same for every pair), or
+    a per-pair tensor (B,), e.g. from a preference-strength rating (Touvron et al., 2023, Llama 2,
+    §3.2.2: a larger margin for "significantly better" pairs). The mean is per pair. Stats:
+    ``rewards/accuracy``, ``rewards/margin`` (mean r_w - r_l, without m), ``rewards/chosen``,
     ``rewards/rejected``.
     """
     if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
@@ -59,19 +44,19 @@ def bradley_terry(
             f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}"
         )
     logits = chosen_rewards - rejected_rewards  # (B,)
-    if margin is not None:
+    if isinstance(margin, (int, float)):
+        logits = logits - float(margin)
+    elif margin is not None:
         if margin.shape != logits.shape:
             raise ValueError(f"margin must be (B,) = {tuple(logits.shape)}; got {tuple(margin.shape)}")
         logits = logits - margin.to(logits.dtype)
     loss = -F.logsigmoid(logits).mean()
-    return loss, _pair_stats(chosen_rewards, rejected_rewards)
+    return loss, reward_stats(chosen_rewards, rejected_rewards)
 
 
 def _check_ranks(rewards: torch.Tensor, ranks: torch.Tensor) -> None:
     if rewards.dim() != 2 or ranks.shape != rewards.shape:
-        raise ValueError(
-            f"rewards and ranks must both be (B, K); got {tuple(rewards.shape)} and {tuple(ranks.shape)}"
-        )
+        raise ValueError(f"rewards and ranks must both be (B, K); got {tuple(rewards.shape)} and {tuple(ranks.shape)}")
     k = rewards.shape[1]
     if k < 2:
         raise DataError("", f"a ranking needs at least 2 responses per prompt; got K={k}", field="ranks")
@@ -91,7 +76,7 @@ def kwise_pairwise(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Te
     averaged, then prompts are averaged. Every prompt has the same K, so this equals the mean
     over all B·C(K,2) pairs. Vectorised over a (B, K, K) comparison grid.
 
-    Stats are over the pairs: ``accuracy``, ``margin``, ``rewards/chosen`` (the better reward of
+    Stats are over the pairs: ``rewards/accuracy``, ``rewards/margin``, ``rewards/chosen`` (the better reward of
     each pair), ``rewards/rejected`` (the worse one).
     """
     _check_ranks(rewards, ranks)
@@ -101,7 +86,7 @@ def kwise_pairwise(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Te
     loss = pair_losses.mean()
     better = rewards[:, :, None].expand_as(diff)[above]  # (B·C(K,2),)
     worse = rewards[:, None, :].expand_as(diff)[above]  # (B·C(K,2),)
-    return loss, _pair_stats(better, worse)
+    return loss, reward_stats(better, worse)
 
 
 def plackett_luce(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, Stats]:
@@ -127,7 +112,7 @@ def plackett_luce(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Ten
     i, j = torch.triu_indices(k, k, offset=1, device=rewards.device)  # (C(K,2),) each
     better = ordered[:, i].reshape(-1)  # (B·C(K,2),)
     worse = ordered[:, j].reshape(-1)
-    return nll.mean(), _pair_stats(better, worse)
+    return nll.mean(), reward_stats(better, worse)
 
 
 def reward_magnitude_penalty(rewards: torch.Tensor, coef: float) -> tuple[torch.Tensor, Stats]:
@@ -136,14 +121,34 @@ def reward_magnitude_penalty(rewards: torch.Tensor, coef: float) -> tuple[torch.
         L = coef · mean(r²)        (mean over every element of ``rewards``)
 
     The Bradley–Terry loss only sees differences, so the rewards' offset drifts freely; this
-    term pins it (and bounds the scale). It is a magnitude form of the "centering" regulariser
-    of Eisenstein et al. (2023, "Helping or Herding? Reward Model Ensembles Mitigate but do not
-    Eliminate Reward Hacking"), whose version penalises a pair's sum, coef·(r_w + r_l)², i.e.
-    only the common offset. Pass all rewards of the batch (e.g. chosen and rejected
+    term pins it (and bounds the scale). :func:`reward_centering_penalty` is the pairwise form
+    that pins only the common offset. Pass all rewards of the batch (e.g. chosen and rejected
     concatenated). Stats: ``rewards/mean_sq``.
     """
     mean_sq = (rewards**2).mean()
     return coef * mean_sq, {"rewards/mean_sq": mean_sq.detach()}
+
+
+def reward_centering_penalty(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, coef: float
+) -> tuple[torch.Tensor, Stats]:
+    """Centring regulariser of a pairwise reward model:
+
+        L = coef · mean_B (r_w + r_l)²        (per pair)
+
+    Eisenstein et al. (2023, "Helping or Herding? Reward Model Ensembles Mitigate but do not
+    Eliminate Reward Hacking", arXiv:2312.09244), TRL's ``center_rewards_coefficient`` (0.01 is
+    the value they suggest). The Bradley–Terry loss sees only r_w - r_l; this pulls each pair's
+    mean reward to 0 without touching the difference, so rewards are comparable across prompts.
+    ``chosen_rewards``, ``rejected_rewards`` ``(B,)``. Stats: ``rewards/centering`` (mean (r_w + r_l)²).
+    """
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
+        raise ValueError(
+            f"chosen_rewards and rejected_rewards must both be (B,); got "
+            f"{tuple(chosen_rewards.shape)} and {tuple(rejected_rewards.shape)}"
+        )
+    centering = ((chosen_rewards + rejected_rewards) ** 2).mean()
+    return coef * centering, {"rewards/centering": centering.detach()}
 
 
 @dataclass(frozen=True)
@@ -165,12 +170,7 @@ REWARD_LOSSES: dict[str, RewardLoss] = {
 
 def get_reward_loss(name: str) -> RewardLoss:
     """The registry entry for ``name``; an unknown name raises ConfigError naming the closest one."""
-    spec = REWARD_LOSSES.get(name)
-    if spec is None:
-        close = difflib.get_close_matches(str(name), list(REWARD_LOSSES), n=1, cutoff=0.0)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown reward loss '{name}'{hint} (valid: {', '.join(sorted(REWARD_LOSSES))})")
-    return spec
+    return choose(REWARD_LOSSES, name, "reward loss")
 
 
 @torch.no_grad()
@@ -210,7 +210,7 @@ def calibration(
     ece = (conf_sum - acc_sum).abs().sum() / probs.numel()
     return {
         "ece": ece,
-        "accuracy": _pairwise_accuracy(margins),
+        "accuracy": pairwise_accuracy(margins),
         "margin": margins.mean(),
         "bin_confidence": conf_sum / count.clamp(min=1),
         "bin_accuracy": acc_sum / count.clamp(min=1),

@@ -1,4 +1,5 @@
 """Supervised fine-tuning loss."""
+
 from __future__ import annotations
 
 import torch

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from alignlab.errors import ConfigError
-from alignlab.losses.kl import _choose
+from alignlab.losses.registry import choose as _choose
 from alignlab.rollout.generate import Generation, GenerationEngine, SamplingParams, TransformersEngine
 
 ENGINES = ("auto", "transformers", "vllm")
