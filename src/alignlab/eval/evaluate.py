@@ -46,8 +46,10 @@ eval.json schema (version 1); every interval is ``[lo, hi]`` at ``confidence``::
       "overoptimisation": {"bon": {form, alpha, beta, r2, n, peak_kl} | null,
                            "rl":  {same} | null},   fitted on gold gain over the baseline, d = √KL
       "training_monitors": {"<stage>": {"<monitor>": {...}}},   from each stage's metrics.jsonl
-      "probes": {...} | null,          passed through (see alignlab.eval.probes)
-      "rewardbench": {...} | null      passed through (see alignlab.eval.rewardbench)
+      "probes": {"<probe>": {"<policy>": result}} | null,   passed through; results of
+                                        alignlab.eval.probes (score_sycophancy, score_harmlessness)
+      "rewardbench": {"<scorer>": result} | null            passed through; results of
+                                        alignlab.eval.rewardbench.accuracy
     }
 
 Next to it, ``<run>/eval/samples.jsonl`` holds the rows without token arrays, each with its
