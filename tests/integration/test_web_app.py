@@ -39,9 +39,7 @@ def client(root, backend):
 
 
 def token_of(client, url="/") -> str:
-    return re.search(
-        r'name="alignlab-token" content="([^"]+)"', client.get(url).text
-    ).group(1)
+    return re.search(r'name="alignlab-token" content="([^"]+)"', client.get(url).text).group(1)
 
 
 def test_every_page_opens(client):
@@ -78,17 +76,11 @@ def test_metrics_series_follow_the_file(root, client):
     ppo = body["stages"]["ppo"]["series"]
     assert {"score", "kl", "beta", "value/loss", "policy/clipfrac"} <= set(ppo)
     assert set(body["stages"]["sft"]["series"]["loss"]) == {"train", "eval"}
-    assert {"loss", "rewards/margin", "rewards/accuracy"} <= set(
-        body["stages"]["dpo"]["series"]
-    )
+    assert {"loss", "rewards/margin", "rewards/accuracy"} <= set(body["stages"]["dpo"]["series"])
     n = len(ppo["kl"]["train"][0])
-    with open(
-        root / "demo" / "ppo" / "metrics.jsonl", "a"
-    ) as fh:  # a trainer in another process logs a step
+    with open(root / "demo" / "ppo" / "metrics.jsonl", "a") as fh:  # a trainer in another process logs a step
         fh.write(json.dumps({"step": n + 1, "split": "train", "kl": 9.0}) + "\n")
-    xs, ys = client.get("/api/runs/demo/metrics").json()["stages"]["ppo"]["series"][
-        "kl"
-    ]["train"]
+    xs, ys = client.get("/api/runs/demo/metrics").json()["stages"]["ppo"]["series"]["kl"]["train"]
     assert xs[-1] == n + 1 and ys[-1] == 9.0
 
 
@@ -153,28 +145,11 @@ def test_writes_need_the_session_token(client):
         "mix": {"gold:length": 1.0},
     }
     assert client.post("/api/simulate", json=body).status_code == 403
-    assert (
-        client.post(
-            "/api/simulate", json=body, headers={"X-Alignlab-Token": "0" * 64}
-        ).status_code
-        == 403
-    )
+    assert client.post("/api/simulate", json=body, headers={"X-Alignlab-Token": "0" * 64}).status_code == 403
     tok = token_of(client)
-    assert (
-        client.post(
-            "/api/simulate", json=body, headers={"X-Alignlab-Token": tok}
-        ).status_code
-        == 200
-    )
-    other = TestClient(
-        client.app
-    )  # another browser: its own cookie, so this token is not valid for it
-    assert (
-        other.post(
-            "/api/simulate", json=body, headers={"X-Alignlab-Token": tok}
-        ).status_code
-        == 403
-    )
+    assert client.post("/api/simulate", json=body, headers={"X-Alignlab-Token": tok}).status_code == 200
+    other = TestClient(client.app)  # another browser: its own cookie, so this token is not valid for it
+    assert other.post("/api/simulate", json=body, headers={"X-Alignlab-Token": tok}).status_code == 403
 
 
 def test_foreign_host_header_is_refused(root, backend):
@@ -247,9 +222,7 @@ def test_simulate_rejects_bad_input(client, patch):
         "mix": {"gold:length": 1.0},
         **patch,
     }
-    r = client.post(
-        "/api/simulate", json=body, headers={"X-Alignlab-Token": token_of(client)}
-    )
+    r = client.post("/api/simulate", json=body, headers={"X-Alignlab-Token": token_of(client)})
     assert r.status_code in (400, 404), r.text
     assert "error" in r.json()
 
@@ -278,9 +251,7 @@ def test_backend_errors_are_messages(root):
             "beta": 1.0,
             "mix": {"gold:length": 1.0},
         }
-        r = c.post(
-            "/api/simulate", json=body, headers={"X-Alignlab-Token": token_of(c)}
-        )
+        r = c.post("/api/simulate", json=body, headers={"X-Alignlab-Token": token_of(c)})
         assert r.status_code == 500 and "the model exploded" in r.json()["error"]
 
 
@@ -303,18 +274,11 @@ def test_serve_command_parses_and_defaults_to_loopback():
     sub = parser.add_subparsers()
     add_serve_command(sub)
     args = parser.parse_args(["serve", "--runs", "r", "--port", "0"])
-    assert (
-        args.host == "127.0.0.1"
-        and args.runs == "r"
-        and args.port == 0
-        and callable(args.func)
-    )
+    assert args.host == "127.0.0.1" and args.runs == "r" and args.port == 0 and callable(args.func)
 
 
 def test_empty_runs_folder(tmp_path, backend):
-    app = create_app(
-        tmp_path / "missing", None, backend=backend, allowed_hosts=["testserver"]
-    )
+    app = create_app(tmp_path / "missing", None, backend=backend, allowed_hosts=["testserver"])
     with TestClient(app) as c:
         assert "No runs" in c.get("/").text
         assert c.get("/simulator").status_code == 200
@@ -325,6 +289,4 @@ def test_interrupted_rollout_line_is_skipped(root, client):
     with open(path, "a") as fh:
         fh.write('{"step": 3, "prompt": "cut')  # a crash mid-write
     assert len(client.get("/api/runs/demo/ppo/rollouts/3").json()["rows"]) == 4
-    assert (
-        XSS in client.get("/api/runs/demo/ppo/rollouts/3").json()["rows"][0]["tokens"]
-    )
+    assert XSS in client.get("/api/runs/demo/ppo/rollouts/3").json()["rows"][0]["tokens"]

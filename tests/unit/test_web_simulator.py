@@ -64,12 +64,8 @@ def test_limits_and_monotonicity():
     points = sim.curve(rewards, sim.beta_grid(0.05, 50.0, 30))
     kls = [q.kl for q in points]
     rs = [q.expected_reward for q in points]
-    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(kls)), (
-        "KL must fall as β grows"
-    )
-    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(rs)), (
-        "E[r] must fall as β grows"
-    )
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(kls)), "KL must fall as β grows"
+    assert all(a >= b - 1e-12 for a, b in itertools.pairwise(rs)), "E[r] must fall as β grows"
 
 
 def test_uniform_at_infinite_beta_and_errors():

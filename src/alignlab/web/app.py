@@ -60,9 +60,7 @@ class Forbidden(PermissionError):
     """A write without the session token: a 403."""
 
 
-def _float(
-    body: dict, key: str, lo: float, hi: float, default: float | None = None
-) -> float:
+def _float(body: dict, key: str, lo: float, hi: float, default: float | None = None) -> float:
     value = body.get(key, default)
     try:
         value = float(value)
@@ -75,11 +73,7 @@ def _float(
 
 def _int(body: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
     value = body.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or int(value) != value
-    ):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
         raise BadRequest(f"'{key}' must be an integer")
     if not lo <= int(value) <= hi:
         raise BadRequest(f"'{key}' must lie in [{lo}, {hi}], got {value}")
@@ -110,9 +104,7 @@ class Sessions:
         session = request.cookies.get(SESSION_COOKIE)
         sent = request.headers.get(TOKEN_HEADER, "")
         if not session or not hmac.compare_digest(self.token(session), sent):
-            raise Forbidden(
-                "this write needs the page's session token (reload the page)"
-            )
+            raise Forbidden("this write needs the page's session token (reload the page)")
 
 
 class SimCache:
@@ -170,27 +162,19 @@ def create_app(
         openapi_url=None,
         lifespan=lifespan,
     )
-    app.add_middleware(
-        TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOCAL_HOSTS
-    )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOCAL_HOSTS)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.root, app.state.queue, app.state.labels = root, queue, labels
 
     # ------------------------------------------------------------------ pages and errors
-    def page(
-        request: Request, render, *args, status: int = 200, **kwargs
-    ) -> HTMLResponse:
+    def page(request: Request, render, *args, status: int = 200, **kwargs) -> HTMLResponse:
         session = request.cookies.get(SESSION_COOKIE)
         new = session is None or len(session) != 43
         if new:
             session = secrets.token_urlsafe(32)
-        response = HTMLResponse(
-            render(*args, token=sessions.token(session), **kwargs), status_code=status
-        )
+        response = HTMLResponse(render(*args, token=sessions.token(session), **kwargs), status_code=status)
         if new:
-            response.set_cookie(
-                SESSION_COOKIE, session, httponly=True, samesite="strict"
-            )
+            response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict")
         response.headers["Content-Security-Policy"] = (
             "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; object-src 'none'; "
             "base-uri 'none'; frame-ancestors 'none'"
@@ -269,17 +253,12 @@ def create_app(
     @app.get("/runs/{run}", response_class=HTMLResponse)
     def run_view(request: Request, run: str):
         info = runsview.run_info(root, run)
-        configs = {
-            s["name"]: runsview.config_text(runsview.stage_folder(root, run, s["name"]))
-            for s in info["stages"]
-        }
+        configs = {s["name"]: runsview.config_text(runsview.stage_folder(root, run, s["name"])) for s in info["stages"]}
         return page(request, pages.run_page, info, configs)
 
     @app.get("/runs/{run}/figures/{name}")
     def figure(run: str, name: str):
-        return FileResponse(
-            runsview.figure_path(root, run, name), media_type="image/png"
-        )
+        return FileResponse(runsview.figure_path(root, run, name), media_type="image/png")
 
     # ------------------------------------------------------------------ rollout inspector
     @app.get("/runs/{run}/{stage}/rollouts", response_class=HTMLResponse)
@@ -333,16 +312,12 @@ def create_app(
         beta = _float(body, "beta", 1e-3, 1e4)
         mix_in = body.get("mix") or {}
         if not isinstance(mix_in, dict) or not mix_in:
-            raise BadRequest(
-                "'mix' must map reward components to weights, e.g. {\"gold:length\": 1}"
-            )
+            raise BadRequest("'mix' must map reward components to weights, e.g. {\"gold:length\": 1}")
         known = {c["id"] for c in backend.components(run)}
         mix = {}
         for k, v in mix_in.items():
             if k not in known:
-                raise BadRequest(
-                    f"unknown reward component {k!r}; this run offers {', '.join(sorted(known))}"
-                )
+                raise BadRequest(f"unknown reward component {k!r}; this run offers {', '.join(sorted(known))}")
             mix[k] = _float({"w": v}, "w", -100.0, 100.0)
         key = (run, prompt, n, seed)
         item = cache.get(key)
@@ -351,13 +326,9 @@ def create_app(
             item = cache.put(key, {"responses": list(responses), "scores": {}})
         for comp in mix:
             if comp not in item["scores"]:
-                scores = await queue.run(
-                    backend.score, run, comp, [prompt] * n, item["responses"]
-                )
+                scores = await queue.run(backend.score, run, comp, [prompt] * n, item["responses"])
                 if len(scores) != n or not all(math.isfinite(s) for s in scores):
-                    raise BackendError(
-                        f"reward component {comp!r} returned {len(scores)} scores for {n} responses"
-                    )
+                    raise BackendError(f"reward component {comp!r} returned {len(scores)} scores for {n} responses")
                 item["scores"][comp] = [float(s) for s in scores]
         rewards = sim.combine({k: item["scores"][k] for k in mix}, mix)
         w = sim.weights(rewards, beta)
@@ -411,18 +382,14 @@ def create_app(
     # ------------------------------------------------------------------ labelling
     def need_store() -> LabelService:
         if labels is None:
-            raise BackendError(
-                "no label store is open: start the server with --store FILE"
-            )
+            raise BackendError("no label store is open: start the server with --store FILE")
         return labels
 
     @app.get("/label", response_class=HTMLResponse)
     def label_view(request: Request, kind: str = "pair"):
         if kind not in ("pair", "ranking"):
             raise runsview.NotFound(f"no labelling view {kind!r} (pair or ranking)")
-        return page(
-            request, pages.label_page, {"kind": kind, "store": labels is not None}
-        )
+        return page(request, pages.label_page, {"kind": kind, "store": labels is not None})
 
     @app.get("/api/label/next")
     def api_next(annotator: str, kind: str = "pair"):
@@ -430,14 +397,13 @@ def create_app(
         annotator = _annotator(annotator)
         if kind not in ("pair", "ranking"):
             raise BadRequest("'kind' is pair or ranking")
-        return {
-            "task": store.next_task(annotator, kind),
-            "progress": store.progress(annotator),
-        }
+        return {"task": store.next_task(annotator, kind), "progress": store.progress(annotator, kind)}
 
     @app.get("/api/label/progress")
-    def api_progress(annotator: str):
-        return need_store().progress(_annotator(annotator))
+    def api_progress(annotator: str, kind: str | None = None):
+        if kind not in (None, "pair", "ranking"):
+            raise BadRequest("'kind' is pair or ranking")
+        return need_store().progress(_annotator(annotator), kind)
 
     @app.post("/api/label")
     async def api_label(request: Request):
@@ -449,7 +415,7 @@ def create_app(
         choice, ranking = body.get("choice"), body.get("ranking")
         if (choice is None) == (ranking is None):
             raise BadRequest(
-                "send either 'choice' (A, B, tie, skip) or 'ranking' (response ids, best first)"
+                "send either 'choice' (A, B, tie, skip) or 'ranking' (ranking[i] = rank of response i, 1 = best)"
             )
         if choice is not None and choice not in ("A", "B", "tie", "skip"):
             raise BadRequest("'choice' is one of A, B, tie, skip")
@@ -458,11 +424,23 @@ def create_app(
             and ranking
             and all(isinstance(i, int) and not isinstance(i, bool) for i in ranking)
         ):
-            raise BadRequest("'ranking' is a list of response ids, best first")
-        label_id = await _in_thread(
-            store.add_label, task_id, annotator, choice, ranking, reason
-        )
-        return {"label_id": label_id, "progress": store.progress(annotator)}
+            raise BadRequest("'ranking' lists the rank of each response in the task's order (1 = best)")
+        label_id = await _in_thread(store.add_label, task_id, annotator, choice, ranking, reason)
+        kind = body.get("kind") if body.get("kind") in ("pair", "ranking") else None
+        return {"label_id": label_id, "progress": await _in_thread(store.progress, annotator, kind)}
+
+    @app.post("/api/label/tasks")
+    async def api_make_tasks(request: Request):
+        """Tasks from a run's samples: a pair for every two stages' responses to a prompt, or one ranking of all."""
+        store = need_store()
+        body = await json_body(request)
+        run = _text(body, "run", 200)
+        kind = body.get("kind", "pair")
+        if kind not in ("pair", "ranking"):
+            raise BadRequest("'kind' is pair or ranking")
+        items = runsview.label_items(root, run)
+        made = await _in_thread(store.make_tasks, items, kind, run)
+        return {"run": run, "kind": kind, "tasks": made}
 
     @app.get("/api/label/agreement")
     def api_agreement():
@@ -472,9 +450,7 @@ def create_app(
     def api_export(name: str):
         store = need_store()
         if name not in ("preferences.jsonl", "rankings.jsonl"):
-            raise runsview.NotFound(
-                f"no export {name!r} (preferences.jsonl or rankings.jsonl)"
-            )
+            raise runsview.NotFound(f"no export {name!r} (preferences.jsonl or rankings.jsonl)")
         text = store.export(name.split(".")[0])
         return PlainTextResponse(
             text,
@@ -502,48 +478,51 @@ async def _in_thread(fn, *args):
 
 
 class LabelService:
-    """The label store (``alignlab.feedback.store.LabelStore``) behind one lock: the app's threads
-    take turns, so the store sees one call at a time from this process."""
+    """The label store (``alignlab.feedback.store.LabelStore``, imported lazily). The store keeps one
+    SQLite connection per thread and retries busy writes, so the app's threads call it directly;
+    its errors (a task that does not exist, a second label for the same task) become 400s."""
 
     def __init__(self, path: str | Path) -> None:
         try:
             from alignlab.feedback.store import LabelStore
         except ImportError as e:
-            raise BackendError(
-                f"labelling needs alignlab.feedback.store ({e})"
-            ) from None
+            raise BackendError(f"labelling needs alignlab.feedback.store ({e})") from None
         self.path = Path(path)
         self.store = LabelStore(self.path)
-        self._lock = threading.Lock()
+
+    def _call(self, fn, *args, **kwargs):
+        from alignlab.errors import AlignlabError
+
+        try:
+            return fn(*args, **kwargs)
+        except AlignlabError as e:
+            raise BadRequest(str(e)) from None
 
     def next_task(self, annotator: str, kind: str) -> dict | None:
-        with self._lock:
-            return self.store.next_task(annotator, kind=kind)
+        return self._call(self.store.next_task, annotator, kind=kind)
 
-    def progress(self, annotator: str) -> dict:
-        with self._lock:
-            return self.store.progress(annotator)
+    def progress(self, annotator: str, kind: str | None = None) -> dict:
+        return self._call(self.store.progress, annotator, kind=kind)
 
     def add_label(self, task_id: int, annotator: str, choice, ranking, reason) -> int:
-        with self._lock:
-            try:
-                return self.store.add_label(
-                    task_id, annotator, choice=choice, ranking=ranking, reason=reason
-                )
-            except (ValueError, KeyError, LookupError) as e:
-                raise BadRequest(str(e)) from None
+        return self._call(self.store.add_label, task_id, annotator, choice=choice, ranking=ranking, reason=reason)
+
+    def make_tasks(self, items: list[tuple[str, list[tuple[str, str]]]], kind: str, run: str) -> int:
+        made = 0
+        for prompt, answers in items:
+            pid = self._call(self.store.add_prompt, prompt, {"run": run})
+            ids = [self._call(self.store.add_response, pid, text, policy) for policy, text in answers]
+            groups = [ids] if kind == "ranking" else [[a, b] for i, a in enumerate(ids) for b in ids[i + 1 :]]
+            for group in groups:
+                self._call(self.store.add_task, pid, group, kind)
+                made += 1
+        return made
 
     def agreement(self) -> dict:
-        with self._lock:
-            return self.store.agreement()
+        return {kind: self._call(self.store.agreement, kind) for kind in ("pair", "ranking")}
 
     def export(self, what: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f"{what}.jsonl"
-            with self._lock:
-                (
-                    self.store.export_preferences
-                    if what == "preferences"
-                    else self.store.export_rankings
-                )(out)
+            (self.store.export_preferences if what == "preferences" else self.store.export_rankings)(out)
             return out.read_text(encoding="utf-8") if out.is_file() else ""

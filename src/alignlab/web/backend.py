@@ -41,9 +41,7 @@ class Backend(Protocol):
         """``n`` responses to ``prompt`` sampled from the run's reference policy π_ref."""
         ...
 
-    def score(
-        self, run: str, component: str, prompts: list[str], responses: list[str]
-    ) -> list[float]:
+    def score(self, run: str, component: str, prompts: list[str], responses: list[str]) -> list[float]:
         """One score per response from reward component ``component``."""
         ...
 
@@ -76,9 +74,7 @@ class ModelQueue:
     """One worker thread for every model call, in order of arrival."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="alignlab-model"
-        )
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignlab-model")
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
@@ -111,18 +107,14 @@ class ModelBackend:
     def components(self, run: str) -> list[dict]:
         golds = gold_names()
         out = [{"id": f"gold:{g}", "label": f"gold: {g}"} for g in golds]
-        out += [
-            {"id": f"rule:{r}", "label": f"rule: {r}"} for r in RULES if r not in golds
-        ]
+        out += [{"id": f"rule:{r}", "label": f"rule: {r}"} for r in RULES if r not in golds]
         for stage in ("reward", "rm"):
             try:
                 sf = runsview.stage_folder(self.root, run, stage)
             except runsview.NotFound:
                 continue
             if sf.final.is_dir():
-                out.append(
-                    {"id": f"rm:{stage}", "label": f"reward model ({stage}/final)"}
-                )
+                out.append({"id": f"rm:{stage}", "label": f"reward model ({stage}/final)"})
         return out
 
     # ------------------------------------------------------------------ models
@@ -143,9 +135,7 @@ class ModelBackend:
             from alignlab.models.load import load_model
             from alignlab.rollout.generate import TransformersEngine
         except ImportError as e:
-            raise BackendError(
-                f"sampling needs alignlab's training dependencies (torch, transformers): {e}"
-            ) from None
+            raise BackendError(f"sampling needs alignlab's training dependencies (torch, transformers): {e}") from None
         loaded = load_model(ModelConfig(name_or_path=str(folder)), for_training=False)
         value = (TransformersEngine(loaded.model, loaded.tokenizer), loaded.tokenizer)
         self._remember(key, value)
@@ -157,17 +147,13 @@ class ModelBackend:
             while len(self._models) > self.keep:
                 self._models.popitem(last=False)
 
-    def _generate(
-        self, folder: Path, prompts: list[str], *, temperature: float, seed: int
-    ) -> list[str]:
+    def _generate(self, folder: Path, prompts: list[str], *, temperature: float, seed: int) -> list[str]:
         from alignlab.data.tokenize import encode_prompt
         from alignlab.rollout.generate import SamplingParams
 
         engine, tok = self._policy(folder)
         ids = [encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
-        params = SamplingParams(
-            max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed
-        )
+        params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed)
         return [g.text for g in engine.generate(ids, params)]
 
     def reference(self, run: str) -> Path:
@@ -175,28 +161,20 @@ class ModelBackend:
         return self._final(run, "sft")
 
     def sample(self, run: str, prompt: str, n: int, seed: int) -> list[str]:
-        return self._generate(
-            self.reference(run), [prompt] * n, temperature=self.temperature, seed=seed
-        )
+        return self._generate(self.reference(run), [prompt] * n, temperature=self.temperature, seed=seed)
 
     # ------------------------------------------------------------------ scoring
-    def score(
-        self, run: str, component: str, prompts: list[str], responses: list[str]
-    ) -> list[float]:
+    def score(self, run: str, component: str, prompts: list[str], responses: list[str]) -> list[float]:
         kind, _, name = component.partition(":")
         if kind == "gold":
             try:
                 from alignlab.gold import get_gold
             except ImportError:
-                raise BackendError(
-                    "gold rewards need alignlab.gold, which is not installed in this version"
-                ) from None
+                raise BackendError("gold rewards need alignlab.gold, which is not installed in this version") from None
             try:
                 return [float(v) for v in get_gold(name)(prompts, responses)]
             except Exception as e:  # noqa: BLE001 - a gold that needs options, say, is the user's to fix
-                raise BackendError(
-                    f"gold reward {name!r} failed: {type(e).__name__}: {e}"
-                ) from None
+                raise BackendError(f"gold reward {name!r} failed: {type(e).__name__}: {e}") from None
         if kind == "rule" and name in RULES:
             from alignlab.rollout.rewards import BUILTIN_REWARDS
 
@@ -212,36 +190,21 @@ class ModelBackend:
                 source = RewardModelSource(folder)
                 self._remember(key, source)
             n = len(responses)
-            return [
-                float(v)
-                for v in source.score(
-                    prompts, responses, finished=[True] * n, meta=[{}] * n
-                ).tolist()
-            ]
+            return [float(v) for v in source.score(prompts, responses, finished=[True] * n, meta=[{}] * n).tolist()]
         raise BackendError(f"unknown reward component {component!r}")
 
     # ------------------------------------------------------------------ side by side
     def answer(self, run: str, prompt: str) -> dict[str, str]:
         out = {}
         for stage in policy_stages(self.root, run):
-            out[stage] = self._generate(
-                self._final(run, stage), [prompt], temperature=0.0, seed=0
-            )[0]
+            out[stage] = self._generate(self._final(run, stage), [prompt], temperature=0.0, seed=0)[0]
         if not out:
-            raise BackendError(
-                f"run {run!r} has no trained policy with a final/ model yet"
-            )
+            raise BackendError(f"run {run!r} has no trained policy with a final/ model yet")
         return out
 
 
 def policy_stages(root: Path, run: str) -> list[str]:
     """Stages of ``run`` with a final/ policy: sft, ppo, dpo first, then the others (not reward/eval)."""
     path = runsview.run_folder(root, run)
-    names = [
-        s
-        for s in runs.list_stages(path)
-        if s not in NOT_POLICIES and runs.StageFolder(path / s).final.is_dir()
-    ]
-    return [s for s in POLICY_STAGES if s in names] + [
-        s for s in names if s not in POLICY_STAGES
-    ]
+    names = [s for s in runs.list_stages(path) if s not in NOT_POLICIES and runs.StageFolder(path / s).final.is_dir()]
+    return [s for s in POLICY_STAGES if s in names] + [s for s in names if s not in POLICY_STAGES]

@@ -21,9 +21,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
             "Binds 127.0.0.1 unless --host says otherwise."
         ),
     )
-    p.add_argument(
-        "--runs", default="runs", help="folder holding the run folders (default: runs)"
-    )
+    p.add_argument("--runs", default="runs", help="folder holding the run folders (default: runs)")
     p.add_argument(
         "--store",
         default=None,
@@ -53,11 +51,7 @@ def run_serve_command(args) -> int:
     from alignlab.web.app import create_app
 
     runs_dir = Path(args.runs)
-    store = (
-        None
-        if str(args.store).lower() == "none"
-        else Path(args.store or runs_dir / "labels.sqlite")
-    )
+    store = None if str(args.store).lower() == "none" else Path(args.store or runs_dir / "labels.sqlite")
     if store is not None:
         store.parent.mkdir(parents=True, exist_ok=True)
     local = args.host in LOCAL
@@ -72,24 +66,19 @@ def run_serve_command(args) -> int:
     server = uvicorn.Server(config)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"alignlab serve: runs {runs_dir.resolve()}"
-        + (f", labels {store.resolve()}" if store else ", labelling off")
+        f"alignlab serve: runs {runs_dir.resolve()}" + (f", labels {store.resolve()}" if store else ", labelling off")
     )
     if local:
-        print(
-            f"  open http://{shown}:{port}/  (local only: reachable from this machine alone)"
-        )
+        print(f"  open http://{shown}:{port}/  (local only: reachable from this machine alone)")
     else:
-        print(
-            f"  open http://{shown}:{port}/  (WARNING: bound to {args.host}, reachable from other machines)"
-        )
+        print(f"  open http://{shown}:{port}/  (WARNING: bound to {args.host}, reachable from other machines)")
     print("  Ctrl-C stops the server")
     server.run()
     return 0
 
 
 def _free_port(host: str) -> int:
-    import socket  # noqa: PLC0415
+    import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:

@@ -47,12 +47,8 @@ def layout(
     css: tuple[str, ...] = (),
 ) -> str:
     links = "".join(f'<a href="{esc(href)}">{esc(name)}</a>' for href, name in NAV)
-    styles = "".join(
-        f'<link rel="stylesheet" href="{STATIC}/{esc(c)}">' for c in ("style.css", *css)
-    )
-    js = "".join(
-        f'<script src="{STATIC}/{esc(s)}"></script>' for s in ("common.js", *scripts)
-    )
+    styles = "".join(f'<link rel="stylesheet" href="{STATIC}/{esc(c)}">' for c in ("style.css", *css))
+    js = "".join(f'<script src="{STATIC}/{esc(s)}"></script>' for s in ("common.js", *scripts))
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -84,7 +80,9 @@ def error_page(message: str, *, token: str) -> str:
 # ----------------------------------------------------------------------------- runs dashboard
 def runs_index(runs: list[dict], root: str, *, token: str) -> str:
     if not runs:
-        body = f"<h1>Runs</h1><p>No runs under <code>{esc(root)}</code> yet. Start one with <code>alignlab run</code>.</p>"
+        body = (
+            f"<h1>Runs</h1><p>No runs under <code>{esc(root)}</code> yet. Start one with <code>alignlab run</code>.</p>"
+        )
         return layout("Runs", body, token=token)
     rows = []
     for r in runs:
@@ -112,9 +110,7 @@ def run_page(info: dict, configs: dict[str, str | None], *, token: str) -> str:
         name = s["name"]
         links = []
         if s["rollout_steps"]:
-            links.append(
-                f'<a href="/runs/{esc(url_id(rid))}/{esc(url_id(name))}/rollouts">rollout inspector</a>'
-            )
+            links.append(f'<a href="/runs/{esc(url_id(rid))}/{esc(url_id(name))}/rollouts">rollout inspector</a>')
         cfg = configs.get(name)
         cfg_html = (
             f"<details><summary>config.yaml</summary><pre class=config>{esc(cfg)}</pre></details>"
@@ -136,11 +132,7 @@ def run_page(info: dict, configs: dict[str, str | None], *, token: str) -> str:
         f'<figure><img src="/runs/{esc(url_id(rid))}/figures/{esc(url_id(f))}" alt="{esc(f)}"><figcaption>{esc(f)}</figcaption></figure>'
         for f in info["figures"]
     )
-    figs_html = (
-        f'<section class="figures"><h2>Report figures</h2>{figs}</section>'
-        if figs
-        else ""
-    )
+    figs_html = f'<section class="figures"><h2>Report figures</h2>{figs}</section>' if figs else ""
     body = (
         f"<h1>Run <code>{esc(rid)}</code></h1>"
         f"<p class=muted>profile {esc(info.get('profile') or '?')} · created {esc(info.get('created') or '?')} · "
@@ -175,16 +167,13 @@ def inspector(data: dict, *, token: str) -> str:
         '<div id="rows"></div>'
         f"{json_script(data, 'page-data')}"
     )
-    return layout(
-        f"Rollouts {rid}/{stage}", body, token=token, scripts=("inspector.js",)
-    )
+    return layout(f"Rollouts {rid}/{stage}", body, token=token, scripts=("inspector.js",))
 
 
 # ----------------------------------------------------------------------------- simulator
 def simulator(data: dict, *, token: str) -> str:
     runs = "".join(
-        f'<option value="{esc(r)}"{" selected" if r == data.get("run") else ""}>{esc(r)}</option>'
-        for r in data["runs"]
+        f'<option value="{esc(r)}"{" selected" if r == data.get("run") else ""}>{esc(r)}</option>' for r in data["runs"]
     )
     suggestions = "".join(f'<option value="{esc(p)}">' for p in data.get("prompts", []))
     body = (
@@ -233,6 +222,7 @@ def label_page(data: dict, *, token: str) -> str:
             "<code>alignlab serve --store labels.sqlite</code>.</p>"
         )
         return layout("Labelling", body, token=token)
+    runs = "".join(f'<option value="{esc(r)}">{esc(r)}</option>' for r in data.get("runs", []))
     if kind == "pair":
         help_text = "Keys: <kbd>1</kbd>/<kbd>a</kbd> A better · <kbd>2</kbd>/<kbd>b</kbd> B better · <kbd>t</kbd> tie · <kbd>s</kbd> skip"
         task_html = '<div id="pair" class="pair"></div>'
@@ -247,16 +237,14 @@ def label_page(data: dict, *, token: str) -> str:
         '<div class="toolbar"><label>annotator <input id="annotator" autocomplete="off"></label>'
         '<span>progress <b id="progress">–</b></span>'
         f'<a href="/api/label/export/preferences.jsonl">export preferences</a>'
-        f'<a href="/api/label/export/rankings.jsonl">export rankings</a></div>'
+        f'<a href="/api/label/export/rankings.jsonl">export rankings</a>'
+        f'<label>tasks from run <select id="task-run">{runs}</select></label>'
+        '<button id="make-tasks">make tasks from its samples</button></div>'
         f'<p class="muted">{help_text}</p>'
         '<div id="task"><h3>Prompt</h3><pre id="prompt" class="prompt"></pre>'
         f"{task_html}"
         '<label class="reason">reason (optional) <input id="reason" autocomplete="off"></label>'
-        + (
-            '<button id="submit">Submit ranking (Enter)</button>'
-            if kind != "pair"
-            else ""
-        )
+        + ('<button id="submit">Submit ranking (Enter)</button>' if kind != "pair" else "")
         + '</div><p id="status" class="muted"></p>'
         '<h2>Agreement between annotators</h2><div id="agreement" class="muted">–</div>'
         f"{json_script(data, 'page-data')}"

@@ -168,11 +168,7 @@ def chart_keys(rows: list[dict]) -> list[str]:
     seen: set[str] = set()
     for r in rows:
         for k, v in r.items():
-            if (
-                k not in SKIP_KEYS
-                and isinstance(v, (int, float))
-                and not isinstance(v, bool)
-            ):
+            if k not in SKIP_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool):
                 seen.add(k)
     return [k for k in CHART_KEYS if k in seen] + sorted(seen - set(CHART_KEYS))
 
@@ -243,9 +239,7 @@ def rollout(root: Path, run: str, stage: str, step: int) -> dict:
 
 def rl_stages(root: Path, run: str) -> list[str]:
     path = run_folder(root, run)
-    return [
-        s for s in runs.list_stages(path) if runs.StageFolder(path / s).rollout_steps()
-    ]
+    return [s for s in runs.list_stages(path) if runs.StageFolder(path / s).rollout_steps()]
 
 
 def eval_points(root: Path, run: str) -> list[dict]:
@@ -265,20 +259,12 @@ def eval_points(root: Path, run: str) -> list[dict]:
         elif isinstance(body, list):
             data = body
     if isinstance(data, list):
-        items = [
-            (str(d.get("name") or d.get("policy") or i), d)
-            for i, d in enumerate(data)
-            if isinstance(d, dict)
-        ]
+        items = [(str(d.get("name") or d.get("policy") or i), d) for i, d in enumerate(data) if isinstance(d, dict)]
     out = []
     for name, d in items:
         kl = d.get("kl")
         reward = next(
-            (
-                d[k]
-                for k in ("reward", "gold", "score", "mean_reward")
-                if isinstance(d.get(k), (int, float))
-            ),
+            (d[k] for k in ("reward", "gold", "score", "mean_reward") if isinstance(d.get(k), (int, float))),
             None,
         )
         if isinstance(kl, (int, float)) and reward is not None:
@@ -295,11 +281,7 @@ def prompts_of(root: Path, run: str, limit: int = 50) -> list[str]:
         for row in sf.read_samples():
             p = row.get("prompt")
             if isinstance(p, list) and p:
-                users = [
-                    m.get("content", "")
-                    for m in p
-                    if isinstance(m, dict) and m.get("role") == "user"
-                ]
+                users = [m.get("content", "") for m in p if isinstance(m, dict) and m.get("role") == "user"]
                 p = users[-1] if users else ""
             if isinstance(p, str) and p:
                 seen.setdefault(p, None)
@@ -310,3 +292,19 @@ def prompts_of(root: Path, run: str, limit: int = 50) -> list[str]:
         if len(seen) >= limit:
             break
     return list(seen)[:limit]
+
+
+def label_items(root: Path, run: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """``[(prompt, [(stage, response), ...])]``: each prompt with every stage's sampled response to it
+    (from samples.jsonl), for prompts answered by at least two stages — the material of labelling tasks."""
+    path = run_folder(root, run)
+    by_prompt: dict[str, list[tuple[str, str]]] = {}
+    for s in runs.list_stages(path):
+        for row in runs.StageFolder(path / s).read_samples():
+            p, r = row.get("prompt"), row.get("response")
+            if isinstance(p, list):
+                users = [m.get("content", "") for m in p if isinstance(m, dict) and m.get("role") == "user"]
+                p = users[-1] if users else None
+            if isinstance(p, str) and p and isinstance(r, str):
+                by_prompt.setdefault(p, []).append((s, r))
+    return [(p, rs) for p, rs in by_prompt.items() if len(rs) >= 2]

@@ -78,9 +78,7 @@ def curve(rewards: Sequence[float], betas: Sequence[float]) -> list[Point]:
     return [point(rewards, b) for b in betas]
 
 
-def combine(
-    components: dict[str, Sequence[float]], mix: dict[str, float]
-) -> list[float]:
+def combine(components: dict[str, Sequence[float]], mix: dict[str, float]) -> list[float]:
     """A weighted reward ``r_i = Σ_k mix[k] · components[k][i]`` (a weighted gold function).
 
     Components absent from ``mix`` get weight 0; a name in ``mix`` that is not a component is an error.

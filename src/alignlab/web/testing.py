@@ -26,9 +26,7 @@ def _metrics(stage: str, steps: int) -> list[dict]:
     for t in range(1, steps + 1):
         f = 1.0 / t
         if stage == "sft":
-            rows.append(
-                {"step": t, "split": "train", "loss": 2.5 * f + 1.0, "lr": 1e-4}
-            )
+            rows.append({"step": t, "split": "train", "loss": 2.5 * f + 1.0, "lr": 1e-4})
             if t % 5 == 0:
                 rows.append(
                     {
@@ -108,18 +106,14 @@ def rollout_rows(step: int, n: int = 4) -> list[dict]:
     return rows
 
 
-def make_demo_run(
-    root: str | Path, name: str = "demo", *, steps: int = 20, complete: bool = True
-) -> Path:
+def make_demo_run(root: str | Path, name: str = "demo", *, steps: int = 20, complete: bool = True) -> Path:
     """A run folder as the pipeline writes it: sft, reward, dpo, ppo (with rollouts), eval."""
     path = Path(root) / name
     stages = ["sft", "reward", "dpo", "ppo"]
     runs.write_manifest(path, profile="tiny", stages=[*stages, "eval"])
     for s in stages:
         sf = runs.StageFolder(path / s)
-        runs.atomic_write_text(
-            sf.config, f"# {s} stage\ntrain:\n  steps: {steps}\n  lr: 1e-4\nbeta: 0.1\n"
-        )
+        runs.atomic_write_text(sf.config, f"# {s} stage\ntrain:\n  steps: {steps}\n  lr: 1e-4\nbeta: 0.1\n")
         runs.atomic_write_jsonl(sf.metrics, _metrics(s, steps))
         sf.write_samples(
             [
@@ -178,16 +172,11 @@ class FakeBackend:
         self.calls.append(("sample", run, prompt, n, seed))
         return [self.responses[(i + seed) % len(self.responses)] for i in range(n)]
 
-    def score(
-        self, run: str, component: str, prompts: list[str], responses: list[str]
-    ) -> list[float]:
+    def score(self, run: str, component: str, prompts: list[str], responses: list[str]) -> list[float]:
         self.calls.append(("score", component, len(responses)))
         if component == "gold:length":
             return [len(r.split()) / 10 for r in responses]
-        return [
-            1.0 if ("please" in r.lower() or "helps" in r.lower()) else 0.0
-            for r in responses
-        ]
+        return [1.0 if ("please" in r.lower() or "helps" in r.lower()) else 0.0 for r in responses]
 
     def answer(self, run: str, prompt: str) -> dict[str, str]:
         self.calls.append(("answer", run, prompt))
@@ -201,26 +190,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def serve(
-    app, *, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0
-) -> Iterator[str]:
+def serve(app, *, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0) -> Iterator[str]:
     """Run ``app`` under uvicorn in a thread; yields its base URL; stops it (bounded) on exit."""
     import uvicorn
 
     port = port or free_port(host)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(
-        target=server.run, name="alignlab-test-server", daemon=True
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="alignlab-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(
-                f"uvicorn did not start on {host}:{port} within {timeout} s"
-            )
+            raise RuntimeError(f"uvicorn did not start on {host}:{port} within {timeout} s")
         time.sleep(0.05)
     try:
         yield f"http://{host}:{port}"

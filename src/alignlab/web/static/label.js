@@ -83,7 +83,7 @@
     busy = true;
     try {
       const body = await alignlab.postJSON("/api/label", Object.assign({
-        task_id: task.task_id, annotator: annotator(), reason: $("reason").value || null,
+        task_id: task.task_id, kind, annotator: annotator(), reason: $("reason").value || null,
       }, label));
       showProgress(body.progress);
       await next();
@@ -95,14 +95,15 @@
     const ids = task.responses.map((r) => r.id);
     if (order.length < ids.length - 1) { status(`rank all ${ids.length} responses first (${order.length} ranked)`, true); return; }
     const full = order.concat(ids.filter((id) => !order.includes(id)));
-    submit({ ranking: full });
+    // the store's convention: ranking[i] is the rank of the task's i-th response (1 = best)
+    submit({ ranking: ids.map((id) => full.indexOf(id) + 1) });
   }
 
   async function refreshAgreement() {
     try {
-      const a = await alignlab.getJSON("/api/label/agreement");
-      const rows = Object.entries(a).map(([k, v]) => alignlab.el("tr", {}, alignlab.el("th", {}, k),
-        alignlab.el("td", {}, typeof v === "number" ? alignlab.fmt(v) : JSON.stringify(v))));
+      const a = (await alignlab.getJSON("/api/label/agreement"))[kind] || {};
+      const show = (v) => (typeof v === "number" ? alignlab.fmt(v) : Array.isArray(v) ? v.join(", ") : v === null ? "–" : String(v));
+      const rows = Object.entries(a).map(([k, v]) => alignlab.el("tr", {}, alignlab.el("th", {}, k), alignlab.el("td", {}, show(v))));
       $("agreement").replaceChildren(alignlab.el("table", { class: "agreement" }, alignlab.el("tbody", {}, ...rows)));
     } catch (e) { /* agreement is optional */ }
   }
@@ -127,6 +128,13 @@
     else if (ev.key.toLowerCase() === "s") submit({ choice: "skip" });
   });
   annotatorEl.addEventListener("change", () => { localStorage.setItem("alignlab.annotator", annotator()); next(); });
+  $("make-tasks").addEventListener("click", async () => {
+    try {
+      const body = await alignlab.postJSON("/api/label/tasks", { run: $("task-run").value, kind });
+      status(`${body.tasks} new ${kind} task(s) from run ${body.run}`);
+      if (!task) next();
+    } catch (e) { status(e.message, true); }
+  });
   if ($("submit")) $("submit").addEventListener("click", submitRanking);
   next();
   refreshAgreement();
