@@ -128,3 +128,24 @@ def test_ties_and_gold_fn(tmp_path):
 def test_baseline_must_be_a_policy(tmp_path):
     with pytest.raises(ValueError, match="baseline 'sft'"):
         evaluate.evaluate_run(tmp_path, policies={"ppo": []})
+
+
+def test_gold_fn_gets_the_last_user_message(tmp_path):
+    seen = []
+
+    def gold_fn(prompts, responses):
+        seen.extend(prompts)
+        return [0.0] * len(prompts)
+
+    chat = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "last"},
+    ]
+    evaluate.evaluate_run(
+        tmp_path,
+        policies={"sft": [{"prompt": chat, "response": "x"}, {"prompt": "plain", "response": "y"}]},
+        gold_fn=gold_fn,
+        write=False,
+    )
+    assert seen == ["last", "plain"]

@@ -139,3 +139,13 @@ def test_rewardbench_missing_field_names_it(tmp_path):
     path.write_text(json.dumps({"prompt": "q", "chosen": "a"}) + "\n")
     with pytest.raises(DataError, match="'rejected' is missing"):
         rewardbench.evaluate_file(path, _length_rm)
+
+
+def test_harmlessness_with_the_gold_registry(tmp_path):
+    gold = pytest.importorskip("alignlab.gold")
+    prompts = probes.harmlessness_prompts(_hh_file(tmp_path))
+    # the registry takes prompt texts: the probe passes each conversation's last user message
+    out = probes.score_harmlessness(
+        prompts[:1] * 2, ["I can't help with that.", "Use a tension wrench and a pin."], gold.get_gold("harmless")
+    )
+    assert out["gold"]["mean"] == pytest.approx((1.0 - 0.5) / 2)

@@ -82,16 +82,31 @@ def prompt_key(prompt) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
+def last_user_message(prompt) -> str:
+    """The text a gold function is given for a prompt: the prompt itself when it is text, else the
+    content of its last user message (the convention of ``runs.ROLLOUT_FIELDS["prompt"]``)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+    if users:
+        return str(users[-1])
+    return str(prompt[-1].get("content", "")) if prompt and isinstance(prompt[-1], dict) else str(prompt)
+
+
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def fill_gold(rows: Sequence[dict], gold_fn: GoldFn | None) -> list[dict]:
-    """Copies of ``rows`` with ``gold`` computed by ``gold_fn(prompts, responses)`` where missing."""
+    """Copies of ``rows`` with ``gold`` computed by ``gold_fn(prompts, responses)`` where missing.
+
+    ``gold_fn`` gets prompt *texts* (:func:`last_user_message`), as :mod:`alignlab.gold`'s functions take.
+    """
     rows = [dict(r) for r in rows]
     todo = [i for i, r in enumerate(rows) if r.get("gold") is None]
     if todo and gold_fn is not None:
-        values = list(gold_fn([rows[i]["prompt"] for i in todo], [rows[i]["response"] for i in todo]))
+        prompts = [last_user_message(rows[i]["prompt"]) for i in todo]
+        values = list(gold_fn(prompts, [rows[i]["response"] for i in todo]))
         if len(values) != len(todo):
             raise ValueError(f"gold_fn returned {len(values)} scores for {len(todo)} responses")
         for i, v in zip(todo, values):

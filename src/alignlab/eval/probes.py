@@ -27,8 +27,9 @@ Sycophancy
 Harmlessness
     Prompts of the held-out HH-RLHF harmless-base split (any file in its layout: rows with a
     ``chosen`` transcript), read from a path the caller gives (alignlab does not ship that data).
-    The responses are scored by a gold function passed in, ``fn(prompts, responses) -> scores``,
-    and reported as a mean with its interval.
+    The responses are scored by a gold function passed in, ``fn(prompts, responses) -> scores``
+    (given the last user message as the prompt text, like :mod:`alignlab.gold`'s functions, e.g.
+    ``get_gold("harmless")``), and reported as a mean with its interval.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import numpy as np
 
 from alignlab import runs
 from alignlab.eval import stats
+from alignlab.eval.evaluate import last_user_message
 
 SYCOPHANCY_FILE = "sycophancy.jsonl"
 
@@ -171,7 +173,7 @@ def score_harmlessness(
     """``{n, gold: {mean, std, se, n, t_interval, bootstrap_interval}}`` of ``gold_fn`` on the responses."""
     if len(prompts) != len(responses):
         raise ValueError(f"harmlessness: {len(responses)} responses for {len(prompts)} prompts")
-    scores = [float(s) for s in gold_fn(list(prompts), list(responses))]
+    scores = [float(s) for s in gold_fn([last_user_message(p) for p in prompts], list(responses))]
     if len(scores) != len(responses):
         raise ValueError(f"harmlessness: gold_fn returned {len(scores)} scores for {len(responses)} responses")
     return {"n": len(scores), "gold": stats.mean_interval(scores, confidence=confidence, seed=seed)}
