@@ -149,3 +149,26 @@ def test_gold_fn_gets_the_last_user_message(tmp_path):
         write=False,
     )
     assert seen == ["last", "plain"]
+
+
+def test_result_does_not_depend_on_row_order(tmp_path):
+    rng = np.random.default_rng(3)
+    sft, ppo = _rows(rng, 15, 2, 0.0), _rows(rng, 15, 1, 0.3)
+    a = evaluate.evaluate_run(tmp_path, policies={"sft": sft, "ppo": ppo}, write=False)
+    b = evaluate.evaluate_run(tmp_path, policies={"sft": sft[::-1], "ppo": ppo[::-1]}, write=False)
+    for key in ("win_rate", "gain"):
+        assert a["policies"]["ppo"][key] == b["policies"]["ppo"][key]
+
+
+def test_non_finite_numbers_become_null_and_checkpoints_get_the_proxy_gold_gap(tmp_path):
+    row = {"prompt": "p", "response": "r", "gold": 1.0, "logprobs": [0.0], "ref_logprobs": [float("-inf")]}
+    # proxy rises across checkpoints while gold peaks at the second and falls
+    ckpts = {
+        f"step-{k}": [{"prompt": "p", "response": "r", "gold": g, "score": float(k)}]
+        for k, g in enumerate([0.0, 1.0, 0.6, 0.2, 0.1])
+    }
+    out = evaluate.evaluate_run(tmp_path / "run", policies={"sft": [row]}, checkpoints=ckpts)
+    assert out["policies"]["sft"]["kl"]["k1"]["mean"] is None  # +inf in memory, null on disk
+    text = (tmp_path / "run" / "eval" / "eval.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert out["training_monitors"]["checkpoints"]["proxy_gold_gap"]["fired"]

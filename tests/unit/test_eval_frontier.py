@@ -129,3 +129,9 @@ def test_fit_peaks_and_degenerate_inputs():
     rl = overopt.fit_rl([1.0, 4.0, 9.0], overopt.predict("rl", [1.0, 4.0, 9.0], 1.0, 0.5))
     assert rl["peak_kl"] == pytest.approx(math.exp(1.0 / 0.5 - 1.0) ** 2)  # log d* = α/β − 1
     assert overopt.fit_bon([0.0, 2.0], [0.0, 1.0]) is None  # one informative point
+
+
+def test_order_weights_are_a_distribution():
+    for N, n in [(1, 1), (8, 3), (64, 64), (500, 64)]:
+        w = frontier._order_weights(N, n)
+        assert w.sum() == pytest.approx(1.0) and (w[: n - 1] == 0).all()

@@ -92,3 +92,11 @@ def test_disagreement():
     flat = [{"rm/disagreement": 0.1} for _ in range(50)]
     assert not monitors.disagreement(flat)["fired"]
     assert "disagreement" not in monitors.training_monitors([{"entropy": 1.0}, {"entropy": 1.0}])
+
+
+def test_pairwise_similarity_samples_pairs_for_many_responses():
+    many = [f"answer number {i} about topic {i % 7}" for i in range(400)]  # 79 800 pairs
+    sampled = monitors.pairwise_similarity(many, max_pairs=2000)
+    exact = monitors.pairwise_similarity(many, max_pairs=10**6)
+    assert sampled == pytest.approx(exact, abs=0.02)
+    assert monitors.pairwise_similarity(["same text"] * 400, max_pairs=100) == 1.0

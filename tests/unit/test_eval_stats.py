@@ -82,3 +82,10 @@ def test_paired_difference_detects_a_real_gain_and_not_noise():
     assert not stats.paired_difference(same, base)["significant"]
     with pytest.raises(ValueError):
         stats.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_bootstrap_of_a_large_sample_is_chunked_and_deterministic():
+    x = np.random.default_rng(2).normal(size=50_000)  # 2000 × 50k indices would be 800 MB at once
+    a = stats.bootstrap_interval(x, n_boot=500, seed=1)
+    assert a == stats.bootstrap_interval(x, n_boot=500, seed=1)
+    assert a[0] < x.mean() < a[1] and a[1] - a[0] < 0.05

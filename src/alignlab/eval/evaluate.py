@@ -45,14 +45,15 @@ eval.json schema (version 1); every interval is ``[lo, hi]`` at ``confidence``::
       },
       "overoptimisation": {"bon": {form, alpha, beta, r2, n, peak_kl} | null,
                            "rl":  {same} | null},   fitted on gold gain over the baseline, d = √KL
-      "training_monitors": {"<stage>": {"<monitor>": {...}}},   from each stage's metrics.jsonl
+      "training_monitors": {"<stage>": {"<monitor>": {...}}},   from each stage's metrics.jsonl, plus
+                           "checkpoints": {"proxy_gold_gap": {...}} across the checkpoints argument
       "probes": {"<probe>": {"<policy>": result}} | null,   passed through; results of
                                         alignlab.eval.probes (score_sycophancy, score_harmlessness)
       "rewardbench": {"<scorer>": result} | null            passed through; results of
                                         alignlab.eval.rewardbench.accuracy
     }
 
-Next to it, ``<run>/eval/samples.jsonl`` holds the rows without token arrays, each with its
+Non-finite numbers are written as null. Next to it, ``<run>/eval/samples.jsonl`` holds the rows without token arrays, each with its
 ``policy``: the report shows the policies' answers to the same prompts side by side from it.
 """
 
@@ -73,6 +74,7 @@ from alignlab.eval.kl import rows_kl
 EVAL_STAGE = "eval"
 EVAL_FILE = "eval.json"
 SCHEMA_VERSION = 1
+CHECKPOINTS_KEY = "checkpoints"  # training_monitors entry computed across the ``checkpoints`` argument
 
 GoldFn = Callable[[list, list], Sequence[float]]
 
@@ -125,7 +127,7 @@ def _by_prompt(rows: Sequence[dict], key: str) -> dict[str, list[float]]:
 def _win_outcomes(policy: dict[str, list[float]], base: dict[str, list[float]], tie_tol: float) -> list[float]:
     """Per shared prompt: the mean outcome over all (policy, baseline) response pairs."""
     out = []
-    for key in policy.keys() & base.keys():
+    for key in sorted(policy.keys() & base.keys()):  # sorted: the bootstrap must not depend on hashing
         a = np.repeat(policy[key], len(base[key]))
         b = np.tile(base[key], len(policy[key]))
         out.append(float(stats.compare(a, b, tie_tol=tie_tol).mean()))
@@ -184,6 +186,39 @@ def _fits(bon: dict, points: list[dict], base_gold: float | None) -> dict:
     return {"bon": bon_fit, "rl": rl_fit}
 
 
+def _token_lengths(rows: Sequence[dict]) -> list[float] | None:
+    """The rows' ``length`` (tokens) when every row has one, else None (words are counted)."""
+    if rows and all(_finite(r.get("length")) for r in rows):
+        return [float(r["length"]) for r in rows]
+    return None
+
+
+def json_safe(value):
+    """``value`` with every non-finite float replaced by None (eval.json stays valid JSON for browsers)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def _checkpoint_monitors(ckpts: dict[str, list[dict]]) -> dict[str, dict]:
+    """The proxy–gold gap across checkpoints in training order (mean proxy vs mean gold per checkpoint)."""
+    proxy, gold = [], []
+    for rows in ckpts.values():
+        p = [float(r["score"]) for r in rows if _finite(r.get("score"))]
+        g = [float(r["gold"]) for r in rows if _finite(r.get("gold"))]
+        if p and g:
+            proxy.append(float(np.mean(p)))
+            gold.append(float(np.mean(g)))
+    gap = monitors.proxy_gold_gap(proxy, gold)
+    return {"proxy_gold_gap": gap} if gap is not None else {}
+
+
 def _training_monitors(run: Path) -> dict[str, dict]:
     out = {}
     for stage in runs.list_stages(run):
@@ -233,6 +268,7 @@ def evaluate_run(
     base_rows = scored[baseline]
     base_gold = _by_prompt(base_rows, "gold")
     base_texts = [r["response"] for r in base_rows]
+    base_lengths = _token_lengths(base_rows)
     out_policies = {}
     for name, rows in scored.items():
         summary = _policy_summary(rows, confidence=confidence, n_boot=n_boot, seed=seed)
@@ -258,6 +294,8 @@ def evaluate_run(
             [r["response"] for r in rows],
             baseline=None if name == baseline else base_texts,
             groups=list(groups.values()),
+            lengths=_token_lengths(rows),
+            baseline_lengths=base_lengths,
         )
         out_policies[name] = summary
 
@@ -278,10 +316,14 @@ def evaluate_run(
         "policies": out_policies,
         "frontier": {"points": points, "checkpoints": ckpt_points, "best_of_n": bon},
         "overoptimisation": _fits(bon, fit_points, base_mean),
-        "training_monitors": _training_monitors(run) if run.is_dir() else {},
+        "training_monitors": {
+            **(_training_monitors(run) if run.is_dir() else {}),
+            **({CHECKPOINTS_KEY: found} if (found := _checkpoint_monitors(ckpts)) else {}),
+        },
         "probes": probes,
         "rewardbench": rewardbench,
     }
+    result = json_safe(result)
     if write:
         folder = runs.StageFolder(run / EVAL_STAGE)
         runs.atomic_write_json(folder.path / EVAL_FILE, result)

@@ -20,6 +20,7 @@ To pick by a proxy and report gold, see :func:`expected_max_of_n` with ``by``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 
@@ -43,10 +44,16 @@ def best_of_n_kl_curve(ns: Iterable[int] = DEFAULT_NS) -> list[dict]:
     return [{"n": int(n), "kl": bon_kl(int(n))} for n in ns]
 
 
+@functools.lru_cache(maxsize=1024)
 def _order_weights(N: int, n: int) -> np.ndarray:
-    """``(N,)`` weights w_i = C(i − 1, n − 1) / C(N, n) for the ascending order statistics (0 for i < n)."""
+    """``(N,)`` weights w_i = C(i − 1, n − 1) / C(N, n) for the ascending order statistics (0 for i < n).
+
+    Exact integer binomials, one correctly rounded division each; cached per (N, n) and read-only.
+    """
     total = math.comb(N, n)
-    return np.array([math.comb(i - 1, n - 1) / total if i >= n else 0.0 for i in range(1, N + 1)])
+    w = np.array([math.comb(i - 1, n - 1) / total if i >= n else 0.0 for i in range(1, N + 1)])
+    w.flags.writeable = False
+    return w
 
 
 def expected_max_of_n(scores: Sequence[float], n: int, *, by: Sequence[float] | None = None) -> float:

@@ -127,7 +127,7 @@ def _jaccard(a: set, b: set) -> float:
 def pairwise_similarity(texts: Sequence[str], *, n: int = 2, max_pairs: int = 5000) -> float | None:
     """Mean Jaccard similarity of the word 1..n-gram sets over pairs of texts; None for < 2 texts.
 
-    Above ``max_pairs`` pairs, a fixed (seed 0) random subset of pairs is used.
+    Above ``max_pairs`` pairs, ``max_pairs`` random pairs (seed 0) are used.
     """
     if len(texts) < 2:
         return None
@@ -135,11 +135,15 @@ def pairwise_similarity(texts: Sequence[str], *, n: int = 2, max_pairs: int = 50
     for t in texts:
         w = words(t)
         sets.append({g for k in range(1, n + 1) for g in ngrams(w, k)})
-    pairs = list(itertools.combinations(range(len(sets)), 2))
-    if len(pairs) > max_pairs:
+    m = len(sets)
+    if m * (m - 1) // 2 <= max_pairs:
+        pairs = itertools.combinations(range(m), 2)
+    else:  # draw pairs i ≠ j (with replacement) instead of listing all m²/2 of them
         rng = np.random.default_rng(0)
-        pairs = [pairs[i] for i in rng.choice(len(pairs), size=max_pairs, replace=False)]
-    return float(np.mean([_jaccard(sets[i], sets[j]) for i, j in pairs]))
+        i = rng.integers(0, m, size=max_pairs)
+        j = (i + rng.integers(1, m, size=max_pairs)) % m
+        pairs = zip(i.tolist(), j.tolist())
+    return float(np.mean([_jaccard(sets[a], sets[b]) for a, b in pairs]))
 
 
 def diversity(groups: Sequence[Sequence[str]] | dict, *, threshold: float = 0.8) -> dict | None:
@@ -249,16 +253,23 @@ def sample_monitors(
     *,
     baseline: Sequence[str] | None = None,
     groups: Sequence[Sequence[str]] | None = None,
+    lengths: Sequence[float] | None = None,
+    baseline_lengths: Sequence[float] | None = None,
 ) -> dict[str, dict]:
     """The sample monitors of one policy, ``{name: result}`` (those with no input left out).
 
     ``groups`` (responses per prompt) feed :func:`diversity`; without groups of two or more, all
-    responses form one group.
+    responses form one group. Token ``lengths`` are used for the drift when both sides have them.
     """
     if groups is None or not any(len(g) >= 2 for g in groups):
         groups = [list(responses)]
+    if lengths is None or baseline_lengths is None:
+        lengths = baseline_lengths = None
+    drift = None
+    if baseline is not None:
+        drift = length_drift(responses, baseline, lengths=lengths, baseline_lengths=baseline_lengths)
     out = {
-        "length_drift": length_drift(responses, baseline) if baseline is not None else None,
+        "length_drift": drift,
         "repetition": repetition(responses),
         "diversity": diversity(groups),
     }

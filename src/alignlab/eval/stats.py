@@ -22,6 +22,7 @@ Everything is numpy and deterministic: a bootstrap takes a ``seed`` and draws fr
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from statistics import NormalDist
@@ -30,6 +31,9 @@ import numpy as np
 
 # Outcome of one comparison, from the first system's side.
 WIN, TIE, LOSS = 1.0, 0.5, 0.0
+
+# A bootstrap draws at most this many indices at once (2**22 int64 = 32 MiB).
+_BOOT_CHUNK_ELEMENTS = 2**22
 
 
 def _check_confidence(confidence: float) -> float:
@@ -67,6 +71,7 @@ def _t_cdf(x: float, df: float) -> float:
     return 0.5 + math.copysign(area, x)
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: float) -> float:
     """Student t quantile t_p(ν) by bisection on the CDF (12.706 for p = 0.975, ν = 1).
 
@@ -128,8 +133,12 @@ def bootstrap_interval(
         return (math.nan, math.nan)
     stat = statistic or (lambda a: a.mean(axis=1))
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))  # (n_boot, n)
-    boot = np.asarray(stat(x[idx]), dtype=np.float64)  # (n_boot,)
+    chunk = max(1, _BOOT_CHUNK_ELEMENTS // x.size)  # resamples per draw: memory stays bounded for large n
+    parts = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, x.size, size=(min(chunk, n_boot - start), x.size))  # (chunk, n)
+        parts.append(np.asarray(stat(x[idx]), dtype=np.float64).reshape(-1))  # (chunk,)
+    boot = np.concatenate(parts)  # (n_boot,)
     alpha = 1.0 - confidence
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return (float(lo), float(hi))
