@@ -1,4 +1,5 @@
 """GAE, whitening, RLOO / GRPO group advantages and the best-of-n KL, against hand computations."""
+
 import math
 
 import pytest
@@ -8,8 +9,11 @@ from alignlab.errors import ConfigError
 from alignlab.losses.advantages import (
     GROUP_ADVANTAGES,
     best_of_n_kl,
+    dapo_keep_groups,
     gae,
     grpo_advantages,
+    overlong_penalty,
+    reinforce_pp_advantages,
     rloo_advantages,
     whiten_advantages,
 )
@@ -67,7 +71,7 @@ def test_gae_gamma1_lambda1_gives_reward_to_go():
 
 def test_gae_lambda0_gives_one_step_td():
     gamma = 0.9
-    adv, ret = gae(_t(REWARDS), _t(VALUES), torch.tensor(MASK), gamma, 0.0)
+    adv, _ret = gae(_t(REWARDS), _t(VALUES), torch.tensor(MASK), gamma, 0.0)
     # δ_t = r_t + γ V_{t+1} − V_t with V = 0 after the last valid token
     row0 = [0.1 + 0.9 * 0.2 - 0.3, -0.2 + 0.9 * 0.6 - 0.2, 0.0 + 0.9 * 0.9 - 0.6, 1.0 - 0.9, 0.0]
     row1 = [0.5 + 0.9 * 1.5 - 1.0, 2.0 - 1.5, 0.0, 0.0, 0.0]
@@ -154,3 +158,46 @@ def test_best_of_n_kl():
         best_of_n_kl(0)
     with pytest.raises(ConfigError):
         best_of_n_kl(2.5)
+
+
+# ------------------------------------------------------------------------------------ REINFORCE++
+
+
+def test_reinforce_pp_advantages_hand_values_global_normalisation():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    ref = torch.zeros(2, 3)
+    logprobs = torch.tensor([[0.2, -0.4, 0.0], [0.0, 0.6, 0.2]])  # k1 = ℓ = logprobs here
+    scores = torch.tensor([1.0, -1.0])
+    adv, returns = reinforce_pp_advantages(scores, logprobs, ref, mask, beta=0.5)
+    # per-token rewards -β·ℓ, plus the score on the last valid token:
+    #   row 0: [-0.1, 0.2 + 1]        -> returns-to-go [1.1, 1.2]
+    #   row 1: [0, -0.3, -0.1 - 1]    -> returns-to-go [-1.4, -1.4, -1.1]
+    expected_returns = [[1.1, 1.2, 0.0], [-1.4, -1.4, -1.1]]
+    assert torch.allclose(returns, torch.tensor(expected_returns), atol=1e-6)
+    flat = [1.1, 1.2, -1.4, -1.4, -1.1]  # the 5 valid tokens of the whole batch
+    mean = sum(flat) / 5
+    std = math.sqrt(sum((x - mean) ** 2 for x in flat) / 4)  # Bessel-corrected, as whiten
+    expected = [[(1.1 - mean) / std, (1.2 - mean) / std, 0.0], [(x - mean) / std for x in (-1.4, -1.4, -1.1)]]
+    assert torch.allclose(adv, torch.tensor(expected), atol=1e-5)
+    # global, not per response: row 0's advantages are not centred on their own
+    assert adv[0, :2].mean() > 0.5
+
+
+# ------------------------------------------------------------------------------------ DAPO
+
+
+def test_dapo_keep_groups_drops_groups_with_equal_scores():
+    scores = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    keep = dapo_keep_groups(scores, 3)
+    assert keep.dtype == torch.bool
+    assert keep.tolist() == [False] * 3 + [True] * 3 + [False] * 3
+    with pytest.raises(ConfigError, match="groups of 4"):
+        dapo_keep_groups(scores, 4)
+
+
+def test_overlong_penalty_hand_values():
+    # L_max = 10, L_cache = 4: no penalty up to 6 tokens, a ramp to -1 at 10, -1 beyond
+    out = overlong_penalty(torch.tensor([3, 6, 7, 10, 11]), max_len=10, cache_len=4)
+    assert out.tolist() == pytest.approx([0.0, 0.0, -0.25, -1.0, -1.0])
+    with pytest.raises(ConfigError, match="cache_len"):
+        overlong_penalty(torch.tensor([3]), max_len=10, cache_len=0)

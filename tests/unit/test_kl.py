@@ -1,4 +1,5 @@
 """KL estimators, β controllers and the KL-penalised reward, against hand-computed values."""
+
 import math
 
 import pytest
@@ -14,10 +15,11 @@ from alignlab.losses.kl import (
     AdaptiveKLController,
     FixedKLController,
     kl_estimate,
+    kl_loss_term,
+    log_ratio,
     make_kl_controller,
     reward_with_kl,
 )
-
 
 # ------------------------------------------------------------------------------------ estimators
 
@@ -97,6 +99,81 @@ def test_k3_nonnegative_random():
     lp = torch.randn(64, 128, generator=g) * 5
     ref = torch.randn(64, 128, generator=g) * 5
     assert (kl_estimate(lp, ref, "k3") >= 0).all()
+
+
+def test_log_ratio_is_public_and_upcasts_bf16():
+    lp = torch.tensor([-1.0, -2.5], dtype=torch.bfloat16)
+    ref = torch.tensor([-1.5, -2.0], dtype=torch.bfloat16)
+    out = log_ratio(lp, ref)
+    assert out.dtype == torch.float32 and out.tolist() == pytest.approx([0.5, -0.5])
+
+
+# ------------------------------------------------------------------------ KL in the loss: gradients
+# A categorical π = softmax(θ) over 4 outcomes and a fixed π_ref, far apart. The expected gradient
+# of an estimator on samples y ~ π is Σ_y π(y) ∇k(y) with π(y) held fixed (the sampling does not
+# depend on θ in the loss); compare it with the exact gradients of the two KL directions.
+
+THETA = torch.tensor([1.0, -0.5, 0.3, 0.0], dtype=torch.float64)
+REF = torch.tensor([0.1, 0.5, 0.2, 0.2], dtype=torch.float64)
+
+
+def _exact_kl_grads():
+    theta = THETA.clone().requires_grad_(True)
+    p = torch.softmax(theta, -1)
+    (forward,) = torch.autograd.grad((p * (p.log() - REF.log())).sum(), theta)  # ∇KL(π‖π_ref)
+    theta = THETA.clone().requires_grad_(True)
+    p = torch.softmax(theta, -1)
+    (reverse,) = torch.autograd.grad((REF * (REF.log() - p.log())).sum(), theta)  # ∇KL(π_ref‖π)
+    return forward, reverse
+
+
+def _expected_estimator_grad(estimator: str) -> torch.Tensor:
+    theta = THETA.clone().requires_grad_(True)
+    logp = torch.log_softmax(theta, -1)  # (4,)
+    k = kl_estimate(logp, REF.log(), estimator)  # (4,) with grad through log π
+    (g,) = torch.autograd.grad((logp.detach().exp() * k).sum(), theta)
+    return g
+
+
+def test_expected_gradient_of_each_estimator_exact():
+    forward, reverse = _exact_kl_grads()
+    assert not torch.allclose(forward, reverse, atol=1e-2)  # the two directions really differ here
+    assert torch.allclose(_expected_estimator_grad("k2"), forward, atol=1e-12)  # k2: ∇KL(π‖π_ref)
+    assert torch.allclose(_expected_estimator_grad("k3"), reverse, atol=1e-12)  # k3: ∇KL(π_ref‖π)
+    assert torch.allclose(_expected_estimator_grad("k1"), torch.zeros(4, dtype=torch.float64), atol=1e-12)
+
+
+def test_kl_loss_term_default_gradient_matches_kl_by_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    y = torch.multinomial(torch.softmax(THETA, -1), n, replacement=True, generator=g)  # samples of π
+    forward, reverse = _exact_kl_grads()
+
+    def mc_grad(estimator: str | None) -> torch.Tensor:
+        theta = THETA.clone().requires_grad_(True)
+        logp = torch.log_softmax(theta, -1)[y][:, None]  # (n, 1) one-token responses
+        args = (logp, REF.log()[y][:, None], torch.ones(n, 1))
+        loss, _ = kl_loss_term(*args) if estimator is None else kl_loss_term(*args, estimator=estimator)
+        (grad,) = torch.autograd.grad(loss, theta)
+        return grad
+
+    assert torch.allclose(mc_grad(None), forward, atol=2e-2)  # the default is k2
+    assert not torch.allclose(mc_grad(None), reverse, atol=2e-2)
+    assert torch.allclose(mc_grad("k3"), reverse, atol=2e-2)
+    assert mc_grad("k1").abs().max() < 2e-2
+
+
+def test_kl_loss_term_hand_value_and_padding():
+    logprobs = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, 0.0, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, float("inf"), 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    loss, stats = kl_loss_term(logprobs, ref, mask)
+    # ℓ = [0.5, -1.0, 0.0] on the 3 valid tokens; k2 = ½ℓ² = [0.125, 0.5, 0]
+    assert loss.item() == pytest.approx((0.125 + 0.5 + 0.0) / 3)
+    assert stats["policy/kl_k1"].item() == pytest.approx((0.5 - 1.0 + 0.0) / 3)
+    loss.backward()
+    # d k2/d log π = ℓ, per-token mean over 3 tokens; 0 on padding even where it held NaN
+    assert torch.allclose(logprobs.grad, torch.tensor([[0.5 / 3, -1.0 / 3, 0.0], [0.0, 0.0, 0.0]]))
 
 
 def test_unknown_estimator_names_closest():
@@ -185,9 +262,7 @@ def test_reward_with_kl_places_score_on_last_valid_token():
     logprobs = torch.tensor(
         [[-1.0, -2.0, -0.5, 9.0], [-1.0, 9.0, 9.0, 9.0], [9.0, 9.0, -1.0, -1.0], [9.0, 9.0, 9.0, 9.0]]
     )
-    ref = torch.tensor(
-        [[-1.5, -1.0, -0.5, 0.0], [-3.0, 0.0, 0.0, 0.0], [0.0, 0.0, -2.0, -0.5], [0.0, 0.0, 0.0, 0.0]]
-    )
+    ref = torch.tensor([[-1.5, -1.0, -0.5, 0.0], [-3.0, 0.0, 0.0, 0.0], [0.0, 0.0, -2.0, -0.5], [0.0, 0.0, 0.0, 0.0]])
     scores = torch.tensor([10.0, 20.0, 30.0, 40.0])
     rewards, kl = reward_with_kl(scores, logprobs, ref, mask, beta=0.1, estimator="k1")
     # k1 = logπ − logπ_ref on valid tokens, 0 elsewhere

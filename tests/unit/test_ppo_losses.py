@@ -1,4 +1,5 @@
 """PPO policy / value losses, GRPO, REINFORCE, entropy and explained variance, by hand."""
+
 import math
 
 import pytest

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from alignlab.errors import ConfigError, NumericalError
-from alignlab.losses import reference_based as D
-from alignlab.losses import unpaired as K
 from alignlab.losses import preference as P
+from alignlab.losses import reference_based as D
 from alignlab.losses import reference_free as RF
+from alignlab.losses import unpaired as K
 
 
 def t(*values: float) -> torch.Tensor:
@@ -531,7 +531,12 @@ def test_dispatcher_fills_published_defaults():
     )
     assert loss.item() == pytest.approx((nls(0.1 * 0.7) + nls(0.1 * -0.5)) / 2, abs=1e-12)
     lengths_w, lengths_l = t(4.0, 10.0), t(2.0, 5.0)
-    sides = dict(chosen_logps=CHOSEN, rejected_logps=REJECTED, chosen_lengths=lengths_w, rejected_lengths=lengths_l)
+    sides = {
+        "chosen_logps": CHOSEN,
+        "rejected_logps": REJECTED,
+        "chosen_lengths": lengths_w,
+        "rejected_lengths": lengths_l,
+    }
     loss, _ = P.preference_loss("simpo", **sides)
     # β = 2, γ = 1: z = 2·(-1.25) - 2·(-3) - 1 = 2.5 and 2·(-0.7) - 2·(-1.3) - 1 = 0.2
     assert loss.item() == pytest.approx((nls(2.5) + nls(0.2)) / 2, abs=1e-12)

@@ -29,9 +29,9 @@ from alignlab.losses.reference_based import (
     robust,
     rpo,
 )
-from alignlab.losses.unpaired import kto, kto_kl_ref_point
 from alignlab.losses.reference_free import log_odds, orpo, simpo
 from alignlab.losses.registry import Stats, choose
+from alignlab.losses.unpaired import kto, kto_kl_ref_point
 
 __all__ = [
     "PREFERENCE_LOSSES",
