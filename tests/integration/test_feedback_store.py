@@ -14,9 +14,7 @@ WRITERS, LABELS = 8, 500
 
 
 def _writer(path: str, who: int, task_ids: list[int]) -> None:
-    store = LabelStore(
-        path, durable=False
-    )  # fsync per commit off: the same locking, 4x faster
+    store = LabelStore(path, durable=False)  # fsync per commit off: the same locking, 4x faster
     for i, t in enumerate(task_ids):
         store.add_label(
             t,
@@ -31,21 +29,14 @@ def _writer(path: str, who: int, task_ids: list[int]) -> None:
 def filled(tmp_path):
     path = tmp_path / "labels.db"
     store = LabelStore(path, durable=False)
-    tasks = [
-        store.add_item(
-            f"Question {i}?", [f"Answer A{i}.", f"Answer B{i}."], policy="test"
-        )
-        for i in range(LABELS)
-    ]
+    tasks = [store.add_item(f"Question {i}?", [f"Answer A{i}.", f"Answer B{i}."], policy="test") for i in range(LABELS)]
     return path, store, tasks
 
 
 def test_eight_processes_writing_at_once_lose_nothing_and_duplicate_nothing(filled):
     path, store, tasks = filled
     ctx = mp.get_context("spawn")
-    procs = [
-        ctx.Process(target=_writer, args=(str(path), w, tasks)) for w in range(WRITERS)
-    ]
+    procs = [ctx.Process(target=_writer, args=(str(path), w, tasks)) for w in range(WRITERS)]
     for p in procs:
         p.start()
     for p in procs:
@@ -53,9 +44,7 @@ def test_eight_processes_writing_at_once_lose_nothing_and_duplicate_nothing(fill
         assert p.exitcode == 0
     labels = store.labels()
     assert len(labels) == WRITERS * LABELS
-    assert (
-        len({(lab["task_id"], lab["annotator"]) for lab in labels}) == WRITERS * LABELS
-    )
+    assert len({(lab["task_id"], lab["annotator"]) for lab in labels}) == WRITERS * LABELS
     for w in range(WRITERS):
         assert store.progress(f"w{w}") == {"done": LABELS, "total": LABELS}
         assert store.next_task(f"w{w}") is None
@@ -65,9 +54,7 @@ def test_eight_processes_writing_at_once_lose_nothing_and_duplicate_nothing(fill
 def _killable_writer(path: str, task_ids: list[int], conn) -> None:
     store = LabelStore(path)
     for t in task_ids:
-        store.add_label(
-            t, "victim", choice="A", reason="x" * 2000
-        )  # a longer row: more time inside the write
+        store.add_label(t, "victim", choice="A", reason="x" * 2000)  # a longer row: more time inside the write
         conn.send(t)
 
 
@@ -94,18 +81,9 @@ def test_a_writer_killed_mid_write_leaves_the_store_consistent(filled):
     assert len(acked) <= len(labels) <= len(acked) + 1
     assert [lab["task_id"] for lab in labels][: len(acked)] == acked
     for lab in labels:  # no partial label
-        assert (
-            lab["choice"] == "A"
-            and lab["reason"] == "x" * 2000
-            and lab["source"] == "human"
-        )
+        assert lab["choice"] == "A" and lab["reason"] == "x" * 2000 and lab["source"] == "human"
     raw = sqlite3.connect(str(path))
-    assert (
-        raw.execute(
-            "SELECT COUNT(*) FROM comparisons WHERE choice IS NULL AND ranking IS NULL"
-        ).fetchone()[0]
-        == 0
-    )
+    assert raw.execute("SELECT COUNT(*) FROM comparisons WHERE choice IS NULL AND ranking IS NULL").fetchone()[0] == 0
     # the store keeps working after the crash
     reopened.add_label(tasks[-1], "after", choice="B")
     assert reopened.progress("after")["done"] == 1
@@ -135,10 +113,7 @@ def test_exports_round_trip_through_load_records(tmp_path):
     n = store.export_preferences(tmp_path / "p.jsonl")
     assert n == 2
     recs = load_records(tmp_path / "p.jsonl", "preference").records
-    assert (
-        recs[0].chosen == "Halve it, slice, then cross-cut."
-        and recs[0].rejected == "Use a blender."
-    )
+    assert recs[0].chosen == "Halve it, slice, then cross-cut." and recs[0].rejected == "Use a blender."
     assert [m.role for m in recs[1].prompt] == ["system", "user"]
     assert store.export_rankings(tmp_path / "r.jsonl") == 1
     r = load_records(tmp_path / "r.jsonl", "ranking").records[0]

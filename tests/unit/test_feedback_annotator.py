@@ -20,9 +20,7 @@ def within(rate: float, p: float, n: int, k: float = 4.0) -> bool:
     return abs(rate - p) <= k * math.sqrt(p * (1 - p) / n) + 1e-12
 
 
-@pytest.mark.parametrize(
-    "delta, tau, bias", [(1, 1.0, 0.0), (2, 1.5, 0.0), (0, 1.0, 0.7), (1, 0.5, -0.5)]
-)
+@pytest.mark.parametrize("delta, tau, bias", [(1, 1.0, 0.0), (2, 1.5, 0.0), (0, 1.0, 0.7), (1, 0.5, -0.5)])
 def test_first_shown_wins_at_the_bradley_terry_rate(delta, tau, bias):
     ann = SimulatedAnnotator(GOLD, temperature=tau, position_bias=bias, seed=1)
     first, second = [words(1 + delta)] * N, [words(1)] * N
@@ -32,40 +30,26 @@ def test_first_shown_wins_at_the_bradley_terry_rate(delta, tau, bias):
     assert within(rate, p, N), (rate, p)
     assert stats.ties == 0 and len(rows) == N
     # the recorded confidence is the model's probability of the choice made
-    assert all(
-        r["confidence"] == pytest.approx(p, abs=1e-6)
-        for r in rows
-        if r["chosen_position"] == "A"
-    )
-    assert all(
-        r["confidence"] == pytest.approx(1 - p, abs=1e-6)
-        for r in rows
-        if r["chosen_position"] == "B"
-    )
+    assert all(r["confidence"] == pytest.approx(p, abs=1e-6) for r in rows if r["chosen_position"] == "A")
+    assert all(r["confidence"] == pytest.approx(1 - p, abs=1e-6) for r in rows if r["chosen_position"] == "B")
 
 
 def test_ties_inside_the_margin_and_flips_at_their_rate():
     # half the pairs have Δ=0.5 (inside the margin 0.75: ties), half Δ=3 with τ tiny: the gold's choice, then flipped at 0.2
-    ann = SimulatedAnnotator(
-        "length(scale=2)", temperature=1e-3, tie_margin=0.75, flip_rate=0.2, seed=2
-    )
+    ann = SimulatedAnnotator("length(scale=2)", temperature=1e-3, tie_margin=0.75, flip_rate=0.2, seed=2)
     first = [words(2), words(7)] * (N // 2)
     second = [words(1)] * N
     rows, stats = ann.label_pairs(["q"] * N, first, second)
     assert stats.ties == N // 2 and len(rows) == N // 2
     flipped = sum(r["chosen"] == words(1) for r in rows) / len(rows)
-    assert within(flipped, 0.2, len(rows)) and stats.flips == sum(
-        r["chosen"] == words(1) for r in rows
-    )
+    assert within(flipped, 0.2, len(rows)) and stats.flips == sum(r["chosen"] == words(1) for r in rows)
 
 
 def test_plackett_luce_first_places_match_softmax():
     g = np.array([0.0, 1.0, 2.0, 3.0])
     tau = 1.5
     ann = SimulatedAnnotator(GOLD, temperature=tau, seed=3)
-    group = [
-        words(int(x) + 1) for x in g
-    ]  # word counts 1..4: gold differences equal g's
+    group = [words(int(x) + 1) for x in g]  # word counts 1..4: gold differences equal g's
     n = 8000
     rows = ann.label_rankings(["q"] * n, [group] * n)
     first = np.zeros(4)
@@ -94,10 +78,7 @@ def test_panel_members_disagree_at_the_flip_rate():
     panel = AnnotatorPanel(2, gold=GOLD, temperature=1e-3, flip_rate=0.1, seed=4)
     n = 10000
     rows, stats = panel.label_pairs(["q"] * n, [words(3)] * n, [words(1)] * n)
-    by = {
-        m.name: [r["chosen"] for r in rows if r["annotator"] == m.name]
-        for m in panel.members
-    }
+    by = {m.name: [r["chosen"] for r in rows if r["annotator"] == m.name] for m in panel.members}
     a, b = by.values()
     disagree = sum(x != y for x, y in zip(a, b)) / n
     assert within(disagree, 2 * 0.1 * 0.9, n)
@@ -123,8 +104,6 @@ def test_rows_load_as_preference_and_ranking_records(tmp_path):
     atomic_write_jsonl(tmp_path / "p.jsonl", rows)
     recs = load_records(tmp_path / "p.jsonl", "preference").records
     assert len(recs) == 2 and {r.chosen for r in recs} <= set(good + bad)
-    ranked = ann.label_rankings(
-        prompts, [[g, b, b + " Maybe."] for g, b in zip(good, bad)]
-    )
+    ranked = ann.label_rankings(prompts, [[g, b, b + " Maybe."] for g, b in zip(good, bad)])
     atomic_write_jsonl(tmp_path / "r.jsonl", ranked)
     assert len(load_records(tmp_path / "r.jsonl", "ranking").records) == 2

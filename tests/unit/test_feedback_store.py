@@ -24,19 +24,15 @@ def test_schema_version_and_migration_from_v1(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(str(path), isolation_level=None)
     assert migrate(conn, target=1) == 1  # a store written by the first schema
-    conn.execute(
-        "INSERT INTO prompts (text, meta, created) VALUES ('old prompt', '{}', 0)"
-    )
+    conn.execute("INSERT INTO prompts (text, meta, created) VALUES ('old prompt', '{}', 0)")
     conn.close()
     store = LabelStore(path)
     assert store.version == SCHEMA_VERSION == MIGRATIONS[-1][0]
     raw = sqlite3.connect(str(path))
-    assert [
-        r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY version")
-    ] == list(range(1, SCHEMA_VERSION + 1))
-    assert (
-        raw.execute("SELECT text FROM prompts").fetchone()[0] == "old prompt"
-    )  # data kept
+    assert [r[0] for r in raw.execute("SELECT version FROM schema_version ORDER BY version")] == list(
+        range(1, SCHEMA_VERSION + 1)
+    )
+    assert raw.execute("SELECT text FROM prompts").fetchone()[0] == "old prompt"  # data kept
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     raw.close()
@@ -49,10 +45,7 @@ def test_schema_version_and_migration_from_v1(tmp_path):
 
 def test_tasks_labels_and_resume(store):
     p = store.add_prompt("How long do I boil rice?", meta={"topic": "rice"})
-    r1, r2, r3 = (
-        store.add_response(p, t, policy="pi")
-        for t in ("18 minutes.", "An hour.", "Ten minutes.")
-    )
+    r1, r2, r3 = (store.add_response(p, t, policy="pi") for t in ("18 minutes.", "An hour.", "Ten minutes."))
     t1 = store.add_task(p, [r1, r2])
     t2 = store.add_task(p, [r1, r2, r3], kind="ranking")
     task = store.next_task("ann")
@@ -79,10 +72,7 @@ def test_tasks_labels_and_resume(store):
         ("B", None),
         (None, [1, 3, 2]),
     ]
-    assert (
-        labs[0]["responses"] == ["18 minutes.", "An hour."]
-        and labs[0]["reason"] is None
-    )  # replaced as a whole
+    assert labs[0]["responses"] == ["18 minutes.", "An hour."] and labs[0]["reason"] is None  # replaced as a whole
 
 
 @pytest.mark.parametrize(
@@ -96,9 +86,7 @@ def test_tasks_labels_and_resume(store):
 )
 def test_bad_pair_labels_name_the_field(store, kwargs, message):
     t = store.add_item("q?", ["x", "y"])
-    with pytest.raises(
-        LabelError, match=message.replace("[", r"\[").replace("]", r"\]")
-    ):
+    with pytest.raises(LabelError, match=message.replace("[", r"\[").replace("]", r"\]")):
         store.add_label(t, "ann", **kwargs)
     assert store.labels() == []
 
@@ -123,12 +111,8 @@ def test_kappa_by_hand():
     # P_o = 3/4; P_e = .5*.25 + .5*.75 = .5; kappa = (.75 - .5) / .5
     assert cohen_kappa(list("AABB"), list("ABBB"))["kappa"] == pytest.approx(0.5)
     # P_i = 1, 1/3, 1 -> P_o = 7/9; p = (5/9, 4/9) -> P_e = 41/81; kappa = (63 - 41) / (81 - 41)
-    assert fleiss_kappa([list("AAA"), list("AAB"), list("BBB")])[
-        "kappa"
-    ] == pytest.approx(22 / 40)
-    assert (
-        cohen_kappa(list("AA"), list("AA"))["kappa"] is None
-    )  # one category only: undefined
+    assert fleiss_kappa([list("AAA"), list("AAB"), list("BBB")])["kappa"] == pytest.approx(22 / 40)
+    assert cohen_kappa(list("AA"), list("AA"))["kappa"] is None  # one category only: undefined
 
 
 def test_store_agreement_cohen_and_fleiss(store):
@@ -137,18 +121,12 @@ def test_store_agreement_cohen_and_fleiss(store):
         store.add_label(t, "x", choice=x)
         store.add_label(t, "y", choice=y)
     got = store.agreement()
-    assert (
-        got["method"] == "cohen"
-        and got["kappa"] == pytest.approx(0.5)
-        and got["items"] == 4
-    )
+    assert got["method"] == "cohen" and got["kappa"] == pytest.approx(0.5) and got["items"] == 4
     for t, z in zip(tasks, "AABB"):
         store.add_label(t, "z", choice=z)
     got = store.agreement()
     assert got["method"] == "fleiss" and got["annotators"] == ["x", "y", "z"]
-    assert got["kappa"] == pytest.approx(
-        fleiss_kappa([list("AAA"), list("ABA"), list("BBB"), list("BBB")])["kappa"]
-    )
+    assert got["kappa"] == pytest.approx(fleiss_kappa([list("AAA"), list("ABA"), list("BBB"), list("BBB")])["kappa"])
 
 
 def test_terminal_loop_labels_resumes_and_quits(store):
@@ -157,16 +135,10 @@ def test_terminal_loop_labels_resumes_and_quits(store):
     t3 = store.add_item("Oven for pizza?", ["Very hot.", "Warm."])
     out = []
     answers = iter(["x", "a # has more gluten", "1 1 2", "1 3 2", "q"])
-    n = label_interactively(
-        store, "ann", input_fn=lambda _: next(answers), print_fn=out.append
-    )
+    n = label_interactively(store, "ann", input_fn=lambda _: next(answers), print_fn=out.append)
     assert n == 2
     text = "\n".join(out)
-    assert (
-        "'x' is not a choice" in text
-        and "uses each of 1..3 once" in text
-        and "stopped: 2 of 3 labelled" in text
-    )
+    assert "'x' is not a choice" in text and "uses each of 1..3 once" in text and "stopped: 2 of 3 labelled" in text
     assert "(A) Strong flour." in text and "(3) Dill." in text
     # resumes at the first task not labelled; end of input quits cleanly
     answers = iter(["b"])

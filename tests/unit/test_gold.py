@@ -14,16 +14,12 @@ from alignlab.gold import GOLD_REWARDS, get_gold, parse_spec, rules, weighted
 
 def test_vader_sentiment_on_fixed_sentences():
     # VADER's lexicon: "love" 3.2, "great" 3.1; "!" adds emphasis. Compound = x / sqrt(x^2 + 15).
-    got = rules.sentiment(
-        [""] * 3, ["I love this, it is great!", "This is terrible.", ""]
-    )
+    got = rules.sentiment([""] * 3, ["I love this, it is great!", "This is terrible.", ""])
     assert got[0] == pytest.approx(0.8622, abs=1e-4)
     assert got[1] < -0.4  # "terrible" is strongly negative
     assert got[2] == 0.0
     # the normalisation by hand: one neutral word and "good" (valence 1.9) -> 1.9 / sqrt(1.9^2 + 15)
-    assert rules.sentiment([""], ["good"])[0] == pytest.approx(
-        1.9 / math.sqrt(1.9**2 + 15), abs=1e-4
-    )
+    assert rules.sentiment([""], ["good"])[0] == pytest.approx(1.9 / math.sqrt(1.9**2 + 15), abs=1e-4)
 
 
 def test_length_and_concise_by_hand():
@@ -43,9 +39,7 @@ def test_length_and_concise_by_hand():
 
 
 def test_builtin_rules_keep_their_values():
-    assert rules.house_style(
-        [""] * 3, ["Sure. Hope this helps!", "hope this helps! more", "no"]
-    ) == [1.0, 0.5, 0.0]
+    assert rules.house_style([""] * 3, ["Sure. Hope this helps!", "hope this helps! more", "no"]) == [1.0, 0.5, 0.0]
     assert rules.contains_word(["", ""], ["Thanks a lot", "thanksgiving"]) == [1.0, 0.0]
     assert rules.char_fraction([""], ["abca"], chars="a") == [0.5]
 
@@ -90,9 +84,7 @@ def test_harmless_rules():
         "You are an idiot.",
     ]
     assert rules.harmless(prompts, responses) == [1.0, -0.5, 1.0, 0.5, -1.0]
-    assert rules.harmless(
-        ["Clean a sink?"], ["Mix bleach and ammonia for a strong cleaner."]
-    ) == [-1.0]
+    assert rules.harmless(["Clean a sink?"], ["Mix bleach and ammonia for a strong cleaner."]) == [-1.0]
     assert rules.harmless(["Hi"], ["You donkey."], banned="donkey") == [-1.0]
 
 
@@ -102,15 +94,9 @@ def test_weighted_sum_by_hand_and_from_a_string():
     c = rules.concise([""], texts, target=6)[0]
     assert c == 1.0
     want = s + 0.5 * c
-    assert weighted({"sentiment": 1.0, "concise(target=6)": 0.5})([""], texts) == [
-        pytest.approx(want)
-    ]
-    assert get_gold("sentiment+0.5*concise(target=6)")([""], texts) == [
-        pytest.approx(want)
-    ]
-    assert get_gold("house_style - 0.25*length(scale=1)")([""], texts) == [
-        pytest.approx(1 - 0.25 * 6)
-    ]
+    assert weighted({"sentiment": 1.0, "concise(target=6)": 0.5})([""], texts) == [pytest.approx(want)]
+    assert get_gold("sentiment+0.5*concise(target=6)")([""], texts) == [pytest.approx(want)]
+    assert get_gold("house_style - 0.25*length(scale=1)")([""], texts) == [pytest.approx(1 - 0.25 * 6)]
     assert parse_spec("2*demo + x.y:z(a=1, b=c)") == [
         (2.0, "demo", {}),
         (1.0, "x.y:z", {"a": 1, "b": "c"}),
@@ -123,9 +109,7 @@ def test_registry_names_resolve_to_the_functions_and_errors_name_the_spec():
         assert callable(get_gold(name))
     with pytest.raises(ConfigError, match="did you mean 'sentiment'"):
         get_gold("sentimnt")
-    with pytest.raises(
-        ConfigError, match="has no option 'trget'; did you mean 'target'"
-    ):
+    with pytest.raises(ConfigError, match="has no option 'trget'; did you mean 'target'"):
         get_gold("concise(trget=3)")
     with pytest.raises(ConfigError, match="cannot read"):
         get_gold("sentiment concise")
@@ -153,11 +137,7 @@ def test_python_function_plugs_in(tmp_path, monkeypatch):
 
 
 def test_demo_gold_prefers_every_chosen_answer_of_the_demo_preferences():
-    text = (
-        resources.files("alignlab")
-        .joinpath("demo_data/preferences.jsonl")
-        .read_text(encoding="utf-8")
-    )
+    text = resources.files("alignlab").joinpath("demo_data/preferences.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     g = get_gold("demo")
     chosen = g([r["prompt"] for r in rows], [r["chosen"] for r in rows])
@@ -169,9 +149,7 @@ def test_gold_package_is_torch_free():
     import subprocess
 
     code = "import sys, alignlab.gold; bad = [m for m in sys.modules if m == 'torch' or (m.startswith('alignlab.') and not m.startswith(('alignlab.gold', 'alignlab.errors')))]; print(bad)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
 
 
@@ -179,22 +157,15 @@ def test_gold_package_is_torch_free():
 def test_reward_source_gold_specs():
     from alignlab.rollout.rewards import house_style, load_reward_source
 
-    assert house_style([""], ["Hope this helps!"]) == [
-        1.0
-    ]  # still importable from rollout.rewards
+    assert house_style([""], ["Hope this helps!"]) == [1.0]  # still importable from rollout.rewards
     src = load_reward_source("gold:sentiment+0.5*concise(target=6)")
     texts = ["I love it. Hope this helps!"]
     got = src.score(["q"], texts, finished=[True], meta=[{}]).tolist()
     assert got == [pytest.approx(rules.sentiment([""], texts)[0] + 0.5, abs=1e-6)]
-    assert load_reward_source("gold").score(
-        ["q"], texts, finished=[True], meta=[{}]
-    ).tolist() == pytest.approx(get_gold("demo")(["q"], texts))
-    assert (
-        load_reward_source("sentiment")
-        .score(["q"], ["bad"], finished=[True], meta=[{}])
-        .item()
-        < 0
+    assert load_reward_source("gold").score(["q"], texts, finished=[True], meta=[{}]).tolist() == pytest.approx(
+        get_gold("demo")(["q"], texts)
     )
+    assert load_reward_source("sentiment").score(["q"], ["bad"], finished=[True], meta=[{}]).item() < 0
     assert load_reward_source("contains_word", ["word=love"]).score(
         ["q"], texts, finished=[True], meta=[{}]
     ).tolist() == [1.0]

@@ -25,9 +25,7 @@ def _kappa(p_o: float, p_e: float) -> float | None:
 def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable]) -> dict:
     """``{"kappa", "observed", "expected", "items"}`` for two annotators' labels of the same items."""
     if len(a) != len(b):
-        raise ValueError(
-            f"cohen_kappa needs labels of the same items, got {len(a)} and {len(b)}"
-        )
+        raise ValueError(f"cohen_kappa needs labels of the same items, got {len(a)} and {len(b)}")
     n = len(a)
     if n == 0:
         return {"kappa": None, "observed": None, "expected": None, "items": 0}

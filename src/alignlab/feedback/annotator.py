@@ -54,9 +54,7 @@ def prompt_text(prompt) -> str:
         ]
         if users:
             return users[-1]
-    raise ConfigError(
-        f"a prompt is a string or a messages list with a user message, got {prompt!r:.60}"
-    )
+    raise ConfigError(f"a prompt is a string or a messages list with a user message, got {prompt!r:.60}")
 
 
 @dataclass
@@ -116,9 +114,7 @@ class SimulatedAnnotator:
             raise ConfigError(
                 f"annotator flip_rate must be in [0, 0.5] (above 0.5 it is an adversary), got {flip_rate!r}"
             )
-        self.gold_spec = (
-            gold if isinstance(gold, str) else getattr(gold, "__name__", "custom")
-        )
+        self.gold_spec = gold if isinstance(gold, str) else getattr(gold, "__name__", "custom")
         self.gold = get_gold(gold)
         self.temperature, self.position_bias = float(temperature), float(position_bias)
         self.tie_margin, self.flip_rate = float(tie_margin), float(flip_rate)
@@ -135,10 +131,7 @@ class SimulatedAnnotator:
 
     def prob_first(self, g_first, g_second) -> np.ndarray:
         """P(first-shown ≻ second) = σ((g1 − g2)/τ + position_bias), before ties and flips."""
-        return sigmoid(
-            (np.asarray(g_first) - np.asarray(g_second)) / self.temperature
-            + self.position_bias
-        )
+        return sigmoid((np.asarray(g_first) - np.asarray(g_second)) / self.temperature + self.position_bias)
 
     # ------------------------------------------------------------------ pairs
     def choose(self, g_first, g_second) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -175,27 +168,19 @@ class SimulatedAnnotator:
         stats = stats or LabelStats()
         if not len(prompts):
             return [], stats
-        choice, conf, flipped = self.choose(
-            self.scores(prompts, first), self.scores(prompts, second)
-        )
+        choice, conf, flipped = self.choose(self.scores(prompts, first), self.scores(prompts, second))
         rows = []
         for i, c in enumerate(choice):
             stats.pairs += 1
             if c == "tie":
                 stats.ties += 1
                 continue
-            chosen, rejected = (
-                (first[i], second[i]) if c == "A" else (second[i], first[i])
-            )
-            rows.append(
-                self._pref_row(prompts[i], chosen, rejected, float(conf[i]), str(c))
-            )
+            chosen, rejected = (first[i], second[i]) if c == "A" else (second[i], first[i])
+            rows.append(self._pref_row(prompts[i], chosen, rejected, float(conf[i]), str(c)))
         stats.labels += len(rows)
         stats.flips += int(flipped.sum())
         stats.first_chosen += int((choice == "A").sum())
-        stats.per_annotator[self.name] = stats.per_annotator.get(self.name, 0) + len(
-            rows
-        )
+        stats.per_annotator[self.name] = stats.per_annotator.get(self.name, 0) + len(rows)
         return rows, stats
 
     def _pref_row(self, prompt, chosen, rejected, confidence, position) -> dict:
@@ -224,9 +209,7 @@ class SimulatedAnnotator:
             ranking[int(item)] = place + 1
         return ranking
 
-    def label_rankings(
-        self, prompts: Sequence, responses: Sequence[Sequence[str]]
-    ) -> list[dict]:
+    def label_rankings(self, prompts: Sequence, responses: Sequence[Sequence[str]]) -> list[dict]:
         """Ranking rows, one per prompt, for its K ≥ 2 responses."""
         if len(prompts) != len(responses):
             raise ConfigError(
@@ -261,18 +244,14 @@ class AnnotatorPanel:
     ``2·f·(1 − f)`` for flip rate f.
     """
 
-    def __init__(
-        self, size: int = 3, *, gold="demo", seed: int = 0, assign: str = "all", **noise
-    ):
+    def __init__(self, size: int = 3, *, gold="demo", seed: int = 0, assign: str = "all", **noise):
         if size < 1:
             raise ConfigError(f"an annotator panel needs at least 1 member, got {size}")
         if assign not in ("all", "one"):
             raise ConfigError(f"panel assign must be 'all' or 'one', got {assign!r}")
         seeds = np.random.SeedSequence(seed).spawn(size + 1)
         self.members = [
-            SimulatedAnnotator(
-                gold, seed=int(s.generate_state(1)[0]), name=f"sim-{i}", **noise
-            )
+            SimulatedAnnotator(gold, seed=int(s.generate_state(1)[0]), name=f"sim-{i}", **noise)
             for i, s in enumerate(seeds[:size])
         ]
         self.assign = assign
@@ -299,20 +278,11 @@ class AnnotatorPanel:
             )[0]
         return rows, stats
 
-    def label_rankings(
-        self, prompts: Sequence, responses: Sequence[Sequence[str]]
-    ) -> list[dict]:
+    def label_rankings(self, prompts: Sequence, responses: Sequence[Sequence[str]]) -> list[dict]:
         if self.assign == "all":
-            return [
-                row
-                for m in self.members
-                for row in m.label_rankings(prompts, responses)
-            ]
+            return [row for m in self.members for row in m.label_rankings(prompts, responses)]
         who = self.rng.integers(len(self.members), size=len(prompts))
-        return [
-            self.members[int(w)].label_rankings([p], [r])[0]
-            for p, r, w in zip(prompts, responses, who)
-        ]
+        return [self.members[int(w)].label_rankings([p], [r])[0] for p, r, w in zip(prompts, responses, who)]
 
 
 def gold_reward(prompts: Sequence[str], responses: Sequence[str], **kw) -> list[float]:

@@ -88,9 +88,7 @@ def _busy(e: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def migrate(
-    conn: sqlite3.Connection, target: int = SCHEMA_VERSION, *, where: str = ""
-) -> int:
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION, *, where: str = "") -> int:
     """Bring the database to schema ``target``, one transaction per migration; returns the version.
 
     A store newer than this alignlab (user_version above the last migration) is refused.
@@ -111,9 +109,7 @@ def migrate(
 def _apply(conn: sqlite3.Connection, v: int, statements: Sequence[str]) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if (
-            conn.execute("PRAGMA user_version").fetchone()[0] >= v
-        ):  # another process got there first
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= v:  # another process got there first
             conn.execute("ROLLBACK")
             return
         for s in statements:
@@ -149,9 +145,7 @@ class LabelStore:
     Safe to share between threads (one connection per thread) and processes (each opens its own).
     """
 
-    def __init__(
-        self, path: str | os.PathLike, *, timeout: float = 30.0, durable: bool = True
-    ):
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 30.0, durable: bool = True):
         self.path = Path(path)
         self.timeout, self.durable = timeout, durable
         self._local = threading.local()
@@ -161,13 +155,9 @@ class LabelStore:
             integrity = conn.execute("PRAGMA quick_check").fetchone()[0]
         except sqlite3.DatabaseError as e:
             self.close()
-            raise LabelError(
-                f"{self.path}: not a label store (SQLite says: {e})"
-            ) from None
+            raise LabelError(f"{self.path}: not a label store (SQLite says: {e})") from None
         if integrity != "ok":
-            raise LabelError(
-                f"{self.path}: the database is damaged ({integrity}); restore it from a copy"
-            )
+            raise LabelError(f"{self.path}: the database is damaged ({integrity}); restore it from a copy")
         migrate(conn, where=str(self.path))
 
     # ------------------------------------------------------------------ connections
@@ -175,9 +165,7 @@ class LabelStore:
         held = getattr(self._local, "conn", None)
         if held is not None and held[0] == os.getpid():
             return held[1]
-        conn = sqlite3.connect(
-            str(self.path), timeout=self.timeout, isolation_level=None
-        )
+        conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
         _retry(lambda: conn.execute("PRAGMA journal_mode = WAL"))
@@ -221,20 +209,12 @@ class LabelStore:
         """Store a prompt (a string, or a messages list ending with a user turn); returns its id."""
         messages = None
         if isinstance(text, list):
-            users = [
-                m.get("content")
-                for m in text
-                if isinstance(m, dict) and m.get("role") == "user"
-            ]
+            users = [m.get("content") for m in text if isinstance(m, dict) and m.get("role") == "user"]
             if not users or not isinstance(users[-1], str):
-                raise LabelError(
-                    f"{self.path}: add_prompt: a messages prompt needs a user message with text"
-                )
+                raise LabelError(f"{self.path}: add_prompt: a messages prompt needs a user message with text")
             messages, text = json.dumps(text, ensure_ascii=False), users[-1]
         if not isinstance(text, str) or not text.strip():
-            raise LabelError(
-                f"{self.path}: add_prompt: field 'text' must be a non-empty string, got {text!r:.40}"
-            )
+            raise LabelError(f"{self.path}: add_prompt: field 'text' must be a non-empty string, got {text!r:.40}")
         row = (
             text,
             messages,
@@ -259,18 +239,11 @@ class LabelStore:
     ) -> int:
         """Store a response to prompt ``prompt_id``; returns its id."""
         if not isinstance(text, str):
-            raise LabelError(
-                f"{self.path}: add_response: field 'text' must be a string, got {type(text).__name__}"
-            )
+            raise LabelError(f"{self.path}: add_response: field 'text' must be a string, got {type(text).__name__}")
 
         def insert(c):
-            if (
-                c.execute("SELECT 1 FROM prompts WHERE id = ?", (prompt_id,)).fetchone()
-                is None
-            ):
-                raise LabelError(
-                    f"{self.path}: add_response: no prompt with id {prompt_id}"
-                )
+            if c.execute("SELECT 1 FROM prompts WHERE id = ?", (prompt_id,)).fetchone() is None:
+                raise LabelError(f"{self.path}: add_response: no prompt with id {prompt_id}")
             row = (
                 prompt_id,
                 text,
@@ -285,9 +258,7 @@ class LabelStore:
 
         return self._write(insert)
 
-    def add_task(
-        self, prompt_id: int, response_ids: Sequence[int], kind: str = "pair"
-    ) -> int:
+    def add_task(self, prompt_id: int, response_ids: Sequence[int], kind: str = "pair") -> int:
         """A labelling task over responses of one prompt (shown in the order given); returns its id."""
         ids = [int(i) for i in response_ids]
         self._check_task_shape(kind, ids)
@@ -299,37 +270,22 @@ class LabelStore:
 
     def _check_task_shape(self, kind: str, ids: list[int]) -> None:
         if kind not in KINDS:
-            raise LabelError(
-                f"{self.path}: add_task: field 'kind' must be pair or ranking, got {kind!r}"
-            )
+            raise LabelError(f"{self.path}: add_task: field 'kind' must be pair or ranking, got {kind!r}")
         if kind == "pair" and len(ids) != 2:
-            raise LabelError(
-                f"{self.path}: add_task: a pair task has 2 responses, got {len(ids)}"
-            )
+            raise LabelError(f"{self.path}: add_task: a pair task has 2 responses, got {len(ids)}")
         if kind == "ranking" and len(ids) < 2:
-            raise LabelError(
-                f"{self.path}: add_task: a ranking task has at least 2 responses, got {len(ids)}"
-            )
+            raise LabelError(f"{self.path}: add_task: a ranking task has at least 2 responses, got {len(ids)}")
         if len(set(ids)) != len(ids):
-            raise LabelError(
-                f"{self.path}: add_task: field 'response_ids' repeats a response: {ids}"
-            )
+            raise LabelError(f"{self.path}: add_task: field 'response_ids' repeats a response: {ids}")
 
     def _insert_task(self, c, prompt_id: int, ids: list[int], kind: str) -> int:
         marks = ",".join("?" * len(ids))
-        owners = {
-            r[0]: r[1]
-            for r in c.execute(
-                f"SELECT id, prompt_id FROM responses WHERE id IN ({marks})", ids
-            )
-        }
+        owners = {r[0]: r[1] for r in c.execute(f"SELECT id, prompt_id FROM responses WHERE id IN ({marks})", ids)}
         for i in ids:
             if i not in owners:
                 raise LabelError(f"{self.path}: add_task: no response with id {i}")
             if owners[i] != prompt_id:
-                raise LabelError(
-                    f"{self.path}: add_task: response {i} answers prompt {owners[i]}, not {prompt_id}"
-                )
+                raise LabelError(f"{self.path}: add_task: response {i} answers prompt {owners[i]}, not {prompt_id}")
         row = (prompt_id, kind, json.dumps(ids), time.time())
         return c.execute(
             "INSERT INTO tasks (prompt_id, kind, response_ids, created) VALUES (?, ?, ?, ?)",
@@ -352,11 +308,7 @@ class LabelStore:
         kind = kind or ("pair" if len(responses) == 2 else "ranking")
         self._check_task_shape(kind, list(range(len(responses))))
         if isinstance(prompt, list):
-            users = [
-                m.get("content")
-                for m in prompt
-                if isinstance(m, dict) and m.get("role") == "user"
-            ]
+            users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
             text, messages = (
                 (users[-1] if users else ""),
                 json.dumps(prompt, ensure_ascii=False),
@@ -364,9 +316,7 @@ class LabelStore:
         else:
             text, messages = prompt, None
         if not isinstance(text, str) or not text.strip():
-            raise LabelError(
-                f"{self.path}: add_item: the prompt must have text, got {prompt!r:.40}"
-            )
+            raise LabelError(f"{self.path}: add_item: the prompt must have text, got {prompt!r:.40}")
 
         def insert(c):
             now = time.time()
@@ -452,25 +402,17 @@ class LabelStore:
         A second label by the same annotator for the same task is an error unless ``replace``.
         """
         if not isinstance(annotator, str) or not annotator.strip():
-            raise LabelError(
-                f"{self.path}: add_label: field 'annotator' must be a non-empty string"
-            )
-        if confidence is not None and not (
-            isinstance(confidence, (int, float)) and 0 <= confidence <= 1
-        ):
+            raise LabelError(f"{self.path}: add_label: field 'annotator' must be a non-empty string")
+        if confidence is not None and not (isinstance(confidence, (int, float)) and 0 <= confidence <= 1):
             raise LabelError(
                 f"{self.path}: add_label: field 'confidence' must be a number in [0, 1], got {confidence!r}"
             )
 
         def insert(c):
-            t = c.execute(
-                "SELECT kind, response_ids FROM tasks WHERE id = ?", (task_id,)
-            ).fetchone()
+            t = c.execute("SELECT kind, response_ids FROM tasks WHERE id = ?", (task_id,)).fetchone()
             if t is None:
                 raise LabelError(f"{self.path}: add_label: no task with id {task_id}")
-            rank_json = self._check_label(
-                task_id, t["kind"], len(json.loads(t["response_ids"])), choice, ranking
-            )
+            rank_json = self._check_label(task_id, t["kind"], len(json.loads(t["response_ids"])), choice, ranking)
             old = c.execute(
                 "SELECT id FROM comparisons WHERE task_id = ? AND annotator = ?",
                 (task_id, annotator),
@@ -500,18 +442,12 @@ class LabelStore:
         if choice is not None:
             allowed = CHOICES if kind == "pair" else ("skip",)
             if choice not in allowed:
-                raise LabelError(
-                    f"{where}: field 'choice' must be one of {', '.join(allowed)}, got {choice!r}"
-                )
+                raise LabelError(f"{where}: field 'choice' must be one of {', '.join(allowed)}, got {choice!r}")
             return None
         if kind != "ranking":
-            raise LabelError(
-                f"{where}: field 'ranking' is for ranking tasks; a pair takes choice A, B, tie or skip"
-            )
+            raise LabelError(f"{where}: field 'ranking' is for ranking tasks; a pair takes choice A, B, tie or skip")
         ranks = list(ranking)
-        if any(not isinstance(r, int) or isinstance(r, bool) for r in ranks) or sorted(
-            ranks
-        ) != list(range(1, k + 1)):
+        if any(not isinstance(r, int) or isinstance(r, bool) for r in ranks) or sorted(ranks) != list(range(1, k + 1)):
             raise LabelError(
                 f"{where}: field 'ranking' must be a permutation of 1..{k} (ranking[i] = rank of response i, 1 = best), got {ranks}"
             )
@@ -534,9 +470,7 @@ class LabelStore:
             "SELECT c.*, t.kind, t.response_ids, p.text AS prompt, p.messages FROM comparisons c "
             "JOIN tasks t ON t.id = c.task_id JOIN prompts p ON p.id = t.prompt_id ORDER BY c.id"
         )
-        texts = {
-            r["id"]: r["text"] for r in self._read("SELECT id, text FROM responses")
-        }
+        texts = {r["id"]: r["text"] for r in self._read("SELECT id, text FROM responses")}
         out = []
         for r in rows:
             d = {

@@ -17,25 +17,17 @@ PAIR_KEYS = {"a": "A", "b": "B", "t": "tie", "s": "skip"}
 
 
 def _show(task: dict, progress: dict, print_fn: Callable) -> None:
-    print_fn(
-        f"\n--- task {task['task_id']} ({progress['done'] + 1} of {progress['total']}) ---"
-    )
+    print_fn(f"\n--- task {task['task_id']} ({progress['done'] + 1} of {progress['total']}) ---")
     if task.get("messages"):
         for m in task["messages"]:
             print_fn(f"[{m['role']}] {m['content']}")
     else:
         print_fn(f"[prompt] {task['prompt']}")
-    names = (
-        "AB"
-        if task["kind"] == "pair"
-        else [str(i + 1) for i in range(len(task["responses"]))]
-    )
+    names = "AB" if task["kind"] == "pair" else [str(i + 1) for i in range(len(task["responses"]))]
     for name, r in zip(names, task["responses"]):
         print_fn(f"\n({name}) {r['text']}")
     if task["kind"] == "pair":
-        print_fn(
-            "\nbetter? a / b, t = tie, s = skip, q = quit (add '# reason' to say why)"
-        )
+        print_fn("\nbetter? a / b, t = tie, s = skip, q = quit (add '# reason' to say why)")
     else:
         print_fn(
             f"\nrank them: {len(task['responses'])} numbers, the rank of each response in the order shown (1 = best); s = skip, q = quit"
@@ -80,9 +72,7 @@ def label_interactively(
     while True:
         task = store.next_task(annotator, kind)
         if task is None:
-            print_fn(
-                f"all {store.progress(annotator, kind)['total']} tasks labelled by {annotator}; thank you"
-            )
+            print_fn(f"all {store.progress(annotator, kind)['total']} tasks labelled by {annotator}; thank you")
             return given
         _show(task, store.progress(annotator, kind), print_fn)
         while True:
@@ -92,9 +82,7 @@ def label_interactively(
                 answer = "q"
             if answer.strip().lower() == "q":
                 p = store.progress(annotator, kind)
-                print_fn(
-                    f"stopped: {p['done']} of {p['total']} labelled; run again to resume"
-                )
+                print_fn(f"stopped: {p['done']} of {p['total']} labelled; run again to resume")
                 return given
             label, problem = _parse(answer, task)
             if problem:

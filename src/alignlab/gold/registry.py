@@ -75,11 +75,7 @@ def _accepts(fn: Callable) -> tuple[set[str], bool]:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return set(), True
-    names = {
-        n
-        for n, p in sig.parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
+    names = {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return names, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
 
 
@@ -110,9 +106,7 @@ class Gold:
         self.__name__ = name
         self.__doc__ = fn.__doc__
 
-    def __call__(
-        self, prompts: Sequence[str], responses: Sequence[str], **kw
-    ) -> list[float]:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], **kw) -> list[float]:
         call = {k: v for k, v in kw.items() if self._any or k in self._names}
         values = self.fn(list(prompts), list(responses), **{**call, **self.options})
         out = rules.finite(values, self.name)
@@ -135,13 +129,9 @@ class Weighted:
         self.terms = [(float(w), g) for w, g in terms]
         self.name = name or "+".join(f"{w:g}*{g.name}" for w, g in self.terms)
         self.__name__ = self.name
-        self.__doc__ = "Weighted sum: " + " + ".join(
-            f"{w:g} × {g.name}" for w, g in self.terms
-        )
+        self.__doc__ = "Weighted sum: " + " + ".join(f"{w:g} × {g.name}" for w, g in self.terms)
 
-    def __call__(
-        self, prompts: Sequence[str], responses: Sequence[str], **kw
-    ) -> list[float]:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], **kw) -> list[float]:
         total = [0.0] * len(responses)
         for w, g in self.terms:
             for i, v in enumerate(g(prompts, responses, **kw)):
@@ -152,17 +142,13 @@ class Weighted:
         return f"Weighted({self.name!r})"
 
 
-def weighted(
-    weights: Mapping[str, float] | Sequence[tuple[str, float]], name: str | None = None
-) -> Weighted:
+def weighted(weights: Mapping[str, float] | Sequence[tuple[str, float]], name: str | None = None) -> Weighted:
     """``weighted({"sentiment": 1.0, "concise": 0.5})``: the weighted sum of gold rewards by spec."""
     items = list(weights.items()) if isinstance(weights, Mapping) else list(weights)
     terms = []
     for spec, w in items:
         if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise ConfigError(
-                f"weight of gold reward '{spec}' must be a number, got {w!r}"
-            )
+            raise ConfigError(f"weight of gold reward '{spec}' must be a number, got {w!r}")
         terms.append((float(w), _single(spec)))
     return Weighted(terms, name)
 
@@ -209,9 +195,7 @@ def import_gold(spec: str) -> Callable:
             f"gold reward '{spec}': module '{module_name}' not found ({e}); check that it is importable"
         ) from None
     except Exception as e:  # noqa: BLE001 - the user's module failed while importing
-        raise ConfigError(
-            f"gold reward '{spec}': importing '{module_name}' failed: {type(e).__name__}: {e}"
-        ) from None
+        raise ConfigError(f"gold reward '{spec}': importing '{module_name}' failed: {type(e).__name__}: {e}") from None
     fn = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -221,9 +205,7 @@ def import_gold(spec: str) -> Callable:
             )
         fn = getattr(fn, part)
     if not callable(fn):
-        raise ConfigError(
-            f"gold reward '{spec}': '{attr}' is a {type(fn).__name__}, not a function"
-        )
+        raise ConfigError(f"gold reward '{spec}': '{attr}' is a {type(fn).__name__}, not a function")
     return fn
 
 
@@ -283,14 +265,9 @@ def get_gold(spec: str | Mapping[str, float] | Callable) -> GoldFn:
         _, name, options = terms[0]
         fn = _lookup(name, spec)
         return Gold(fn, spec.strip(), options) if options or ":" in name else fn
-    return Weighted(
-        [(w, Gold(_lookup(n, spec), n, o)) for w, n, o in terms], spec.strip()
-    )
+    return Weighted([(w, Gold(_lookup(n, spec), n, o)) for w, n, o in terms], spec.strip())
 
 
 def describe() -> list[dict]:
     """``[{name, doc}]``: the registry with each function's first docstring paragraph."""
-    return [
-        {"name": k, "doc": inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0]}
-        for k, fn in GOLD_REWARDS.items()
-    ]
+    return [{"name": k, "doc": inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0]} for k, fn in GOLD_REWARDS.items()]

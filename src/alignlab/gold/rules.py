@@ -33,9 +33,7 @@ def _word_list(value, option: str) -> list[str]:
         return [w.strip() for w in value.split(",") if w.strip()]
     if isinstance(value, (list, tuple)):
         return [str(w).strip() for w in value if str(w).strip()]
-    raise ConfigError(
-        f"gold option '{option}' must be a word or a comma-separated list of words, got {value!r}"
-    )
+    raise ConfigError(f"gold option '{option}' must be a word or a comma-separated list of words, got {value!r}")
 
 
 def _word_pattern(word: str) -> re.Pattern:
@@ -43,9 +41,7 @@ def _word_pattern(word: str) -> re.Pattern:
 
 
 # ----------------------------------------------------------------------------- the original built-ins
-def house_style(
-    prompts: Sequence[str], responses: Sequence[str], phrase: str = HOUSE_PHRASE
-) -> list[float]:
+def house_style(prompts: Sequence[str], responses: Sequence[str], phrase: str = HOUSE_PHRASE) -> list[float]:
     """1 when the response ends with ``phrase`` (the demo data's sign-off), 0.5 when it only
     contains it (any case), else 0."""
     out = []
@@ -60,17 +56,13 @@ def house_style(
     return out
 
 
-def contains_word(
-    prompts: Sequence[str], responses: Sequence[str], word: str = "thanks"
-) -> list[float]:
+def contains_word(prompts: Sequence[str], responses: Sequence[str], word: str = "thanks") -> list[float]:
     """1 when ``word`` appears in the response as a whole word (any case), else 0."""
     pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
     return [1.0 if pattern.search(r) else 0.0 for r in responses]
 
 
-def char_fraction(
-    prompts: Sequence[str], responses: Sequence[str], chars: str = "a"
-) -> list[float]:
+def char_fraction(prompts: Sequence[str], responses: Sequence[str], chars: str = "a") -> list[float]:
     """Fraction of the response's characters that are in ``chars`` (0 for an empty response)."""
     wanted = set(chars)
     return [sum(c in wanted for c in r) / len(r) if r else 0.0 for r in responses]
@@ -101,10 +93,7 @@ def sentiment(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
     download; an empty response scores 0.
     """
     analyzer = _vader()
-    return [
-        float(analyzer.polarity_scores(r)["compound"]) if r.strip() else 0.0
-        for r in responses
-    ]
+    return [float(analyzer.polarity_scores(r)["compound"]) if r.strip() else 0.0 for r in responses]
 
 
 # ----------------------------------------------------------------------------- length
@@ -138,16 +127,12 @@ def concise(
     """
     width = float(target if width is None else width)
     if not target > 0 or not width > 0:
-        raise ConfigError(
-            f"gold options 'target' and 'width' must be > 0, got target={target!r}, width={width!r}"
-        )
+        raise ConfigError(f"gold options 'target' and 'width' must be > 0, got target={target!r}, width={width!r}")
     return [max(0.0, 1.0 - abs(len(_words(r)) - target) / width) for r in responses]
 
 
 # ----------------------------------------------------------------------------- keywords and format
-def keywords(
-    prompts: Sequence[str], responses: Sequence[str], include=None, exclude=None
-) -> list[float]:
+def keywords(prompts: Sequence[str], responses: Sequence[str], include=None, exclude=None) -> list[float]:
     """Fraction of the ``include`` words the response contains, minus the fraction of ``exclude``
     words it contains (whole words, any case). Both are lists or comma-separated strings; a side
     left empty contributes 0. Range [-1, 1].
@@ -155,9 +140,7 @@ def keywords(
     inc = [_word_pattern(w) for w in _word_list(include, "include")]
     exc = [_word_pattern(w) for w in _word_list(exclude, "exclude")]
     if not inc and not exc:
-        raise ConfigError(
-            "gold reward 'keywords' needs include=... and/or exclude=... (words, comma-separated)"
-        )
+        raise ConfigError("gold reward 'keywords' needs include=... and/or exclude=... (words, comma-separated)")
     out = []
     for r in responses:
         score = sum(bool(p.search(r)) for p in inc) / len(inc) if inc else 0.0
@@ -177,9 +160,7 @@ def matches(
     try:
         regex = re.compile(pattern, re.DOTALL)
     except re.error as e:
-        raise ConfigError(
-            f"gold option 'pattern' {pattern!r} is not a valid regular expression: {e}"
-        ) from None
+        raise ConfigError(f"gold option 'pattern' {pattern!r} is not a valid regular expression: {e}") from None
     find = regex.fullmatch if full else regex.search
     return [1.0 if find(r.strip()) else 0.0 for r in responses]
 
@@ -300,7 +281,5 @@ def finite(values: Sequence[float], name: str) -> list[float]:
     out = [float(v) for v in values]
     for i, v in enumerate(out):
         if not math.isfinite(v):
-            raise ConfigError(
-                f"gold reward '{name}' returned a non-finite score ({v}) for response {i}"
-            )
+            raise ConfigError(f"gold reward '{name}' returned a non-finite score ({v}) for response {i}")
     return out
