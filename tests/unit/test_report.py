@@ -167,3 +167,17 @@ def test_report_module_imports_no_torch_and_no_matplotlib():
     code = "import sys, alignlab.report; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_a_complete_eval_stage_shows_its_cost(tmp_path):
+    run = tmp_path / "r"
+    runs.write_manifest(run, profile="tiny", stages=["sft", "eval"])
+    _sft_stage(run)
+    evaluate.evaluate_run(run, policies={"sft": [{"prompt": "q", "response": "a", "gold": 1.0}]})
+    runs.StageFolder(run / "eval").write_complete({"stage": "eval", "wall_time_s": 3.5})
+    summary = collect(run)
+    assert [s["name"] for s in summary["stages"]] == ["sft", "eval"]
+    assert summary["stages"][1]["cost"] == {"wall_time_s": 3.5}
+    assert summary["eval"]["policies"]["sft"]["gold"]["mean"] == 1.0
+    page = build_report(run).read_text()
+    assert "wall_time_s 3.5" in page

@@ -115,7 +115,12 @@ def _side_by_side(run: Path, stages: list[str]) -> list[dict]:
 def collect(run_path: str | Path) -> dict:
     """The report's data (summary.json), read from the run folder."""
     run = Path(run_path)
-    names = [s for s in runs.list_stages(run) if s not in (REPORT_DIR, EVAL_STAGE)]
+    in_manifest = (runs.read_manifest(run) or {}).get("stages", [])
+    names = [
+        s
+        for s in runs.list_stages(run)
+        if s != REPORT_DIR and (s != EVAL_STAGE or s in in_manifest or runs.StageFolder(run / s).is_complete())
+    ]
     stages = []
     for name in names:
         folder = runs.StageFolder(run / name)
@@ -276,7 +281,7 @@ def _section_eval(ev: dict, pngs: dict[str, bytes]) -> str:
 def _section_monitors(ev: dict) -> str:
     rows, classes = [], []
     groups = [("policy", n, p.get("monitors") or {}) for n, p in (ev.get("policies") or {}).items()]
-    groups += [("stage", n, m) for n, m in (ev.get("training_monitors") or {}).items()]
+    groups += [("training", n, m) for n, m in (ev.get("training_monitors") or {}).items()]
     for kind, name, mons in groups:
         for m in mons.values():
             rows.append(
