@@ -41,3 +41,19 @@ class CheckpointError(AlignlabError):
 
 class NumericalError(AlignlabError):
     """Training produced non-finite values too many times in a row, or a reduction had no tokens."""
+
+
+def did_you_mean(name: object, choices, *, cutoff: float = 0.5) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``name``, or ``""``.
+
+    The one place that builds suggestions for unknown names (config keys, loss names, stages,
+    reward sources, profiles), so every such error reads the same way.
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class StageError(AlignlabError):
+    """A stage of ``alignlab run`` failed: names the stage, the cause and the command that continues."""

@@ -12,6 +12,8 @@ is ``(B, T-1)`` and lines up with ``labels[:, 1:]``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -153,3 +155,30 @@ def entropy_chunks(head, hidden, mask, *, temperature: float = 1.0, chunk_size: 
             ent = -(logp.exp() * logp).sum(-1)  # (B, c)
             total += (ent * mask[:, start : start + chunk_size]).sum()
     return total / count
+
+
+def batch_logprobs(model, batch: dict) -> torch.Tensor:
+    """Next-token log-probs (B, T-1) of a collated batch at its loss positions (0 elsewhere), on the model's device."""
+    device = next(model.parameters()).device
+    return token_logprobs(
+        model,
+        batch["input_ids"].to(device),
+        batch["attention_mask"].to(device),
+        batch["position_ids"].to(device) if "position_ids" in batch else None,
+        mask=batch["loss_mask"].to(device),
+    )
+
+
+@contextlib.contextmanager
+def reference_mode(model):
+    """The network as π_ref: eval mode (no dropout), no grad, LoRA adapters disabled."""
+    was_training = model.training
+    model.eval()
+    from alignlab.models.load import is_peft
+
+    adapters_off = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), adapters_off:
+            yield model
+    finally:
+        model.train(was_training)

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from alignlab.runs import fsync_tree
 from alignlab.errors import ModelLoadError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -113,18 +114,6 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def _fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def smollm2_dir(progress: bool = True) -> Path:
     """The cached safetensors folder of SmolLM2-135M-Instruct, converting the GGUF once if needed."""
     gguf = smollm2_gguf_path()
@@ -149,7 +138,7 @@ def smollm2_dir(progress: bool = True) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / ".complete").write_text(f"{gguf}\n", encoding="utf-8")
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if target.exists():  # a stale, incomplete folder from an older layout
             shutil.rmtree(target)
         os.replace(tmp, target)

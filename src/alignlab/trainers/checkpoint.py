@@ -26,36 +26,11 @@ from typing import Callable
 
 import torch
 
+from alignlab import runs
 from alignlab.errors import CheckpointError
 
-MARKER = "COMPLETE"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(root: Path) -> None:
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    for d in sorted({p.parent for p in root.rglob("*")} | {root}, key=lambda p: -len(p.parts)):
-        fsync_dir(d)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON via a temporary file + fsync + rename (readers never see half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+MARKER = runs.MARKER  # the same marker file as a stage folder's: written last, means "complete"
+fsync_dir, fsync_tree = runs.fsync_dir, runs.fsync_tree
 
 
 def rng_state() -> dict:

@@ -19,16 +19,16 @@ read back bit-for-bit: a run that computed them and a run that read them train i
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+
+from alignlab.models.logprobs import reference_mode
 
 FORMAT = 1  # bump when the way log-probs are computed changes
 
@@ -116,25 +116,10 @@ def cache_path(key: str) -> Path:
 
 
 # ----------------------------------------------------------------------------- computing
-@contextlib.contextmanager
-def reference_mode(model):
-    """The network as π_ref: eval mode (no dropout), no grad, LoRA adapters disabled."""
-    from alignlab.models.load import is_peft
-
-    was_training = model.training
-    model.eval()
-    adapters_off = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
-    try:
-        with torch.no_grad(), adapters_off:
-            yield model
-    finally:
-        model.train(was_training)
-
-
 def seq_logps(model, batch: dict) -> torch.Tensor:
     """Per-sequence sums of response-token log-probs: ``(N, T)`` batch (or packed rows) -> ``(N,)`` float32."""
     from alignlab.losses.reduce import masked_sum
-    from alignlab.trainers.sft import batch_logprobs
+    from alignlab.models.logprobs import batch_logprobs
 
     logprobs = batch_logprobs(model, batch)  # (rows, T-1)
     if "seq_index" in batch:  # packed rows: add each position into its sequence
@@ -164,17 +149,12 @@ def compute_reference_logps(model, n_items: int, make_batch: Callable[[list[int]
 
 
 def _write_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={k: str(v) for k, v in metadata.items()})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from alignlab.runs import atomic_write_bytes
+
+    blob = save({k: v.contiguous() for k, v in tensors.items()}, metadata={k: str(v) for k, v in metadata.items()})
+    atomic_write_bytes(path, blob)
 
 
 def _read(path: Path, names: tuple[str, ...], n_items: int) -> dict[str, torch.Tensor] | None:

@@ -1,31 +1,18 @@
-"""The run folder: the contract between stages, evaluation, the report and the web app.
+"""A stage's run folder, for the writers: open it, refuse to mix two runs, log, metrics, complete.
 
-``<output_dir>/<run_name>/<stage>/`` holds::
-
-    config.yaml      the stage's full config
-    log.txt          what happened (data counts, truncations, warnings, faults)
-    metrics.jsonl    one JSON object per logged step ({"step", "split", ...})
-    checkpoints/     resumable checkpoints (see trainers.checkpoint)
-    final/           the trained model in Hugging Face format
-    samples.jsonl    responses sampled after training
-    COMPLETE         written last, with a JSON summary: the stage is done
-
-Readers (evaluation, report, web) look at these files only, never at a trainer's internals.
+The layout and the file shapes are :mod:`alignlab.runs` (the contract, torch-free); this module
+is what a training stage uses to write them.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from alignlab.config import config_diff, save_config, to_dict
+from alignlab import runs
+from alignlab.config import config_diff, flatten, save_config, to_dict
 from alignlab.errors import CheckpointError, ConfigError
-
-STAGE_MARKER = "COMPLETE"
 
 # Keys that may change between a run and its resumption (they do not change the maths).
 RESUMABLE_CHANGES = (
@@ -44,33 +31,28 @@ RESUMABLE_CHANGES = (
 
 
 class RunDir:
-    """One stage's folder; creation refuses to mix two different runs."""
+    """One stage's folder (a :class:`~alignlab.runs.StageFolder`) opened for writing."""
 
     def __init__(self, root: str | Path, run_name: str, stage: str):
-        if not run_name or "/" in run_name or "\\" in run_name or run_name in (".", ".."):
-            raise ConfigError(f"'train.run_name' must be a plain folder name, got {run_name!r}")
-        self.path = Path(root) / run_name / stage
+        self.folder = runs.stage_folder(root, run_name, stage)
+        self.path = self.folder.path
         self.stage = stage
-        self.ckpt_dir = self.path / "checkpoints"
-        self.final_dir = self.path / "final"
-        self.metrics_path = self.path / "metrics.jsonl"
+        self.ckpt_dir = self.folder.checkpoints
+        self.final_dir = self.folder.final
+        self.metrics_path = self.folder.metrics
+        self.consumed: dict[str, str] = {}  # upstream paths this stage read (recorded in COMPLETE)
         self.log = logging.getLogger(f"alignlab.{stage}.{id(self)}")
 
     # ----------------------------------------------------------------- lifecycle
     def is_complete(self) -> bool:
-        return (self.path / STAGE_MARKER).is_file()
+        return self.folder.is_complete()
 
     def has_progress(self) -> bool:
-        """True once training wrote anything worth keeping (metrics, checkpoints, a final model)."""
-        return (
-            self.is_complete()
-            or (self.metrics_path.is_file() and self.metrics_path.stat().st_size > 0)
-            or (self.ckpt_dir.is_dir() and any(self.ckpt_dir.iterdir()))
-        )
+        return self.folder.has_progress()
 
     def prepare(self, cfg, *, resume: bool) -> None:
         """Create the folder and write config.yaml; on resume, refuse a different config."""
-        saved = self.path / "config.yaml"
+        saved = self.folder.config
         if self.has_progress():
             if not resume:
                 raise ConfigError(
@@ -88,7 +70,7 @@ class RunDir:
                         "resume with the same settings, or start a new run_name"
                     )
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / STAGE_MARKER).unlink(missing_ok=True)
+        self.folder.marker.unlink(missing_ok=True)
         save_config(cfg, saved)
         self._attach_log_file()
 
@@ -97,7 +79,7 @@ class RunDir:
         self.log.propagate = False
         for h in list(self.log.handlers):
             self.log.removeHandler(h)
-        handler = logging.FileHandler(self.path / "log.txt", encoding="utf-8")
+        handler = logging.FileHandler(self.folder.log, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.addHandler(handler)
 
@@ -106,14 +88,9 @@ class RunDir:
             h.close()
             self.log.removeHandler(h)
 
-    def mark_complete(self, summary: dict) -> None:
-        from alignlab.trainers.checkpoint import write_json_atomic
-
-        write_json_atomic(self.path / STAGE_MARKER, {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **summary})
-
     def complete(self, summary: dict) -> dict:
-        """Write the COMPLETE marker (last); return the summary with the folder's paths added."""
-        self.mark_complete(summary)
+        """Write the COMPLETE marker (last, with what the stage consumed); return the summary with paths added."""
+        self.folder.write_complete(summary, self.consumed)
         out = dict(summary, run_dir=str(self.path))
         if self.final_dir.exists():
             out["final"] = str(self.final_dir)
@@ -121,32 +98,29 @@ class RunDir:
 
     # ----------------------------------------------------------------- outputs
     def write_samples(self, rows: list[dict]) -> None:
-        with open(self.path / "samples.jsonl", "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.folder.write_samples(rows)
 
     def replace_final(self, save_fn) -> Path:
         """Write the final model through a temporary folder and rename it into place."""
-        tmp = self.path / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_fn(tmp)
-        from alignlab.trainers.checkpoint import fsync_tree
-
-        fsync_tree(tmp)
-        if self.final_dir.exists():
-            shutil.rmtree(self.final_dir)
-        os.replace(tmp, self.final_dir)
-        return self.final_dir
+        return runs.replace_dir(self.final_dir, save_fn)
 
 
 @contextmanager
 def open_stage(cfg, stage: str):
-    """Validate ``cfg`` and open the stage's folder (refusing to mix runs); its log closes at the end."""
+    """Validate ``cfg`` and open the stage's folder (refusing to mix runs); its log closes at the end.
+
+    The stage's declared inputs (the pipeline table) are recorded as ``consumed`` in COMPLETE.
+    """
     from alignlab.config import validate
+    from alignlab.pipeline import get_stage, location
 
     validate(cfg)
-    run = RunDir(cfg.train.output_dir, cfg.train.run_name, stage)
-    run.prepare(cfg, resume=cfg.train.resume)
+    output_dir, run_name = location(cfg)
+    run = RunDir(output_dir, run_name, stage)
+    holder = getattr(cfg, "train", None)
+    run.prepare(cfg, resume=bool(getattr(holder, "resume", False)))
+    flat = flatten(to_dict(cfg))
+    run.consumed = {k: flat[inp.key] for k, inp in get_stage(stage).inputs.items() if flat.get(inp.key) is not None}
     try:
         yield run
     finally:
@@ -159,15 +133,8 @@ class MetricsLog:
     def __init__(self, path: Path, *, resume_step: int | None = None, tensorboard: bool = False):
         self.path = path
         if resume_step is not None and path.is_file():
-            keep = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by a crash
-                if row.get("step", 0) <= resume_step:
-                    keep.append(line)
-            path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
+            # keep the rows up to the checkpoint (a line cut by a crash is dropped by read_jsonl)
+            runs.atomic_write_jsonl(path, [r for r in runs.read_jsonl(path) if r.get("step", 0) <= resume_step])
         elif resume_step is None and path.exists():
             path.unlink()
         self._fh = open(path, "a", encoding="utf-8")
@@ -197,14 +164,5 @@ class MetricsLog:
 
 
 def read_metrics(stage_dir: str | Path) -> list[dict]:
-    """All metric rows of a stage folder (for evaluation, reports and tests)."""
-    p = Path(stage_dir) / "metrics.jsonl"
-    if not p.is_file():
-        return []
-    rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """All metric rows of a stage folder (kept for callers of the old name; see alignlab.runs)."""
+    return runs.StageFolder(Path(stage_dir)).read_metrics()

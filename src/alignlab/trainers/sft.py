@@ -8,22 +8,10 @@ from alignlab.data.tokenize import pack, tokenize_sft
 from alignlab.losses.reduce import masked_sum
 from alignlab.losses.sft import sft_loss
 from alignlab.models.load import load_model
-from alignlab.models.logprobs import token_logprobs
+from alignlab.models.logprobs import batch_logprobs
 from alignlab.trainers.common import load_split, model_io, sample_responses, seed_everything
 from alignlab.trainers.loop import fit
 from alignlab.trainers.run import open_stage
-
-
-def batch_logprobs(model, batch: dict) -> torch.Tensor:
-    """Next-token log-probs (B, T-1) of a collated batch at its loss positions (0 elsewhere), on the model's device."""
-    device = next(model.parameters()).device
-    return token_logprobs(
-        model,
-        batch["input_ids"].to(device),
-        batch["attention_mask"].to(device),
-        batch["position_ids"].to(device) if "position_ids" in batch else None,
-        mask=batch["loss_mask"].to(device),
-    )
 
 
 def response_nll(model, batches) -> dict:
