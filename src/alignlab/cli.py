@@ -12,47 +12,15 @@ Errors in input print one line naming the file, line or key, and exit with statu
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from dataclasses import dataclass
 
 from alignlab.errors import AlignlabError
-
-
-@dataclass(frozen=True)
-class Stage:
-    config: str  # "module:Class"
-    train: str  # "module:function"
-    help: str
-    flags: tuple[str, ...] = ()  # config keys also offered as --flags (e.g. dpo's --loss)
-
-
-STAGES: dict[str, Stage] = {
-    "sft": Stage("alignlab.config:SFTConfig", "alignlab.trainers.sft:train_sft", "supervised fine-tuning (loss on response tokens only)"),
-    "reward": Stage(
-        "alignlab.config:RewardConfig", "alignlab.trainers.reward:train_reward", "reward model (scalar head) from preferences or rankings", ("loss",)
-    ),
-    "dpo": Stage(
-        "alignlab.config:DPOConfig", "alignlab.trainers.dpo:train_dpo", "direct preference methods: dpo, cdpo, ipo, hinge, robust, kto, orpo, simpo", ("loss",)
-    ),
-    "ppo": Stage("alignlab.config:PPOConfig", "alignlab.trainers.ppo:train_ppo", "PPO with a KL penalty against the reference, from a reward source"),
-    "rloo": Stage("alignlab.config:RLOOConfig", "alignlab.trainers.group:train_rloo", "RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt"),
-    "grpo": Stage("alignlab.config:GRPOConfig", "alignlab.trainers.group:train_grpo", "GRPO / Dr. GRPO: group-normalised advantages, KL to the reference in the loss"),
-    "best-of-n": Stage("alignlab.config:BestOfNConfig", "alignlab.trainers.best_of_n:run_best_of_n", "best-of-n sampling by reward (inference only; reports its analytic KL)"),
-}
-
-# The stages `alignlab run` runs, in order, when present in the profile.
-PIPELINE = ("sft",)
-
-
-def _resolve(ref: str):
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
+from alignlab.pipeline import STAGES, Stage
 
 
 def profile_section(profile: str | None, stage: str) -> dict:
-    """The ``stage`` section of a built-in profile (``default``, ``tiny``) or of a YAML file with stage sections."""
+    """The ``stage`` section of a built-in profile or of a YAML file with stage sections."""
     if profile is None:
         return {}
     from alignlab.profiles import load_profile
@@ -60,28 +28,52 @@ def profile_section(profile: str | None, stage: str) -> dict:
     return load_profile(profile).get(stage, {}) or {}
 
 
-def _help_epilog(cls) -> str:
+def _help_epilog(stage: Stage) -> str:
     from alignlab.config import describe
 
-    lines = ["settings (key=value; defaults shown):"]
-    for key, help_text, default in describe(cls):
+    lines = []
+    if stage.variants:
+        lines.append(f"variants: {', '.join(stage.variant_names())}")
+        defaults = _variant_defaults(stage)
+        if defaults:
+            lines += [f"  {name}: {', '.join(f'{k}={v}' for k, v in d.items())}" for name, d in defaults.items()]
+        lines.append("")
+    if stage.inputs:
+        lines.append("inputs wired from upstream stages of the same run (alignlab run):")
+        lines += [f"  {i.key} <- {' or '.join(f'{s}/{o}' for s, o in i.sources)}" for i in stage.inputs.values()]
+        lines.append("")
+    lines.append("settings (key=value; defaults shown):")
+    for key, help_text, default in describe(stage.config_class()):
         lines.append(f"  {key} = {json.dumps(default)}")
         if help_text:
             lines.append(f"      {help_text}")
     return "\n".join(lines)
 
 
+def _variant_defaults(stage: Stage) -> dict[str, dict]:
+    """Each variant's published defaults, where its registry records them."""
+    from alignlab.pipeline import _resolve
+
+    registry = _resolve(stage.variants)
+    out = {}
+    for name in sorted(registry):
+        d = getattr(registry[name], "defaults", None)
+        if d:
+            out[name] = dict(d)
+    return out
+
+
 def _stage_parser(sub, name: str, stage: Stage):
-    cls = _resolve(stage.config)
+    cls = stage.config_class()
     p = sub.add_parser(
         name,
         help=stage.help,
         description=f"alignlab {name}: {stage.help}.\n\n{(cls.__doc__ or '').strip()}",
-        epilog=_help_epilog(cls),
+        epilog=_help_epilog(stage),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file with this stage's settings (sections model/data/train/...)")
-    p.add_argument("--profile", default=None, help="built-in profile to start from: default (SmolLM2 + LoRA) or tiny")
+    p.add_argument("--profile", default=None, help="built-in profile to start from (quick, tiny, ...) or a YAML file with stage sections")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of this run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. train.lr=1e-4 lora.enabled=true")
     for key in stage.flags:
@@ -90,63 +82,67 @@ def _stage_parser(sub, name: str, stage: Stage):
 
 
 def build_config(stage: str, args) -> object:
+    """The stage's config: defaults <- profile section <- --config <- key=value; with a profile, its
+    inputs are wired (alignlab.pipeline.wire) to upstream stages that are complete in the same run folder."""
     from alignlab.config import load_config
+    from alignlab.pipeline import get_stage, has_train, location, wire
+    from alignlab.runs import stage_folder
 
-    cls = _resolve(STAGES[stage].config)
+    row = get_stage(stage)
+    cls = row.config_class()
     overrides = list(args.overrides)
-    flagged = [f"{k}={getattr(args, f'flag_{k}')}" for k in STAGES[stage].flags if getattr(args, f"flag_{k}", None) is not None]
+    flagged = [f"{k}={getattr(args, f'flag_{k}')}" for k in row.flags if getattr(args, f"flag_{k}", None) is not None]
     overrides = flagged + overrides  # an explicit key=value wins over its --flag
-    if getattr(args, "resume", False):
+    if getattr(args, "resume", False) and has_train(cls):
         overrides.append("train.resume=true")
-    return load_config(cls, args.config, overrides, base=profile_section(args.profile, stage))
+    if args.profile is None:
+        return load_config(cls, args.config, overrides)
+    from alignlab.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    section = dict(profile.get(stage) or {})
+    unwired = load_config(cls, args.config, overrides, base={k: v for k, v in section.items() if k != "inputs"})
+    out_dir, run_name = location(unwired)
+    available = {}
+    for up, folder in ((n, stage_folder(out_dir, run_name, n)) for n in profile if n in STAGES and n != stage):
+        if folder.is_complete():
+            available.update({f"{up}:{o}": folder.path / rel for o, rel in STAGES[up].produces.items()})
+    base, wired = wire(stage, section, available)
+    for key, path in wired.items():
+        print(f"alignlab: {stage}: {key} = {path} (the run's complete upstream stage)", file=sys.stderr)
+    return load_config(cls, args.config, overrides, base=base) if wired else unwired
 
 
 def cmd_stage(stage: str, args) -> int:
     cfg = build_config(stage, args)
-    summary = _resolve(STAGES[stage].train)(cfg)
+    summary = STAGES[stage].function()(cfg)
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
 
 def cmd_run(args) -> int:
-    """Run each stage of the profile in order; a stage whose folder is complete is skipped."""
-    from alignlab.config import load_config
-    from alignlab.profiles import load_profile
-    from alignlab.trainers.run import RunDir
+    """Every stage of the profile in dependency order (alignlab.pipeline.run_pipeline)."""
+    from alignlab.pipeline import run_pipeline
 
-    profile = load_profile(args.profile or "default")
-    ran = {}
-    for stage in PIPELINE:
-        if stage not in profile:
-            continue
-        cls = _resolve(STAGES[stage].config)
-        cfg = load_config(cls, None, list(args.overrides), base=profile[stage])
-        run = RunDir(cfg.train.output_dir, cfg.train.run_name, stage)
-        if run.is_complete() and not args.force:
-            print(f"alignlab: {stage}: {run.path} is complete; skipping (use --force to train it again)")
-            continue
-        if run.path.exists() and not run.is_complete():
-            cfg.train.resume = True  # an interrupted stage continues where it stopped
-        if args.force and run.path.exists():
-            import shutil
-
-            shutil.rmtree(run.path)
-            cfg.train.resume = False
-        print(f"alignlab: {stage}: training into {run.path}")
-        ran[stage] = _resolve(STAGES[stage].train)(cfg)
-        _print_samples(run.path)
-    print(json.dumps(ran, indent=1, default=str))
+    results = run_pipeline(args.profile, list(args.overrides), run_name=args.run_name, force=args.force, from_stage=args.from_stage)
+    for name, summary in results.items():
+        if summary.get("run_dir"):
+            _print_samples(summary["run_dir"], name)
+    print(json.dumps(results, indent=1, default=str))
     return 0
 
 
-def _print_samples(stage_dir) -> None:
-    path = stage_dir / "samples.jsonl"
-    if not path.is_file():
+def _print_samples(stage_dir, name: str) -> None:
+    from alignlab.runs import StageFolder
+
+    from pathlib import Path
+
+    rows = StageFolder(Path(stage_dir)).read_samples()[:4]
+    if not rows:
         return
-    print(f"\nsamples ({path}):")
-    for line in path.read_text(encoding="utf-8").splitlines()[:4]:
-        row = json.loads(line)
-        print(f"  > {row['prompt'][-1]['content']}\n    {row['response'].strip()}")
+    print(f"\nsamples of {name} ({stage_dir}/samples.jsonl):")
+    for row in rows:
+        print(f"  > {row['prompt'][-1]['content']}\n    {str(row['response']).strip()}")
 
 
 def cmd_generate(args) -> int:
@@ -182,10 +178,19 @@ def make_parser() -> argparse.ArgumentParser:
         epilog="Run `alignlab <command> --help` for a command's settings.",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    run = sub.add_parser("run", help="the main job: every stage of a profile (default: SmolLM2-135M + LoRA on the demo data)")
+    run = sub.add_parser(
+        "run",
+        help="the main job: every stage of a profile in dependency order",
+        description="Run every stage of a profile in dependency order; each stage's inputs come from the stages before it. "
+        "A complete stage is skipped, an interrupted one continues from its newest checkpoint.",
+        epilog="overrides: `dpo.loss=ipo` or `sft.train.lr=1e-4` set one stage's key; a key without a stage "
+        "(`train.max_steps=10`) applies to every stage that has it.",
+    )
     run.add_argument("--profile", default="default", help="built-in profile (default, tiny) or a YAML file with stage sections")
-    run.add_argument("--force", action="store_true", help="train stages again even when their folder is complete")
-    run.add_argument("overrides", nargs="*", metavar="key=value", help="settings applied to every stage, e.g. train.max_steps=10")
+    run.add_argument("--run-name", default=None, help="the run folder's name (default: the profile's run_name)")
+    run.add_argument("--from", dest="from_stage", default=None, metavar="STAGE", help="train this stage and every one after it again")
+    run.add_argument("--force", action="store_true", help="train every stage again even when its folder is complete")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="settings: stage.key=value for one stage, key=value for all")
     for name, stage in STAGES.items():
         _stage_parser(sub, name, stage)
     gen = sub.add_parser("generate", help="sample responses from a preset, a model folder or a checkpoint")

@@ -1,6 +1,7 @@
 """RL from a reward on the tiny model: PPO, RLOO and GRPO learn a rule reward with the KL held,
 PPO resumes exactly (adaptive KL included), the reference is right, best-of-n picks the best."""
 import json
+from pathlib import Path
 import math
 
 import pytest
@@ -165,13 +166,13 @@ def test_reference_equals_the_base_model_after_the_policy_moved(lora):
 # ----------------------------------------------------------------------------- best-of-n
 def test_best_of_n_keeps_the_highest_score_and_reports_the_analytic_kl(tmp_path):
     from alignlab.rollout.rewards import char_fraction
-    from alignlab.trainers.best_of_n import pick_best, run_best_of_n
+    from alignlab.rollout.best_of_n import pick_best, run_best_of_n
 
     index, best = pick_best(torch.tensor([0.1, 0.5, 0.5, 0.2, 0.9, 0.0]), 3)
     assert index.tolist() == [1, 1] and best.tolist() == pytest.approx([0.5, 0.9])  # ties go to the first
 
     summary = run_best_of_n(tiny_cfg("best-of-n", tmp_path))
-    rows = [json.loads(x) for x in open(summary["responses"], encoding="utf-8")]
+    rows = [json.loads(x) for x in open(Path(summary["run_dir"]) / "samples.jsonl", encoding="utf-8")]
     assert len(rows) == 8 and summary["n"] == 4
     assert summary["kl"] == pytest.approx(math.log(4) - 3 / 4)
     for row in rows:
@@ -214,7 +215,7 @@ def test_cli_rl_stages_on_the_tiny_profile(tmp_path, capsys):
         assert (tmp_path / "tiny" / stage / "COMPLETE").is_file()
         assert (tmp_path / "tiny" / stage / "samples.jsonl").is_file()
     assert main(["best-of-n", "--profile", "tiny", f"output_dir={tmp_path}", "data.limit=2"]) == 0
-    assert (tmp_path / "tiny" / "best-of-n" / "responses.jsonl").is_file()
+    assert (tmp_path / "tiny" / "best-of-n" / "samples.jsonl").is_file()
     capsys.readouterr()
     assert main(["ppo", "--profile", "tiny", out, "train.run_name=bad", "reward.source=nope_mod:fn"]) == 2
     assert "'nope_mod:fn': module 'nope_mod' not found" in capsys.readouterr().err
