@@ -3,7 +3,10 @@
 Training batches are right-padded; generation batches are left-padded (so every prompt ends at
 the last column and new tokens are appended for all rows at once). ``loss_mask`` marks the
 response tokens that the loss covers; it is aligned with next-token log-probs, i.e. with
-``input_ids[:, 1:]`` (shape ``(B, T-1)``).
+``input_ids[:, 1:]`` (shape ``(B, T-1)``). ``loss_weight`` is the number of units the batch's
+loss averages over (response tokens for SFT, pairs, prompts or examples for the preference
+losses): the training loop weighs micro-batches by it, so accumulation gives the mean over the
+whole step.
 """
 from __future__ import annotations
 
@@ -24,13 +27,15 @@ def pad_examples(examples: list[Example], pad_id: int, *, side: str = "right") -
         ids[i, sl] = torch.tensor(e.input_ids)
         attn[i, sl] = 1
         labels[i, sl] = torch.tensor(e.labels)
+    loss_mask = labels[:, 1:] != IGNORE  # (B, T-1)
     return {
         "input_ids": ids,
         "attention_mask": attn,
         "labels": labels,
-        "loss_mask": labels[:, 1:] != IGNORE,  # (B, T-1)
+        "loss_mask": loss_mask,
         "where": [e.where for e in examples],
         "n_tokens": int(attn.sum()),
+        "loss_weight": int(loss_mask.sum()),  # a per-token loss (SFT) averages over these
     }
 
 
@@ -63,14 +68,16 @@ def pack_rows(groups: list[list[Example]], pad_id: int) -> dict:
     same = segment[:, :, None] == segment[:, None, :]  # (B, T, T)
     mask4d = same & causal[None] & (segment[:, :, None] > 0)
     mask4d = mask4d | torch.eye(width, dtype=torch.bool)[None]  # padding attends to itself: no NaN rows
+    loss_mask = labels[:, 1:] != IGNORE
     return {
         "input_ids": ids,
         "attention_mask": mask4d[:, None],  # (B, 1, T, T)
         "position_ids": positions,
         "labels": labels,
-        "loss_mask": labels[:, 1:] != IGNORE,
+        "loss_mask": loss_mask,
         "where": wheres,
         "n_tokens": int((segment > 0).sum()),
+        "loss_weight": int(loss_mask.sum()),  # a per-token loss (SFT) averages over these
     }
 
 
@@ -143,6 +150,7 @@ def collate_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None 
     batch = collate_sequences([p.chosen() for p in pairs] + [p.rejected() for p in pairs], pad_id, pack_width)
     batch["where"] = [p.where for p in pairs]
     batch["n_pairs"] = len(pairs)
+    batch["loss_weight"] = len(pairs)  # the pairwise losses are per-pair means
     return batch
 
 
@@ -156,6 +164,7 @@ def collate_rankings(groups: list[RankedExample], pad_id: int) -> dict:
     batch["where"] = [g.where for g in groups]
     batch["group_sizes"] = [len(g.responses_ids) for g in groups]
     batch["ranks"] = [list(g.ranks) for g in groups]
+    batch["loss_weight"] = len(groups)  # listwise losses are per-prompt means
     return batch
 
 
@@ -170,4 +179,5 @@ def collate_unpaired(examples: list[Example], pad_id: int, mismatched: list[Exam
     batch["where"] = [e.where for e in examples]
     batch["desirable"] = torch.tensor([bool(e.meta["desirable"]) for e in examples], dtype=torch.bool)
     batch["n_examples"] = len(examples)
+    batch["loss_weight"] = len(examples)  # KTO is a per-example mean
     return batch

@@ -7,7 +7,8 @@ non-finite guard, a deterministic data order, periodic evaluation, atomic checkp
 resume, the progress bar and the metrics file.
 
 Reductions: each micro-batch's loss is the stage's own mean (its docstring says per token or per
-sequence); with accumulation the optimizer sees the mean of the ``grad_accum`` micro-batch losses.
+sequence) over ``batch["loss_weight"]`` units; with accumulation the loop weighs each micro-batch
+by its share of the step's units, so the step's loss is the mean over all of them.
 
 Exact resume: the data order is a pure function of (seed, micro-batch index); the checkpoint holds
 weights, optimizer, scheduler, RNG states, the micro-batch position and each stage's extra state,
@@ -153,12 +154,9 @@ def on_cadence(cfg, step: int, total: int, *, evaluate, save) -> dict | None:
     return eval_stats
 
 
-def _mean_stats(acc: list[dict]) -> dict:
-    out: dict[str, float] = {}
-    for key in acc[0]:
-        vals = [float(s[key]) for s in acc if key in s]
-        out[key] = sum(vals) / len(vals)
-    return out
+def mean_stats(acc: list[dict]) -> dict:
+    """Unweighted mean of each stat over a list of stats dicts (e.g. RL minibatches)."""
+    return weighted_mean_stats([(1.0, st) for st in acc])
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
@@ -167,7 +165,7 @@ def progress_bar(total: int, initial: int, enabled: bool, desc: str):
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True, unit="step")
 
 
-# ----------------------------------------------------------------------------- fit
+# ----------------------------------------------------------------------------- the loop skeleton
 @dataclass
 class FitResult:
     step: int
@@ -176,6 +174,141 @@ class FitResult:
     resumed_from: str | None = None
     skipped_steps: int = 0
     finished: bool = True  # False when stopped early by ``stop_after``
+
+
+@dataclass
+class StepOutcome:
+    """What one step of a stage's ``update`` did."""
+
+    stats: dict
+    halt: str | None = None  # a message: the non-finite guard saw too many bad updates in a row
+
+
+@dataclass
+class Loop:
+    """What a stage's ``update`` may use: the optimizer, the trainable parameters and the guard."""
+
+    cfg: Any  # TrainConfig
+    run: RunDir
+    params: list
+    optimizer: torch.optim.Optimizer
+    guard: NonFiniteGuard
+
+    def apply(self, finite: bool) -> tuple[torch.Tensor, bool]:
+        """Clip and step on the accumulated gradients (skipped when non-finite); tell the guard."""
+        norm, stepped = clip_and_step(self.params, self.optimizer, self.cfg.max_grad_norm, finite=finite)
+        if stepped:
+            self.guard.good()
+        return norm, stepped
+
+
+def train_loop(
+    *,
+    cfg,
+    run: RunDir,
+    model,
+    params: list,
+    total: int,
+    update: Callable[[int, Loop], StepOutcome],
+    save_model: Callable[[Any], None],
+    load_model: Callable[[Any], None],
+    eval_fn: Callable[[], dict] | None = None,
+    extra_state: dict | None = None,
+    position: Callable[[], dict] = dict,
+    restore_position: Callable[[dict], None] = lambda state: None,
+    after_resume: Callable[[], None] = lambda: None,
+    postfix: Callable[[dict], dict] = lambda stats: {},
+    eval_mode: bool = True,
+    stop_after: int | None = None,
+) -> FitResult:
+    """The one loop every training stage runs: ``total`` steps of ``update(step, loop)``.
+
+    The stage's ``update`` does one step's worth of gradient work (SFT/DPO/reward: ``grad_accum``
+    micro-batches and one optimizer step; RL: one rollout and ``ppo_epochs`` × minibatches) through
+    ``loop.apply``. The skeleton owns everything else: AdamW and the LR schedule (stepped once per
+    step), exact resume (weights, optimizer, scheduler, RNG, ``extra_state``, and the stage's data
+    ``position``), metrics.jsonl, the progress bar, evaluation and checkpoints on their cadence,
+    and the halt after ``train.max_bad_steps`` non-finite updates in a row (the last good state is
+    saved first). ``stop_after`` ends after that step as if the process were killed (resume tests).
+    """
+    optimizer = make_optimizer(params, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total)
+    extra_state = extra_state or {}
+    step, resumed_from = 0, None
+    torch.manual_seed(cfg.seed + 1)  # dropout and any sampling inside steps
+    if cfg.resume:
+        state, resumed_from = resume_latest(run, load_model=load_model, optimizer=optimizer, scheduler=scheduler, extra_state=extra_state)
+        if state is not None:
+            step = state["step"]
+            restore_position(state)
+            after_resume()
+    metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
+    loop = Loop(cfg, run, params, optimizer, NonFiniteGuard(cfg.max_bad_steps))
+
+    def save(at_step: int) -> None:
+        ckpt.save_checkpoint(
+            run.ckpt_dir,
+            at_step,
+            save_model=save_model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra={k: v.state_dict() for k, v in extra_state.items()},
+            state={**position(), "total_steps": total},
+            keep_last=cfg.keep_last,
+        )
+
+    def evaluate() -> dict:
+        if eval_fn is None:
+            return {}
+        was_training = model.training
+        if eval_mode:
+            model.eval()
+        with torch.no_grad():
+            stats = eval_fn()
+        model.train(was_training)
+        metrics.write(step, "eval", stats)
+        run.log.info("eval at step %d: %s", step, _fmt(stats))
+        return stats
+
+    model.train()
+    bar = progress_bar(total, step, cfg.progress, run.stage)
+    stats: dict = {}
+    eval_stats: dict = {}
+    try:
+        while step < total:
+            outcome = update(step, loop)
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            step += 1
+            if outcome.halt:  # the weights are those of the last good update: save them, then stop
+                save(step)
+                raise NumericalError(f"{outcome.halt}; halted. The last good state is saved in {run.ckpt_dir}; lower train.lr, check the data, then resume")
+            stats = dict(outcome.stats, lr=lr)
+            if step % cfg.log_every == 0 or step == total:
+                metrics.write(step, "train", stats)
+            bar.set_postfix(**postfix(stats))
+            bar.update(1)
+            eval_stats = on_cadence(cfg, step, total, evaluate=evaluate, save=save) or eval_stats
+            if stop_after is not None and step >= stop_after:
+                return FitResult(step, stats, eval_stats, resumed_from, loop.guard.total, finished=False)
+        eval_stats = evaluate()
+        save(step)
+    finally:
+        bar.close()
+        metrics.close()
+    run.log.info("finished at step %d: %s", step, _fmt({k: v for k, v in stats.items() if isinstance(v, (int, float))}))
+    return FitResult(step, stats, eval_stats, resumed_from, loop.guard.total)
+
+
+# ----------------------------------------------------------------------------- fit: offline stages
+def weighted_mean_stats(acc: list[tuple[float, dict]]) -> dict:
+    """Mean of each stat over micro-batches, weighted like the loss (by what it averages over)."""
+    out: dict[str, float] = {}
+    for key in acc[0][1]:
+        pairs = [(w, float(s[key])) for w, s in acc if key in s]
+        total = sum(w for w, _ in pairs)
+        out[key] = sum(w * v for w, v in pairs) / total if total > 0 else sum(v for _, v in pairs) / len(pairs)
+    return out
 
 
 def fit(
@@ -193,108 +326,60 @@ def fit(
     params=None,
     stop_after: int | None = None,
 ) -> FitResult:
-    """Train until ``cfg.max_steps`` (or ``cfg.epochs``); see the module docstring.
+    """Train on ``items`` until ``cfg.max_steps`` (or ``cfg.epochs``) through :func:`train_loop`.
+
+    One step = ``grad_accum`` micro-batches of ``batch_size`` items. **Reduction**: each
+    micro-batch loss is the stage's own mean over its ``batch["loss_weight"]`` units (tokens for
+    SFT, pairs for DPO: the loss says which; 1 when absent), so the loop weighs micro-batch ``i``
+    by ``w_i / Σ_j w_j`` and the step's gradient is that of the mean over the whole step's units:
+    one batch of 8 and four micro-batches of 2 give the same loss and gradients, also when the
+    micro-batches hold different numbers of tokens or the last batch of an epoch is short.
 
     ``extra_state`` maps names to objects with ``state_dict``/``load_state_dict`` saved in every
-    checkpoint. ``stop_after`` ends early after that optimizer step, as if the process were killed
-    right after it (for resume tests).
+    checkpoint. The data order is a pure function of (seed, micro-batch index), saved as ``micro``.
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     order = DataOrder(len(items), cfg.batch_size, cfg.seed)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * order.per_epoch / cfg.grad_accum))
-    optimizer = make_optimizer(params, cfg)
-    scheduler = make_scheduler(optimizer, cfg, total)
-    extra_state = extra_state or {}
+    pos = {"micro": 0}
+    tokens = {"seen": 0, "t0": time.perf_counter()}
 
-    step, micro, resumed_from = 0, 0, None
-    torch.manual_seed(cfg.seed + 1)  # dropout and any sampling inside steps
-    if cfg.resume:
-        state, resumed_from = resume_latest(
-            run, load_model=load_model, optimizer=optimizer, scheduler=scheduler, extra_state=extra_state
-        )
-        if state is not None:
-            step, micro = state["step"], state["micro"]
-    metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
-    guard = NonFiniteGuard(cfg.max_bad_steps)
+    def update(step: int, loop: Loop) -> StepOutcome:
+        batches = []
+        for _ in range(cfg.grad_accum):
+            batches.append(make_batch([items[i] for i in order.batch(pos["micro"])]))
+            pos["micro"] += 1
+        weights = [float(b.get("loss_weight", 1.0)) for b in batches]
+        total_w = sum(weights) or float(len(batches))
+        acc, finite, wheres = [], True, []
+        for batch, w in zip(batches, weights):
+            wheres.extend(batch.get("where", []))
+            loss, stats = step_fn(batch)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            (loss * (w / total_w)).backward()
+            tokens["seen"] += int(batch.get("n_tokens", 0))
+            acc.append((w, {"loss": loss.detach(), **stats}))
+        norm, stepped = loop.apply(finite)
+        if not stepped:
+            run.log.warning("step %d: non-finite loss or gradient; step skipped; batch: %s", step + 1, ", ".join(wheres[:16]))
+            if loop.guard.bad():
+                return StepOutcome({}, halt=f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (last batch: {', '.join(wheres[:4])})")
+        if acc:  # a skipped step keeps showing the last stats
+            last.clear()
+            last.update(weighted_mean_stats(acc))
+        elapsed = time.perf_counter() - tokens["t0"]
+        return StepOutcome({**last, "grad_norm": float(norm), "tokens_per_s": tokens["seen"] / max(elapsed, 1e-9)})
 
-    def save(at_step: int) -> None:
-        ckpt.save_checkpoint(
-            run.ckpt_dir,
-            at_step,
-            save_model=save_model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            extra={k: v.state_dict() for k, v in extra_state.items()},
-            state={"micro": micro, "total_steps": total},
-            keep_last=cfg.keep_last,
-        )
-
-    def evaluate() -> dict:
-        if eval_fn is None:
-            return {}
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            stats = eval_fn()
-        model.train(was_training)
-        metrics.write(step, "eval", stats)
-        run.log.info("eval at step %d: %s", step, _fmt(stats))
-        return stats
-
-    model.train()
-    bar = progress_bar(total, step, cfg.progress, run.stage)
-    train_stats: dict = {}
-    eval_stats: dict = {}
-    tokens_seen, t0 = 0, time.perf_counter()
-    try:
-        while step < total:
-            acc, finite, wheres = [], True, []
-            for _ in range(cfg.grad_accum):
-                batch = make_batch([items[i] for i in order.batch(micro)])
-                micro += 1
-                wheres.extend(batch.get("where", []))
-                loss, stats = step_fn(batch)
-                if not torch.isfinite(loss):
-                    finite = False
-                    break
-                (loss / cfg.grad_accum).backward()
-                tokens_seen += int(batch.get("n_tokens", 0))
-                acc.append({"loss": loss.detach(), **stats})
-            norm, stepped = clip_and_step(params, optimizer, cfg.max_grad_norm, finite=finite)
-            halt = False
-            if stepped:
-                guard.good()
-            else:
-                run.log.warning("step %d: non-finite loss or gradient; step skipped; batch: %s", step + 1, ", ".join(wheres[:16]))
-                halt = guard.bad()
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-            if halt:  # the weights are those of the last good step: save them, then stop
-                save(step)
-                raise NumericalError(
-                    f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (last batch: "
-                    f"{', '.join(wheres[:4])}); halted. The last good state is saved in {run.ckpt_dir}; "
-                    "lower train.lr, check the data, then resume"
-                )
-            if acc:
-                train_stats = _mean_stats(acc)
-            elapsed = time.perf_counter() - t0
-            train_stats.update({"lr": lr, "grad_norm": float(norm), "tokens_per_s": tokens_seen / max(elapsed, 1e-9)})
-            if step % cfg.log_every == 0 or step == total:
-                metrics.write(step, "train", train_stats)
-            bar.set_postfix(loss=f"{train_stats.get('loss', float('nan')):.4f}", tok_s=f"{train_stats['tokens_per_s']:.0f}")
-            bar.update(1)
-            eval_stats = on_cadence(cfg, step, total, evaluate=evaluate, save=save) or eval_stats
-            if stop_after is not None and step >= stop_after:
-                return FitResult(step, train_stats, eval_stats, resumed_from, guard.total, finished=False)
-        eval_stats = evaluate()
-        save(step)
-    finally:
-        bar.close()
-        metrics.close()
-    run.log.info("finished at step %d: %s", step, _fmt(train_stats))
-    return FitResult(step, train_stats, eval_stats, resumed_from, guard.total)
+    last: dict = {}
+    return train_loop(
+        cfg=cfg, run=run, model=model, params=params, total=total, update=update,
+        save_model=save_model, load_model=load_model, eval_fn=eval_fn, extra_state=extra_state,
+        position=lambda: dict(pos), restore_position=lambda state: pos.update(micro=state["micro"]),
+        postfix=lambda st: {"loss": f"{st.get('loss', float('nan')):.4f}", "tok_s": f"{st.get('tokens_per_s', 0):.0f}"},
+        stop_after=stop_after,
+    )
 
 
 def _fmt(stats: dict) -> str:

@@ -34,27 +34,13 @@ from typing import Any, Callable
 
 import torch
 
-from alignlab.errors import NumericalError
 from alignlab.losses.kl import kl_estimate
 from alignlab.losses.reduce import masked_sum
 from alignlab.models.logprobs import entropy_chunks, hidden_states, logprobs_from_hidden, trunk_and_head
 from alignlab.rollout.experience import Experience
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
-from alignlab.trainers import checkpoint as ckpt
-from alignlab.trainers.loop import (
-    DataOrder,
-    FitResult,
-    NonFiniteGuard,
-    _fmt,
-    _mean_stats,
-    clip_and_step,
-    on_cadence,
-    make_optimizer,
-    make_scheduler,
-    progress_bar,
-    resume_latest,
-)
-from alignlab.trainers.run import MetricsLog, RunDir, open_stage
+from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
+from alignlab.trainers.run import RunDir, open_stage
 
 
 # ----------------------------------------------------------------------------- models
@@ -172,7 +158,7 @@ def reference_logprobs(models: RLModels, exp: Experience, *, temperature: float)
     """log π_ref(y_t) ``(B, R)``: the adapter-less policy (LoRA) or the frozen initial copy."""
     if models.ref_model is not None:
         return response_logprobs(models.ref_model, exp, temperature=temperature, device=models.device)[0]
-    from alignlab.trainers.reference import reference_mode  # eval mode, no grad, adapter disabled
+    from alignlab.models.logprobs import reference_mode  # eval mode, no grad, adapter disabled
 
     with reference_mode(models.model) as m:
         return response_logprobs(m, exp, temperature=temperature, device=models.device)[0]
@@ -269,7 +255,7 @@ class RLAlgorithm:
     extra_state: dict = field(default_factory=dict)  # name -> object with state_dict/load_state_dict
 
 
-def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, optimizer, params, guard: NonFiniteGuard) -> tuple[dict, bool]:
+def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop) -> tuple[dict, bool]:
     """``ppo_epochs`` passes over ``exp`` in shuffled minibatches, one optimizer step each.
 
     Returns (mean stats over the applied updates, halt): ``halt`` when the non-finite guard has
@@ -285,103 +271,51 @@ def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, optimizer, pa
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
-            norm, stepped = clip_and_step(params, optimizer, cfg.train.max_grad_norm, finite=finite)
+            norm, stepped = loop.apply(finite)
             if stepped:
-                guard.good()
                 acc.append({"loss": loss.detach(), **stats})
                 norms.append(float(norm))
             else:
                 skipped += 1
                 ctx.run.log.warning("step %d: non-finite loss or gradient in a minibatch; update skipped", step + 1)
-                if guard.bad():
-                    return {"loss": float("nan"), **(_mean_stats(acc) if acc else {}), "skipped_updates": skipped}, True
-    out = _mean_stats(acc) if acc else {"loss": float("nan")}
+                if loop.guard.bad():
+                    return {"loss": float("nan"), **(mean_stats(acc) if acc else {}), "skipped_updates": skipped}, True
+    out = mean_stats(acc) if acc else {"loss": float("nan")}
     out["grad_norm"] = sum(norms) / len(norms) if norms else float("nan")
     out["skipped_updates"] = skipped
     return out, False
 
 
 def rl_fit(ctx: RLContext, algo: RLAlgorithm, *, save_model, load_model, eval_fn=None, stop_after: int | None = None) -> FitResult:
-    """Run the RL loop of the module docstring until ``train.max_steps`` rollouts (or ``train.epochs`` passes over the prompts)."""
-    cfg, run = ctx.cfg, ctx.run
-    tcfg = cfg.train
-    params = ctx.models.trainable_parameters()
+    """The RL stages' part of :func:`~alignlab.trainers.loop.train_loop`: one step = one rollout
+    (``algo.make_experience``) and its updates (``algo.loss`` on minibatches), for ``train.max_steps``
+    rollouts (or ``train.epochs`` passes over the prompts)."""
+    tcfg = ctx.cfg.train
     order = DataOrder(len(ctx.train_records), tcfg.batch_size, tcfg.seed)
     total = tcfg.max_steps or max(1, math.ceil(tcfg.epochs * order.per_epoch))
-    optimizer = make_optimizer(params, tcfg)
-    scheduler = make_scheduler(optimizer, tcfg, total)
-    extra_state = dict(algo.extra_state)
 
-    step, resumed_from = 0, None
-    torch.manual_seed(tcfg.seed + 1)  # the sampling RNG
-    if tcfg.resume:
-        state, resumed_from = resume_latest(run, load_model=load_model, optimizer=optimizer, scheduler=scheduler, extra_state=extra_state)
-        if state is not None:
-            step = state["step"]
-            ctx.engine.sync_weights()
-    metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=tcfg.tensorboard)
-    guard = NonFiniteGuard(tcfg.max_bad_steps)
+    def update(step: int, loop: Loop) -> StepOutcome:
+        index = order.batch(step)
+        t0 = time.perf_counter()
+        exp, stats = algo.make_experience([ctx.train_records[i] for i in index], [ctx.train_ids[i] for i in index])
+        t1 = time.perf_counter()
+        train_stats, halt = update_on(ctx, exp, step, algo.loss, loop)
+        stats.update(train_stats)
+        stats["time/training"] = time.perf_counter() - t1
+        if halt:
+            return StepOutcome(stats, halt=f"{tcfg.max_bad_steps} updates in a row had a non-finite loss or gradient (check the reward source)")
+        stats.update(algo.after_step(exp, stats))
+        ctx.engine.sync_weights()
+        stats["time/step"] = time.perf_counter() - t0
+        return StepOutcome(stats)
 
-    def save(at_step: int) -> None:
-        ckpt.save_checkpoint(
-            run.ckpt_dir,
-            at_step,
-            save_model=save_model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            extra={k: v.state_dict() for k, v in extra_state.items()},
-            state={"total_steps": total},
-            keep_last=tcfg.keep_last,
-        )
-
-    def evaluate() -> dict:
-        if eval_fn is None:
-            return {}
-        stats = eval_fn()
-        metrics.write(step, "eval", stats)
-        run.log.info("eval at step %d: %s", step, _fmt(stats))
-        return stats
-
-    ctx.models.model.train()
-    bar = progress_bar(total, step, tcfg.progress, run.stage)
-    stats: dict = {}
-    eval_stats: dict = {}
-    try:
-        while step < total:
-            index = order.batch(step)
-            records = [ctx.train_records[i] for i in index]
-            t0 = time.perf_counter()
-            exp, stats = algo.make_experience(records, [ctx.train_ids[i] for i in index])
-            t1 = time.perf_counter()
-            train_stats, halt = update_on(ctx, exp, step, algo.loss, optimizer, params, guard)
-            stats.update(train_stats)
-            stats["time/training"] = time.perf_counter() - t1
-            lr = scheduler.get_last_lr()[0]
-            scheduler.step()
-            step += 1
-            if halt:
-                save(step)
-                raise NumericalError(
-                    f"{tcfg.max_bad_steps} updates in a row had a non-finite loss or gradient; halted. The last good "
-                    f"state is saved in {run.ckpt_dir}; lower train.lr or check the reward source, then resume"
-                )
-            stats.update(algo.after_step(exp, stats))
-            ctx.engine.sync_weights()
-            stats.update({"lr": lr, "time/step": time.perf_counter() - t0})
-            if step % tcfg.log_every == 0 or step == total:
-                metrics.write(step, "train", stats)
-            bar.set_postfix(score=f"{stats['score']:.3f}", kl=f"{stats.get('kl', float('nan')):.3f}")
-            bar.update(1)
-            eval_stats = on_cadence(tcfg, step, total, evaluate=evaluate, save=save) or eval_stats
-            if stop_after is not None and step >= stop_after:
-                return FitResult(step, stats, eval_stats, resumed_from, guard.total, finished=False)
-        eval_stats = evaluate()
-        save(step)
-    finally:
-        bar.close()
-        metrics.close()
-    run.log.info("finished at step %d: %s", step, _fmt({k: v for k, v in stats.items() if isinstance(v, (int, float))}))
-    return FitResult(step, stats, eval_stats, resumed_from, guard.total)
+    return train_loop(
+        cfg=tcfg, run=ctx.run, model=ctx.models.model, params=ctx.models.trainable_parameters(), total=total,
+        update=update, save_model=save_model, load_model=load_model, eval_fn=eval_fn,
+        extra_state=dict(algo.extra_state), after_resume=ctx.engine.sync_weights,
+        postfix=lambda st: {"score": f"{st.get('score', float('nan')):.3f}", "kl": f"{st.get('kl', float('nan')):.3f}"},
+        eval_mode=False, stop_after=stop_after,
+    )
 
 
 # ----------------------------------------------------------------------------- a whole stage
