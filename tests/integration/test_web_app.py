@@ -85,7 +85,7 @@ def test_metrics_series_follow_the_file(root, client):
 
 
 def test_run_page_shows_config_explanation_and_figures(root, client):
-    (root / "demo" / "report").mkdir()
+    (root / "demo" / "report").mkdir(exist_ok=True)
     png = b"\x89PNG\r\n\x1a\n" + b"0" * 32
     (root / "demo" / "report" / "curves.png").write_bytes(png)
     text = client.get("/runs/demo").text

@@ -334,7 +334,12 @@ def create_app(
         w = sim.weights(rewards, beta)
         now = sim.point(rewards, beta)
         drawn = sim.draw(w, seed)
-        order = sorted(range(n), key=lambda i: -w[i])[:8]
+        distinct: dict[str, dict] = {}  # identical responses are one row: their weights add up
+        for i, text in enumerate(item["responses"]):
+            row = distinct.setdefault(text, {"index": i, "text": text, "reward": rewards[i], "weight": 0.0, "count": 0})
+            row["weight"] += w[i]
+            row["count"] += 1
+        top = sorted(distinct.values(), key=lambda r: -r["weight"])[:8]
         return {
             "beta": beta,
             "n": n,
@@ -349,15 +354,8 @@ def create_app(
                 "reward": rewards[drawn],
                 "weight": w[drawn],
             },
-            "top": [
-                {
-                    "index": i,
-                    "text": item["responses"][i],
-                    "reward": rewards[i],
-                    "weight": w[i],
-                }
-                for i in order
-            ],
+            "top": top,
+            "distinct": len(distinct),
             "curve": [
                 {
                     "beta": p.beta,
@@ -389,7 +387,8 @@ def create_app(
     def label_view(request: Request, kind: str = "pair"):
         if kind not in ("pair", "ranking"):
             raise runsview.NotFound(f"no labelling view {kind!r} (pair or ranking)")
-        return page(request, pages.label_page, {"kind": kind, "store": labels is not None})
+        data = {"kind": kind, "store": labels is not None, "runs": runsview.run_ids(root)}
+        return page(request, pages.label_page, data)
 
     @app.get("/api/label/next")
     def api_next(annotator: str, kind: str = "pair"):

@@ -202,7 +202,7 @@ def simulator(data: dict, *, token: str) -> str:
         'width="420" height="300" role="img" aria-label="reward against KL"></svg>'
         '<p class="muted">line: the optimum on these samples for β from 0.01 to 100; dot: the current β; '
         "squares: trained checkpoints from eval/eval.json.</p></div></div>"
-        '<h3>Highest-weight responses</h3><table class="top"><thead><tr><th>w</th><th>r</th><th>response</th></tr>'
+        '<h3>Highest-weight distinct responses</h3><table class="top"><thead><tr><th>Σw</th><th>r</th><th>×</th><th>response</th></tr>'
         '</thead><tbody id="top"></tbody></table>'
         "<h2>Ask the trained policies</h2>"
         '<p class="muted">The same prompt to each final model (SFT, PPO, DPO), greedy, side by side.</p>'

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -129,6 +131,7 @@ def make_demo_run(root: str | Path, name: str = "demo", *, steps: int = 20, comp
                 runs.atomic_write_jsonl(sf.rollout_path(step), rollout_rows(step))
         if complete or s != "ppo":
             sf.write_complete({"steps": steps})
+    runs.atomic_write_bytes(path / "report" / "loss.png", tiny_png())
     runs.atomic_write_json(
         path / "eval" / "eval.json",
         {
@@ -140,6 +143,29 @@ def make_demo_run(root: str | Path, name: str = "demo", *, steps: int = 20, comp
         },
     )
     return path
+
+
+def tiny_png(width: int = 240, height: int = 120) -> bytes:
+    """A valid RGB PNG (a falling curve on white) for the report folder, written without an imaging library."""
+    rows = []
+    for y in range(height):
+        row = bytearray([0])  # filter: none
+        for x in range(width):
+            curve = int(height * (0.15 + 0.7 * (1 - 1 / (1 + x / 30))))
+            on = abs(y - curve) <= 1
+            row += bytes((45, 91, 138) if on else (255, 255, 255))
+        rows.append(bytes(row))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(rows)))
+        + chunk(b"IEND", b"")
+    )
 
 
 class FakeBackend:

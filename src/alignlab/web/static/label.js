@@ -102,7 +102,12 @@
   async function refreshAgreement() {
     try {
       const a = (await alignlab.getJSON("/api/label/agreement"))[kind] || {};
-      const show = (v) => (typeof v === "number" ? alignlab.fmt(v) : Array.isArray(v) ? v.join(", ") : v === null ? "–" : String(v));
+      if (!a.method) {
+        const who = (a.annotators || []).join(", ") || "nobody yet";
+        $("agreement").textContent = `needs two annotators on the same tasks (labelled so far by: ${who})`;
+        return;
+      }
+      const show = (v) => (Number.isInteger(v) ? String(v) : typeof v === "number" ? alignlab.fmt(v) : Array.isArray(v) ? v.join(", ") : v === null ? "–" : String(v));
       const rows = Object.entries(a).map(([k, v]) => alignlab.el("tr", {}, alignlab.el("th", {}, k), alignlab.el("td", {}, show(v))));
       $("agreement").replaceChildren(alignlab.el("table", { class: "agreement" }, alignlab.el("tbody", {}, ...rows)));
     } catch (e) { /* agreement is optional */ }

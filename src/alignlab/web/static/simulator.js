@@ -63,7 +63,7 @@
       });
       last = body;
       show(body);
-      setStatus(`N = ${body.n} samples from π_ref (seed ${seed})`);
+      setStatus(`N = ${body.n} samples from π_ref, ${body.distinct} distinct (seed ${seed})`);
     } catch (e) {
       setStatus(e.message, true);
     }
@@ -85,7 +85,7 @@
     $("drawn-meta").textContent = `#${b.drawn.index} · r ${alignlab.fmt(b.drawn.reward)} · w ${alignlab.fmt(b.drawn.weight)}`;
     const top = $("top");
     top.replaceChildren(...b.top.map((t) => alignlab.el("tr", {},
-      alignlab.el("td", {}, alignlab.fmt(t.weight)), alignlab.el("td", {}, alignlab.fmt(t.reward)),
+      alignlab.el("td", {}, alignlab.fmt(t.weight)), alignlab.el("td", {}, alignlab.fmt(t.reward)), alignlab.el("td", {}, String(t.count)),
       alignlab.el("td", { class: "response" }, t.text))));
     plot(b);
   }
