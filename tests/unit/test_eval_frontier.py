@@ -135,3 +135,10 @@ def test_order_weights_are_a_distribution():
     for N, n in [(1, 1), (8, 3), (64, 64), (500, 64)]:
         w = frontier._order_weights(N, n)
         assert w.sum() == pytest.approx(1.0) and (w[: n - 1] == 0).all()
+
+
+def test_best_of_n_gold_by_proxy_keeps_prompts_aligned_when_one_has_no_samples():
+    gold = [[], [1.0, 2.0], [5.0, 3.0]]
+    proxy = [[], [2.0, 1.0], [0.0, 1.0]]  # the proxy picks the worse gold in both prompts
+    curve = frontier.best_of_n_gold(gold, ns=[2], by_per_prompt=proxy)
+    assert curve == [{"n": 2, "kl": pytest.approx(math.log(2) - 0.5), "gold": 2.0, "n_prompts": 2}]
