@@ -86,19 +86,21 @@ def best_of_n_gold(
     ``gold`` is the mean over prompts of :func:`expected_max_of_n`; an n larger than the smallest
     number of samples any prompt has is left out (so every point averages the same prompts).
     """
-    groups = [list(s) for s in scores_per_prompt if len(s) > 0]
+    if by_per_prompt is not None and len(by_per_prompt) != len(scores_per_prompt):
+        raise ValueError(
+            f"by_per_prompt has {len(by_per_prompt)} prompts but scores_per_prompt has {len(scores_per_prompt)}"
+        )
+    by_all = by_per_prompt if by_per_prompt is not None else [None] * len(scores_per_prompt)
+    groups = [(list(s), b) for s, b in zip(scores_per_prompt, by_all) if len(s) > 0]  # prompts without samples dropped
     if not groups:
         return []
-    n_max = min(len(g) for g in groups)
+    n_max = min(len(g) for g, _ in groups)
     out = []
     for n in ns:
         n = int(n)
         if n > n_max:
             continue
-        vals = [
-            expected_max_of_n(g, n, by=None if by_per_prompt is None else by_per_prompt[i])
-            for i, g in enumerate(groups)
-        ]
+        vals = [expected_max_of_n(g, n, by=b) for g, b in groups]
         out.append({"n": n, "kl": bon_kl(n), "gold": float(np.mean(vals)), "n_prompts": len(groups)})
     return out
 
