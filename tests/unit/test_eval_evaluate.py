@@ -60,6 +60,9 @@ def run(tmp_path):
     runs.write_manifest(path, profile="tiny", stages=["sft", "ppo"])
     ppo = runs.StageFolder(path / "ppo")
     runs.atomic_write_jsonl(ppo.metrics, [{"step": i, "split": "train", "entropy": 2.0 * 0.8**i} for i in range(30)])
+    for step, ratio in ((1, 0.0), (2, 0.5)):  # rollouts: two responses of two tokens, each token's log ratio = ratio
+        rows = [{"step": step, "logprobs": [-1.0, -1.0], "ref_logprobs": [-1.0 - ratio] * 2, "score": float(step)}] * 2
+        runs.atomic_write_jsonl(ppo.rollout_path(step), rows)
     return path
 
 
@@ -100,6 +103,9 @@ def test_evaluate_run_writes_the_documented_summary(run):
     assert out["overoptimisation"]["rl"]["n"] == 3  # fitted on the checkpoints
     assert [p["name"] for p in out["frontier"]["checkpoints"]] == ["ppo/step-1", "ppo/step-2", "ppo/step-3"]
     assert out["training_monitors"]["ppo"]["entropy_collapse"]["fired"]
+    kl_trace = out["training_kl"]["ppo"]
+    assert [r["step"] for r in kl_trace] == [1, 2] and kl_trace[1]["k1"]["mean"] == pytest.approx(1.0)
+    assert kl_trace[1]["k3"]["mean"] == pytest.approx(2 * (np.exp(-0.5) - 1 + 0.5)) and kl_trace[1]["score"] == 2.0
 
     samples = runs.StageFolder(run / "eval").read_samples()
     assert len(samples) == 150 and {s["policy"] for s in samples} == {"sft", "ppo"}
@@ -126,8 +132,10 @@ def test_ties_and_gold_fn(tmp_path):
 
 
 def test_baseline_must_be_a_policy(tmp_path):
-    with pytest.raises(ValueError, match="baseline 'sft'"):
-        evaluate.evaluate_run(tmp_path, policies={"ppo": []})
+    from alignlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline 'sft'.*did you mean 'sft1'"):
+        evaluate.evaluate_run(tmp_path, policies={"ppo": [], "sft1": []})
 
 
 def test_gold_fn_gets_the_last_user_message(tmp_path):

@@ -47,6 +47,7 @@ eval.json schema (version 1); every interval is ``[lo, hi]`` at ``confidence``::
                            "rl":  {same} | null},   fitted on gold gain over the baseline, d = √KL
       "training_monitors": {"<stage>": {"<monitor>": {...}}},   from each stage's metrics.jsonl, plus
                            "checkpoints": {"proxy_gold_gap": {...}} across the checkpoints argument
+      "training_kl": {"<stage>": [{step, k1: {mean, se, n}, k3: {...}, score}]},   from rollouts/*.jsonl
       "probes": {"<probe>": {"<policy>": result}} | null,   passed through; results of
                                         alignlab.eval.probes (score_sycophancy, score_harmlessness)
       "rewardbench": {"<scorer>": result} | null            passed through; results of
@@ -68,8 +69,9 @@ from pathlib import Path
 import numpy as np
 
 from alignlab import runs
+from alignlab.errors import ConfigError, did_you_mean
 from alignlab.eval import frontier, monitors, overopt, stats
-from alignlab.eval.kl import rows_kl
+from alignlab.eval.kl import rollout_kl, rows_kl
 
 EVAL_STAGE = "eval"
 EVAL_FILE = "eval.json"
@@ -219,6 +221,15 @@ def _checkpoint_monitors(ckpts: dict[str, list[dict]]) -> dict[str, dict]:
     return {"proxy_gold_gap": gap} if gap is not None else {}
 
 
+def _training_kl(run: Path) -> dict[str, list[dict]]:
+    out = {}
+    for stage in runs.list_stages(run):
+        found = rollout_kl(run / stage)
+        if found:
+            out[stage] = found
+    return out
+
+
 def _training_monitors(run: Path) -> dict[str, dict]:
     out = {}
     for stage in runs.list_stages(run):
@@ -260,7 +271,10 @@ def evaluate_run(
     at least two samples of every prompt.
     """
     if baseline not in policies:
-        raise ValueError(f"baseline '{baseline}' is not among the policies ({', '.join(policies) or 'none'})")
+        raise ConfigError(
+            f"eval baseline '{baseline}' is not among the policies{did_you_mean(baseline, policies)} "
+            f"(policies: {', '.join(policies) or 'none'}); pass baseline= one of them"
+        )
     run = Path(run_path)
     scored = {name: fill_gold(rows, gold_fn) for name, rows in policies.items()}
     ckpts = {name: fill_gold(rows, gold_fn) for name, rows in (checkpoints or {}).items()}
@@ -320,6 +334,7 @@ def evaluate_run(
             **(_training_monitors(run) if run.is_dir() else {}),
             **({CHECKPOINTS_KEY: found} if (found := _checkpoint_monitors(ckpts)) else {}),
         },
+        "training_kl": _training_kl(run) if run.is_dir() else {},
         "probes": probes,
         "rewardbench": rewardbench,
     }

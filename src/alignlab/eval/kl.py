@@ -92,3 +92,27 @@ def rows_kl(rows: Sequence[dict]) -> dict[str, dict] | None:
     if not usable:
         return None
     return kl_summary([r["logprobs"] for r in usable], [r["ref_logprobs"] for r in usable])
+
+
+def rollout_kl(stage_path) -> list[dict]:
+    """KL per recorded rollout of an RL stage: ``[{step, k1: {mean, se, n}, k3: {...}, score}]``.
+
+    Reads ``<stage>/rollouts/step-*.jsonl`` through :class:`alignlab.runs.StageFolder`; the rows'
+    ``logprobs`` are those of the policy that sampled them (π_old), so this is the KL of the
+    policy at each rollout. ``score`` is the mean proxy score of the rollout (None if absent).
+    Steps whose rows lack log-probs are left out.
+    """
+    from pathlib import Path
+
+    from alignlab import runs
+
+    folder = runs.StageFolder(Path(stage_path))
+    out = []
+    for step in folder.rollout_steps():
+        rows = folder.read_rollout(step)
+        kl = rows_kl(rows)
+        if kl is None:
+            continue
+        scores = [float(r["score"]) for r in rows if isinstance(r.get("score"), (int, float))]
+        out.append({"step": step, **kl, "score": float(np.mean(scores)) if scores else None})
+    return out
