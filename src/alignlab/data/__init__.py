@@ -1,4 +1,4 @@
-"""Data: files → validated, typed records (see :mod:`alignlab.data.records` for row shapes).
+"""Data: files → validated, typed records (see :mod:`alignlab.data.rows` for row shapes).
 
     >>> from alignlab.data import load_records
     >>> result = load_records("demo:sft", "sft")
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from alignlab.data.hh import parse_hh_transcript, split_hh_pair, split_hh_transcript
 from alignlab.data.records import (
-    KINDS,
     Message,
     PreferenceRecord,
     Prompt,
@@ -18,9 +17,9 @@ from alignlab.data.records import (
     Record,
     SFTRecord,
     UnpairedRecord,
-    records_from_row,
     to_chat,
 )
+from alignlab.data.rows import KINDS, records_from_row
 from alignlab.data.sources import DEMOS, LoadResult, load_records, read_rows, split_records
 
 __all__ = [

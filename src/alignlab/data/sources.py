@@ -13,13 +13,12 @@ A *spec* names where data comes from:
 
 Every row carries ``where``: ``"file:N"`` for line-based formats (.jsonl and .csv, N = the line
 the row starts on, so an editor can jump to it) and ``"file:row N"`` for .json, .parquet and
-datasets folders (N counts rows from 1). What a row must contain is in :mod:`alignlab.data.records`.
+datasets folders (N counts rows from 1). What a row must contain is in :mod:`alignlab.data.rows`.
 """
 from __future__ import annotations
 
 import codecs
 import csv
-import difflib
 import gzip
 import io
 import json
@@ -31,8 +30,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from alignlab.data.records import check_kind, records_from_row, type_name
-from alignlab.errors import ConfigError, DataError
+from alignlab.data.rows import check_kind, records_from_row, type_name
+from alignlab.errors import ConfigError, DataError, did_you_mean
 
 DEMOS = {"sft": "sft.jsonl", "prompts": "prompts.jsonl", "preferences": "preferences.jsonl"}
 FORMATS = (
@@ -271,10 +270,8 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     if spec.startswith("demo:"):
         name = spec[len("demo:"):]
         if name not in DEMOS:
-            close = difflib.get_close_matches(name, DEMOS, n=1)
-            did = f"did you mean 'demo:{close[0]}'? " if close else ""
-            raise DataError(spec, f"no such demo data set; {did}choose one of: "
-                            + ", ".join("demo:" + d for d in DEMOS))
+            choices = ["demo:" + d for d in DEMOS]
+            raise DataError(spec, f"no such demo data set{did_you_mean(spec, choices)} (choose one of: {', '.join(choices)})")
         resource = resources.files("alignlab").joinpath("demo_data", DEMOS[name])
         with resources.as_file(resource) as real:
             yield from _read_jsonl(Path(real), spec)
