@@ -180,3 +180,16 @@ def test_non_finite_numbers_become_null_and_checkpoints_get_the_proxy_gold_gap(t
     text = (tmp_path / "run" / "eval" / "eval.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     assert out["training_monitors"]["checkpoints"]["proxy_gold_gap"]["fired"]
+
+
+def test_planted_failures_fire_in_eval_json(tmp_path):
+    rng = np.random.default_rng(5)
+    sft = _rows(rng, 12, 1, 0.0)
+    looping = [dict(r, response="great " * 60) for r in sft]  # repeats one word, 5x longer, all the same
+    out = evaluate.evaluate_run(tmp_path, policies={"sft": sft, "hacked": looping}, write=False)
+    fired = {k for k, m in out["policies"]["hacked"]["monitors"].items() if m["fired"]}
+    assert fired == {"repetition", "diversity"}  # token lengths (12 each) are given, so the drift uses them
+    no_lengths = [{k: v for k, v in r.items() if k != "length"} for r in looping]
+    out = evaluate.evaluate_run(tmp_path, policies={"sft": sft, "hacked": no_lengths}, write=False)
+    assert out["policies"]["hacked"]["monitors"]["length_drift"]["fired"]  # words: 60 vs 12
+    assert not any(m["fired"] for m in out["policies"]["sft"]["monitors"].values())
