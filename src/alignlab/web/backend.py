@@ -152,7 +152,7 @@ class ModelBackend:
         from alignlab.rollout.generate import SamplingParams
 
         engine, tok = self._policy(folder)
-        ids = [encode_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
+        ids = [encode_prompt(tok, p) for p in prompts]  # a string is one user turn
         params = SamplingParams(max_new_tokens=self.max_new_tokens, temperature=temperature, seed=seed)
         return [g.text for g in engine.generate(ids, params)]
 

@@ -6,6 +6,7 @@ FastAPI and uvicorn are imported only when the command runs (the ``web`` extra).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 LOCAL = ("127.0.0.1", "localhost", "::1")
@@ -52,6 +53,8 @@ def run_serve_command(args) -> int:
 
     runs_dir = Path(args.runs)
     store = None if str(args.store).lower() == "none" else Path(args.store or runs_dir / "labels.sqlite")
+    if store is not None and args.store is None and importlib.util.find_spec("alignlab.feedback.store") is None:
+        store = None  # no store module in this install: serve the rest, say labelling is off
     if store is not None:
         store.parent.mkdir(parents=True, exist_ok=True)
     local = args.host in LOCAL
