@@ -290,3 +290,21 @@ def test_interrupted_rollout_line_is_skipped(root, client):
         fh.write('{"step": 3, "prompt": "cut')  # a crash mid-write
     assert len(client.get("/api/runs/demo/ppo/rollouts/3").json()["rows"]) == 4
     assert XSS in client.get("/api/runs/demo/ppo/rollouts/3").json()["rows"][0]["tokens"]
+
+
+def test_eval_points_from_policies_when_the_frontier_has_none(root):
+    runs.atomic_write_json(
+        root / "demo" / "eval" / "eval.json",
+        {
+            "schema": 1,
+            "kl_estimator": "k3",
+            "policies": {
+                "sft": {"gold": {"mean": 0.1}, "kl": None},
+                "ppo": {"gold": {"mean": 1.0}, "kl": {"k1": {"mean": 2.0}, "k3": {"mean": 1.5}}},
+            },
+            "frontier": {"points": [{"name": "ppo", "kl": None, "gold": 1.0}], "checkpoints": []},
+        },
+    )
+    assert runsview.eval_points(root, "demo") == [{"name": "ppo", "kl": 1.5, "reward": 1.0}]
+    runs.atomic_write_text(root / "demo" / "eval" / "eval.json", "{not json")
+    assert runsview.eval_points(root, "demo") == []

@@ -201,7 +201,8 @@ def simulator(data: dict, *, token: str) -> str:
         '<div class="frontier"><h3>Reward vs KL over β</h3><svg id="curve" viewBox="0 0 420 300" '
         'width="420" height="300" role="img" aria-label="reward against KL"></svg>'
         '<p class="muted">line: the optimum on these samples for β from 0.01 to 100; dot: the current β; '
-        "squares: trained checkpoints from eval/eval.json.</p></div></div>"
+        "squares: trained policies and checkpoints from eval/eval.json, at their gold reward "
+        "(comparable with the line when the reward above is that gold).</p></div></div>"
         '<h3>Highest-weight distinct responses</h3><table class="top"><thead><tr><th>Σw</th><th>r</th><th>×</th><th>response</th></tr>'
         '</thead><tbody id="top"></tbody></table>'
         "<h2>Ask the trained policies</h2>"

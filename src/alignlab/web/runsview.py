@@ -173,6 +173,20 @@ def chart_keys(rows: list[dict]) -> list[str]:
     return [k for k in CHART_KEYS if k in seen] + sorted(seen - set(CHART_KEYS))
 
 
+MAX_POINTS = 2000
+"""Points per chart series sent to the page; longer series are thinned evenly (the last point kept)."""
+
+
+def thin(xs: list, ys: list, limit: int = MAX_POINTS) -> tuple[list, list]:
+    if len(xs) <= limit:
+        return xs, ys
+    stride = -(-len(xs) // limit)
+    keep = list(range(0, len(xs), stride))
+    if keep[-1] != len(xs) - 1:
+        keep.append(len(xs) - 1)
+    return [xs[i] for i in keep], [ys[i] for i in keep]
+
+
 def series(rows: list[dict]) -> dict:
     """``{key: {split: [[step...], [value...]]}}`` for every chartable key (rows without a step are skipped)."""
     out: dict[str, dict[str, list[list[float]]]] = {}
@@ -188,6 +202,9 @@ def series(rows: list[dict]) -> dict:
                 xs, ys = out.setdefault(k, {}).setdefault(split, [[], []])
                 xs.append(step)
                 ys.append(v)
+    for per_split in out.values():
+        for split, (xs, ys) in per_split.items():
+            per_split[split] = list(thin(xs, ys))
     return out
 
 
@@ -242,33 +259,46 @@ def rl_stages(root: Path, run: str) -> list[str]:
     return [s for s in runs.list_stages(path) if runs.StageFolder(path / s).rollout_steps()]
 
 
-def eval_points(root: Path, run: str) -> list[dict]:
-    """Trained checkpoints' (KL, reward) points from ``<run>/eval/eval.json``, read leniently.
+def _num(v) -> float | None:
+    if isinstance(v, dict):
+        v = v.get("mean")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    Accepts ``{"policies": {name: {...}}}``, ``{name: {...}}`` or a list of ``{"name"/"policy", ...}``;
-    a point needs a ``kl`` and one of ``reward``, ``gold``, ``score``, ``mean_reward``.
+
+def eval_points(root: Path, run: str) -> list[dict]:
+    """Trained policies' and checkpoints' ``{name, kl, reward}`` from ``<run>/eval/eval.json``.
+
+    Reads the evaluation's schema 1 (``frontier.points`` and ``frontier.checkpoints``: ``{name, kl,
+    gold}``; else ``policies.<name>.gold.mean`` with ``kl.<kl_estimator>.mean``), and leniently a
+    plain ``{name: {"kl", "reward"}}``. Points without a KL (no log-probs logged) are left out.
     """
     data = runs.read_json(run_folder(root, run) / "eval" / "eval.json")
-    if data is None:
+    if not isinstance(data, dict):
         return []
-    items: list[tuple[str, dict]] = []
-    if isinstance(data, dict):
-        body = data.get("policies", data)
-        if isinstance(body, dict):
-            items = [(str(k), v) for k, v in body.items() if isinstance(v, dict)]
-        elif isinstance(body, list):
-            data = body
-    if isinstance(data, list):
-        items = [(str(d.get("name") or d.get("policy") or i), d) for i, d in enumerate(data) if isinstance(d, dict)]
-    out = []
-    for name, d in items:
+    out: list[dict] = []
+    frontier = data.get("frontier") if isinstance(data.get("frontier"), dict) else {}
+    for group in ("points", "checkpoints"):
+        for p in frontier.get(group) or []:
+            if isinstance(p, dict):
+                kl, reward = _num(p.get("kl")), _num(p.get("gold", p.get("reward")))
+                if kl is not None and reward is not None:
+                    out.append({"name": str(p.get("name", "?")), "kl": kl, "reward": reward})
+    if out:
+        return out
+    policies = data.get("policies", data)
+    if not isinstance(policies, dict):
+        return []
+    estimator = data.get("kl_estimator", "k3")
+    for name, d in policies.items():
+        if not isinstance(d, dict):
+            continue
         kl = d.get("kl")
-        reward = next(
-            (d[k] for k in ("reward", "gold", "score", "mean_reward") if isinstance(d.get(k), (int, float))),
-            None,
-        )
-        if isinstance(kl, (int, float)) and reward is not None:
-            out.append({"name": name, "kl": float(kl), "reward": float(reward)})
+        if isinstance(kl, dict) and ("k1" in kl or "k3" in kl):
+            kl = kl.get(estimator) or kl.get("k3") or kl.get("k1")
+        kl = _num(kl)
+        reward = next((_num(d[k]) for k in ("gold", "reward", "score") if _num(d.get(k)) is not None), None)
+        if kl is not None and reward is not None:
+            out.append({"name": str(name), "kl": kl, "reward": reward})
     return out
 
 

@@ -134,12 +134,18 @@ def make_demo_run(root: str | Path, name: str = "demo", *, steps: int = 20, comp
     runs.atomic_write_bytes(path / "report" / "loss.png", tiny_png())
     runs.atomic_write_json(
         path / "eval" / "eval.json",
-        {
-            "policies": {
-                "sft": {"kl": 0.0, "reward": 0.2},
-                "dpo": {"kl": 0.9, "reward": 0.9},
-                "ppo": {"kl": 1.4, "reward": 1.2},
-            }
+        {  # the parts of alignlab.eval's schema 1 that the simulator reads
+            "schema": 1,
+            "baseline": "sft",
+            "kl_estimator": "k3",
+            "frontier": {
+                "points": [
+                    {"name": "sft", "kl": 0.0, "gold": 0.2},
+                    {"name": "dpo", "kl": 0.9, "gold": 0.9},
+                    {"name": "ppo", "kl": 1.4, "gold": 1.2},
+                ],
+                "checkpoints": [],
+            },
         },
     )
     return path
