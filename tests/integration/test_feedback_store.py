@@ -119,3 +119,24 @@ def test_exports_round_trip_through_load_records(tmp_path):
     r = load_records(tmp_path / "r.jsonl", "ranking").records[0]
     assert r.responses == ("Basil.", "Rock.", "Thyme.") and r.ranks == (1, 3, 2)
     assert next(iter(r.pairs())) == ("Basil.", "Thyme.")
+
+
+def _open_and_label(path: str, who: int) -> None:
+    store = LabelStore(path, durable=False)  # every process races to create and migrate the schema
+    task = store.add_item(f"prompt from {who}?", ["x", "y"])
+    store.add_label(task, f"w{who}", choice="A")
+
+
+def test_processes_racing_to_create_a_new_store_all_succeed(tmp_path):
+    path = tmp_path / "fresh.db"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_open_and_label, args=(str(path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = LabelStore(path)
+    assert len(store.labels()) == 4
+    raw = sqlite3.connect(str(path))
+    assert [r[0] for r in raw.execute("SELECT version FROM schema_version")] == [1, 2]  # each migration ran once

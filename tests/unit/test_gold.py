@@ -97,6 +97,9 @@ def test_weighted_sum_by_hand_and_from_a_string():
     assert weighted({"sentiment": 1.0, "concise(target=6)": 0.5})([""], texts) == [pytest.approx(want)]
     assert get_gold("sentiment+0.5*concise(target=6)")([""], texts) == [pytest.approx(want)]
     assert get_gold("house_style - 0.25*length(scale=1)")([""], texts) == [pytest.approx(1 - 0.25 * 6)]
+    with pytest.raises(ConfigError, match="no term takes the option 'trget'"):
+        get_gold("sentiment+concise")([""], texts, trget=3)
+    assert get_gold("sentiment+concise")([""], texts, target=6) == [pytest.approx(s + 1.0)]
     assert parse_spec("2*demo + x.y:z(a=1, b=c)") == [
         (2.0, "demo", {}),
         (1.0, "x.y:z", {"a": 1, "b": "c"}),

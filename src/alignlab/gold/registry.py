@@ -132,6 +132,9 @@ class Weighted:
         self.__doc__ = "Weighted sum: " + " + ".join(f"{w:g} × {g.name}" for w, g in self.terms)
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], **kw) -> list[float]:
+        for key in kw:  # an option no term takes is a typo, not something to drop silently
+            if key not in OPTIONAL_INPUTS and not any(g._any or key in g._names for _, g in self.terms):
+                raise ConfigError(f"gold reward '{self.name}': no term takes the option '{key}'")
         total = [0.0] * len(responses)
         for w, g in self.terms:
             for i, v in enumerate(g(prompts, responses, **kw)):
