@@ -66,6 +66,15 @@ def test_plackett_luce_first_places_match_softmax():
     assert within(got, p_order, n)
 
 
+def test_plackett_luce_position_bias_favours_the_first_shown():
+    # equal gold scores, bias b on the first: P(first shown is ranked 1st) = e^b / (e^b + K - 1)
+    ann = SimulatedAnnotator(GOLD, position_bias=1.0, seed=5)
+    n = 6000
+    rows = ann.label_rankings(["q"] * n, [["x y", "y z", "z x"]] * n)
+    rate = sum(r["ranking"][0] == 1 for r in rows) / n
+    assert within(rate, math.e / (math.e + 2), n)
+
+
 def test_same_seed_same_labels_other_seed_other_labels():
     args = (["q"] * 200, [words(3)] * 200, [words(2)] * 200)
     a = SimulatedAnnotator(GOLD, seed=7).label_pairs(*args)[0]

@@ -14,7 +14,9 @@ annotators come to disagree at a set rate.
 Rankings (Plackett–Luce; Luce 1959, Plackett 1975). K responses with gold scores g_i are ranked
 by sorting ``g_i / τ + G_i`` with G_i i.i.d. standard Gumbel — the Gumbel-max trick, which makes
 the probability that response i comes first exactly ``softmax(g / τ)_i``, and each later place
-the same choice among those left. With probability ``flip_rate`` two adjacent places are swapped.
+the same choice among those left. ``position_bias`` is added to the first-shown response's
+utility ``g_0 / τ`` here too. With probability ``flip_rate`` two adjacent places are swapped.
+``tie_margin`` applies to pairs only (a ranking has no ties).
 
 Everything is drawn from one seeded ``numpy.random.Generator``: the same inputs and seed give
 the same labels. ``gold`` is anything :func:`alignlab.gold.get_gold` accepts.
@@ -199,7 +201,9 @@ class SimulatedAnnotator:
     def rank(self, g) -> list[int]:
         """One Plackett–Luce ranking of gold scores ``g`` (K,): ``ranking[i]`` = rank of item i, 1 = best."""
         g = np.asarray(g, dtype=np.float64)
-        keys = g / self.temperature + self.rng.gumbel(size=g.shape)
+        utility = g / self.temperature
+        utility[:1] += self.position_bias  # the first-shown response
+        keys = utility + self.rng.gumbel(size=g.shape)
         order = list(np.argsort(-keys, kind="stable"))  # item indices, best first
         if len(order) > 1 and self.rng.random() < self.flip_rate:
             j = int(self.rng.integers(len(order) - 1))
