@@ -260,6 +260,20 @@ def test_grpo_kl_gradient_pulls_towards_reference():
     assert new.grad[0, 0] == 0 and new.grad[0, 2] == 0
 
 
+def test_grpo_kl_estimator_k2_gradient_is_beta_times_log_ratio():
+    # zero advantages and ρ = 1: only the KL term acts. With k2 = ½ℓ² its per-token gradient is
+    # β·ℓ, over the per-sequence mean: row 0 has 2 tokens, row 1 one token; B = 2
+    logprobs = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0], [-0.2, 0.0]])  # ℓ = [0.5, -1.0], [-0.3]
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, stats = grpo_loss(logprobs, logprobs.detach(), ref, torch.zeros(2), mask, EPS, beta=0.4, kl_estimator="k2")
+    assert loss.item() == pytest.approx(0.4 * ((0.125 + 0.5) / 2 + 0.045) / 2, abs=1e-6)
+    assert stats["kl"].item() == pytest.approx((0.125 + 0.5 + 0.045) / 3, abs=1e-6)
+    loss.backward()
+    expected = torch.tensor([[0.4 * 0.5 / 2 / 2, 0.4 * -1.0 / 2 / 2], [0.4 * -0.3 / 2, 0.0]])
+    assert torch.allclose(logprobs.grad, expected, atol=1e-6)
+
+
 def test_dr_grpo_is_length_unbiased():
     # Two responses with the same advantage, lengths 1 and 3. GRPO gives each token of the short
     # response 3× the gradient of a token of the long one; Dr. GRPO weighs all tokens the same.

@@ -271,6 +271,7 @@ def grpo_loss(
     beta: float,
     loss_type: str = "grpo",
     max_len: int | None = None,
+    kl_estimator: str = "k3",
 ) -> tuple[torch.Tensor, Stats]:
     """GRPO objective (Shao et al. 2024, DeepSeekMath, arXiv:2402.03300, eq. 3) as a loss.
 
@@ -287,7 +288,12 @@ def grpo_loss(
                     padded to the budget.
 
     Shapes: logprobs, old_logprobs, ref_logprobs, mask ``(B, T)``; advantages ``(B,)``.
-    Stats: ``policy/clipfrac``, ``policy/ratio_mean``, ``kl`` (per-token mean k3 to π_ref),
+    ``kl_estimator``: the paper's k3 (default) has the expected gradient of KL(π_ref‖π_θ) on
+    samples of π_θ; ``"k2"`` gives that of KL(π_θ‖π_ref), the KL the reward-side penalty means
+    (see :mod:`alignlab.losses.kl`). The estimator's ratio uses the current π_θ, so the samples
+    are on-policy only in the first epoch of a rollout.
+
+    Stats: ``policy/clipfrac``, ``policy/ratio_mean``, ``kl`` (per-token mean of the estimator),
     ``policy/approx_kl`` (k3 of π_old vs π_θ), ``policy/loss``.
     """
     _check_shapes(logprobs=logprobs, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, mask=mask)
@@ -296,7 +302,7 @@ def grpo_loss(
     logprobs, old_logprobs, ref_logprobs = _zero_padding(mask, logprobs, old_logprobs, ref_logprobs)
     adv = advantages.unsqueeze(-1).expand_as(logprobs)  # (B,) -> (B, T)
     per_token, ratio, was_clipped = _clipped_surrogate(logprobs, old_logprobs, adv, cliprange)
-    kl = kl_estimate(logprobs, ref_logprobs, "k3")  # (B, T), grad through logprobs
+    kl = kl_estimate(logprobs, ref_logprobs, kl_estimator)  # (B, T), grad through logprobs
     if beta != 0:
         per_token = per_token + beta * kl
     loss = reduce(per_token, mask, max_len)
