@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignlab.errors import ConfigError
-from alignlab.losses.advantages import grpo_advantages, rloo_advantages
+from alignlab.losses.advantages import grpo_advantages, reinforce_pp_advantages, rloo_advantages
 from alignlab.losses.ppo import (
     GRPO_LOSS_TYPES,
     POLICY_LOSSES,
@@ -257,6 +257,12 @@ def _train(update, steps=150, group=16, seed=0):
     return torch.softmax(theta.detach(), -1)
 
 
+def _reinforce_pp(scores, old, mask):
+    uniform = torch.full_like(old, -math.log(4))  # π_ref uniform, a small KL weight
+    adv, _ = reinforce_pp_advantages(scores, old, uniform, mask, beta=0.01)
+    return adv  # (G, 1)
+
+
 @pytest.mark.parametrize(
     "name, update",
     [
@@ -264,6 +270,7 @@ def _train(update, steps=150, group=16, seed=0):
         ("reinforce_is", lambda lp, old, s, m: reinforce_loss(lp, rloo_advantages(s, s.numel()), m, old)[0]),
         ("dapo", lambda lp, old, s, m: dapo_loss(lp, old, grpo_advantages(s, s.numel()), m)[0]),
         ("gspo", lambda lp, old, s, m: gspo_loss(lp, old, grpo_advantages(s, s.numel()), m, 0.2, 0.2)[0]),
+        ("reinforce_pp", lambda lp, old, s, m: ppo_policy_loss(lp, old, _reinforce_pp(s, old, m), m, 0.2)[0]),
     ],
 )
 def test_each_policy_loss_finds_the_best_arm(name, update):
