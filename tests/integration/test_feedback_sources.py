@@ -45,6 +45,7 @@ def test_label_rankings_and_judge_on_tiny(tmp_path):
     out = tmp_path / "judge.jsonl"
     summary = label("judge", out=out, policy="tiny", judge_model="tiny", limit=3, k=2, max_new_tokens=8)
     assert summary["kind"] == "preference" and summary["rows"] >= 1 and 0 <= summary["position_consistency"] <= 1
+    assert summary["gold_agreement"] is None or 0 <= summary["gold_agreement"] <= 1
     assert {r.chosen for r in load_records(out, "preference").records}
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(r["source"] == "judge" and r["annotator"] == "tiny" for r in rows)

@@ -116,3 +116,14 @@ def test_rows_load_as_preference_and_ranking_records(tmp_path):
     ranked = ann.label_rankings(prompts, [[g, b, b + " Maybe."] for g, b in zip(good, bad)])
     atomic_write_jsonl(tmp_path / "r.jsonl", ranked)
     assert len(load_records(tmp_path / "r.jsonl", "ranking").records) == 2
+
+
+def test_gold_agreement_of_preference_rows():
+    from alignlab.feedback.sources import gold_agreement
+
+    rows = [
+        {"prompt": "q", "chosen": "a b c", "rejected": "a"},  # gold (length) agrees
+        {"prompt": "q", "chosen": "a", "rejected": "a b"},  # disagrees
+        {"prompt": "q", "chosen": "x", "rejected": "y"},  # equal gold: left out
+    ]
+    assert gold_agreement(rows, GOLD) == 0.5

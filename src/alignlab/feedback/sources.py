@@ -7,7 +7,8 @@ JSONL rows (atomically) that the training stages read as they are:
 * ``simulated`` — the gold-reward annotator (:mod:`alignlab.feedback.annotator`): preference rows
   for k = 2, ranking rows for k > 2 (``kind`` overrides), optionally a panel of annotators;
 * ``judge`` — an LLM judge (:mod:`alignlab.feedback.judge`), both orders averaged: preference
-  rows for every pair of the k responses (or rankings by mean win probability);
+  rows for every pair of the k responses (or rankings by mean win probability); the summary
+  reports its position consistency and its agreement with the ``gold`` reward;
 * ``constitutional`` — RLAIF preference rows from a principle-guided judge, plus SL-CAI revision
   rows (SFT) in ``sft_out`` (:mod:`alignlab.feedback.constitutional`);
 * ``human`` — tasks go into the label store (``store`` is required); with ``annotator`` set the
@@ -111,6 +112,19 @@ def _rank_by_wins(prompts, responses, prob: Callable) -> list[dict]:
             ranking[i] = place + 1
         rows.append({"prompt": p, "responses": distinct, "ranking": ranking})
     return rows
+
+
+def gold_agreement(rows: Sequence[dict], gold="demo") -> float | None:
+    """Share of preference rows whose chosen response the gold reward scores higher (pairs the
+    gold scores equal are left out); None when there are none."""
+    from alignlab.feedback.annotator import prompt_text
+    from alignlab.gold import get_gold
+
+    fn = get_gold(gold)
+    prompts = [prompt_text(r["prompt"]) for r in rows]
+    gc, gr = fn(prompts, [r["chosen"] for r in rows]), fn(prompts, [r["rejected"] for r in rows])
+    decided = [(c, r) for c, r in zip(gc, gr) if c != r]
+    return sum(c > r for c, r in decided) / len(decided) if decided else None
 
 
 def _to_store(store, rows: list[dict], policy: str) -> None:
@@ -238,6 +252,7 @@ def label(
                     [p for p, _, _ in pairs], [a for _, a, _ in pairs], [b for _, _, b in pairs]
                 )
                 summary.update(stats)
+                summary["gold_agreement"] = gold_agreement(rows, gold)
         else:
             from alignlab.feedback.constitutional import Sampler, ai_preferences, critique_and_revise, load_principles
 
