@@ -49,7 +49,9 @@ def test_runs_dashboard_and_live_charts(page: Page, site, artifacts):
 
     # a trainer in another process logs a new metric: its chart appears at the next poll
     with open(site["runs"] / "demo" / "ppo" / "metrics.jsonl", "a") as fh:
-        fh.writelines(json.dumps({"step": step, "split": "train", "entropy": 2.0 - 0.1 * step}) + "\n" for step in (21, 22, 23))
+        fh.writelines(
+            json.dumps({"step": step, "split": "train", "entropy": 2.0 - 0.1 * step}) + "\n" for step in (21, 22, 23)
+        )
     expect(page.locator('section[data-stage="ppo"] .chart[data-key="entropy"] canvas')).to_have_count(1, timeout=10_000)
     fig = page.locator('.figures img[alt="loss.png"]')
     expect(fig).to_be_visible()
@@ -214,3 +216,19 @@ def test_writes_without_the_page_token_are_refused(page: Page, site):
     )
     assert status == 403
     assert not [lab for lab in site["store"].labels() if lab["annotator"] == "mallory"]
+
+
+def test_ranking_by_drag_and_drop(page: Page, site):
+    page.goto(site["url"] + "/label?kind=ranking")
+    page.fill("#annotator", "carol")
+    page.keyboard.press("Tab")
+    cards = page.locator("#ranking .card")
+    expect(cards).to_have_count(4)
+    expect(page.locator("#ranking .card.ranked")).to_have_count(0)
+    cards.nth(2).drag_to(cards.nth(0))  # the third answer (béchamel) to the top: dragging ranks them all
+    expect(page.locator("#ranking .card.ranked")).to_have_count(4)
+    expect(page.locator("#ranking li").first).to_contain_text("béchamel")
+    page.click("#submit")
+    expect(page.locator("#status")).to_contain_text("nothing left")
+    ranking = [lab["ranking"] for lab in site["store"].labels() if lab["annotator"] == "carol"]
+    assert ranking == [[2, 3, 1, 4]]
