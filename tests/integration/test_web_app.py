@@ -308,3 +308,10 @@ def test_eval_points_from_policies_when_the_frontier_has_none(root):
     assert runsview.eval_points(root, "demo") == [{"name": "ppo", "kl": 1.5, "reward": 1.0}]
     runs.atomic_write_text(root / "demo" / "eval" / "eval.json", "{not json")
     assert runsview.eval_points(root, "demo") == []
+
+
+def test_malformed_requests_are_plain_errors(client):
+    assert client.get("/api/runs/demo/ppo/rollouts/abc").status_code == 404
+    r = client.get("/runs/demo/ppo/rollouts?step=abc")
+    assert r.status_code == 400 and "step" in r.text and "Traceback" not in r.text
+    assert client.get("/api/label/next").status_code == 400  # no annotator (and no store either)

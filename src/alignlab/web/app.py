@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -199,6 +200,20 @@ def create_app(
         if exc.status_code == 404:
             return page(request, pages.not_found, message, status=404)
         return page(request, pages.error_page, message, status=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # a path segment of the wrong type (a step that is not a number) is an id that does not exist
+        errors = exc.errors()
+        where = ", ".join(".".join(str(x) for x in e.get("loc", ())) for e in errors) or "request"
+        if any(e.get("loc", ("",))[0] == "path" for e in errors):
+            if wants_json(request):
+                return JSONResponse({"error": f"not found ({where})"}, status_code=404)
+            return page(request, pages.not_found, f"no such page ({where})", status=404)
+        message = f"bad or missing field: {where}"
+        if wants_json(request):
+            return JSONResponse({"error": message}, status_code=400)
+        return page(request, pages.error_page, message, status=400)
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request: Request, exc: BadRequest):
