@@ -44,7 +44,12 @@ SKIP_KEYS = {
     "tokens_per_s",
     "elapsed",
     "wall",
+    "tokens",
+    "pairs",
+    "samples",
+    "examples",
 }
+"""Bookkeeping keys (counts, speeds, the schedule) left off the charts."""
 
 # What each stage does, with its formula, shown beside the stage on the dashboard.
 EXPLAIN = {
@@ -93,6 +98,13 @@ EXPLAIN = {
     "simpo": (
         "SimPO: length-normalised log-probability margin, no reference model.",
         "L = −log σ(β/|y_w| log π(y_w) − β/|y_l| log π(y_l) − γ)",
+    ),
+    "best-of-n": (
+        (
+            "Best-of-n: sample n responses from the policy and keep the one the reward scores highest (no training); "
+            "its KL to the policy is known in closed form."
+        ),
+        "y* = argmax_i r(x, y_i),  KL = log n − (n−1)/n",
     ),
     "best_of_n": (
         "Best-of-n: sample n responses, keep the one the reward scores highest.",
