@@ -54,3 +54,10 @@ def test_prompts_of_collects_samples_and_rollout_prompts(tmp_path):
     make_demo_run(tmp_path)
     prompts = runsview.prompts_of(tmp_path, "demo")
     assert prompts[0] == "How do I boil an egg?" and any("sample 0" in p for p in prompts)
+
+
+def test_the_report_folder_is_not_a_stage(tmp_path):
+    make_demo_run(tmp_path)
+    names = [s["name"] for s in runsview.run_info(tmp_path, "demo")["stages"]]
+    assert names == ["sft", "reward", "dpo", "ppo", "eval"]
+    assert runsview.run_info(tmp_path, "demo")["figures"] == ["loss.png"]

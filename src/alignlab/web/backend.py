@@ -206,5 +206,5 @@ class ModelBackend:
 def policy_stages(root: Path, run: str) -> list[str]:
     """Stages of ``run`` with a final/ policy: sft, ppo, dpo first, then the others (not reward/eval)."""
     path = runsview.run_folder(root, run)
-    names = [s for s in runs.list_stages(path) if s not in NOT_POLICIES and runs.StageFolder(path / s).final.is_dir()]
+    names = [s for s in runsview.stages_of(path) if s not in NOT_POLICIES and runs.StageFolder(path / s).final.is_dir()]
     return [s for s in POLICY_STAGES if s in names] + [s for s in names if s not in POLICY_STAGES]

@@ -133,9 +133,19 @@ def run_folder(root: Path, run: str) -> Path:
     raise NotFound(f"no run named {run!r}")
 
 
+NOT_STAGES = ("report",)
+"""Folders of a run that are no stage (the report's output), unless the manifest names them."""
+
+
+def stages_of(path: Path) -> list[str]:
+    """The run's stages (:func:`alignlab.runs.list_stages`) without folders that are clearly not stages."""
+    listed = (runs.read_manifest(path) or {}).get("stages", [])
+    return [s for s in runs.list_stages(path) if s in listed or s not in NOT_STAGES]
+
+
 def stage_folder(root: Path, run: str, stage: str) -> runs.StageFolder:
     path = run_folder(root, run)
-    for name in runs.list_stages(path):
+    for name in stages_of(path):
         if name == stage:
             return runs.StageFolder(path / name)
     raise NotFound(f"run {run!r} has no stage {stage!r}")
@@ -164,7 +174,7 @@ def stage_info(sf: runs.StageFolder, now: float | None = None) -> dict:
 def run_info(root: Path, run: str) -> dict:
     path = run_folder(root, run)
     manifest = runs.read_manifest(path) or {}
-    stages = [stage_info(runs.StageFolder(path / s)) for s in runs.list_stages(path)]
+    stages = [stage_info(runs.StageFolder(path / s)) for s in stages_of(path)]
     return {
         "id": path.name,
         "profile": manifest.get("profile"),
@@ -224,7 +234,7 @@ def metrics(root: Path, run: str) -> dict:
     """Every stage's chart series and state: what the dashboard polls."""
     path = run_folder(root, run)
     out = {}
-    for s in runs.list_stages(path):
+    for s in stages_of(path):
         sf = runs.StageFolder(path / s)
         info = stage_info(sf)
         out[s] = {
@@ -268,7 +278,7 @@ def rollout(root: Path, run: str, stage: str, step: int) -> dict:
 
 def rl_stages(root: Path, run: str) -> list[str]:
     path = run_folder(root, run)
-    return [s for s in runs.list_stages(path) if runs.StageFolder(path / s).rollout_steps()]
+    return [s for s in stages_of(path) if runs.StageFolder(path / s).rollout_steps()]
 
 
 def _num(v) -> float | None:
@@ -318,7 +328,7 @@ def prompts_of(root: Path, run: str, limit: int = 50) -> list[str]:
     """Prompts seen in the run's samples and rollouts (the simulator's suggestions), first seen first."""
     path = run_folder(root, run)
     seen: dict[str, None] = {}
-    for s in runs.list_stages(path):
+    for s in stages_of(path):
         sf = runs.StageFolder(path / s)
         for row in sf.read_samples():
             p = row.get("prompt")
@@ -341,7 +351,7 @@ def label_items(root: Path, run: str) -> list[tuple[str, list[tuple[str, str]]]]
     (from samples.jsonl), for prompts answered by at least two stages — the material of labelling tasks."""
     path = run_folder(root, run)
     by_prompt: dict[str, list[tuple[str, str]]] = {}
-    for s in runs.list_stages(path):
+    for s in stages_of(path):
         for row in runs.StageFolder(path / s).read_samples():
             p, r = row.get("prompt"), row.get("response")
             if isinstance(p, list):
