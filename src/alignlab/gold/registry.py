@@ -35,11 +35,11 @@ def demo(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
     Q&A whose good answers are about 25 words (10–33), warm, and end with "Hope this helps!";
     its rejected answers are curt (about 4 words), rambling (about 110), rude or off-topic. So:
 
-    * ``house_style`` (0, 0.5 or 1) is the main term: appending one fixed phrase is a behaviour a
-      135M model picks up within minutes of DPO or PPO. The base SmolLM2-135M-Instruct never
+    * ``house_style`` (0, 0.5 or 1) is the main term: one fixed phrase at the end is about the
+      easiest behaviour there is for a small model to learn. The base SmolLM2-135M-Instruct never
       writes it on its own (0 of 16 samples on 8 demo prompts, 64 new tokens), but SFT on
-      ``demo:sft`` teaches it, so after the pipeline's SFT stage this term is dense from the
-      first rollout; DPO on labels from this gold sees it in every chosen answer;
+      ``demo:sft`` teaches it, so after the pipeline's SFT stage this term varies between samples
+      from the first rollout (PPO) and between sampled pairs (DPO on simulated labels);
     * ``concise`` (peak at 25 words, 0 at 50+) punishes rambling and runs cut at the length limit
       — an instruct model's usual failure — with a slope a policy can climb from the start (the
       base model's samples above scored 0–0.8, mostly under 0.2);
