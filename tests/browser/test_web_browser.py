@@ -123,6 +123,12 @@ def test_simulator_beta_slider(page: Page, site, artifacts):
     expect(page.locator("#curve rect.checkpoint")).to_have_count(3)  # sft, dpo, ppo from eval/eval.json
     samples = [c for c in site["backend"].calls if c[0] == "sample"]
     assert len(samples) == 1, "samples from π_ref are drawn once and cached across β"
+    page.click("#generate")  # another draw from π* on the same samples
+    expect(page.locator("#status")).to_contain_text("draw 1")
+    assert len([c for c in site["backend"].calls if c[0] == "sample"]) == 1
+    page.click("#resample")  # a fresh set of samples
+    expect(page.locator("#status")).to_contain_text("seed 1, draw 0")
+    assert len([c for c in site["backend"].calls if c[0] == "sample"]) == 2
     # a weighted gold: move the second component's weight; the numbers follow
     page.eval_on_selector(
         'input.weight[data-component="gold:polite"]',

@@ -315,3 +315,14 @@ def test_malformed_requests_are_plain_errors(client):
     r = client.get("/runs/demo/ppo/rollouts?step=abc")
     assert r.status_code == 400 and "step" in r.text and "Traceback" not in r.text
     assert client.get("/api/label/next").status_code == 400  # no annotator (and no store either)
+
+
+def test_a_run_named_like_markup_is_escaped_and_reachable(root, client):
+    name = "x<b>&'\"y"
+    make_demo_run(root, name=name)
+    text = client.get("/").text
+    assert "x<b>&" not in text and "x&lt;b&gt;&amp;&#x27;&quot;y" in text
+    from urllib.parse import quote
+
+    r = client.get("/runs/" + quote(name, safe=""))
+    assert r.status_code == 200 and "x<b>" not in r.text

@@ -323,7 +323,8 @@ def create_app(
         runsview.run_folder(root, run)
         prompt = _text(body, "prompt", 4000)
         n = _int(body, "n", 2, MAX_SAMPLES, 32)
-        seed = _int(body, "seed", 0, 2**31 - 1, 0)
+        seed = _int(body, "seed", 0, 2**31 - 1, 0)  # which N samples from π_ref (part of the cache key)
+        draw = _int(body, "draw", 0, 2**31 - 1, 0)  # which response is drawn from π* on those samples
         beta = _float(body, "beta", 1e-3, 1e4)
         mix_in = body.get("mix") or {}
         if not isinstance(mix_in, dict) or not mix_in:
@@ -348,7 +349,7 @@ def create_app(
         rewards = sim.combine({k: item["scores"][k] for k in mix}, mix)
         w = sim.weights(rewards, beta)
         now = sim.point(rewards, beta)
-        drawn = sim.draw(w, seed)
+        drawn = sim.draw(w, seed * 1_000_003 + draw)
         distinct: dict[str, dict] = {}  # identical responses are one row: their weights add up
         for i, text in enumerate(item["responses"]):
             row = distinct.setdefault(text, {"index": i, "text": text, "reward": rewards[i], "weight": 0.0, "count": 0})

@@ -188,7 +188,9 @@ def simulator(data: dict, *, token: str) -> str:
         '<label>samples N <input id="n" type="number" min="2" max="256" value="32"></label>'
         '<label>β <input id="beta" type="range" min="-2" max="2" step="0.01" value="0"> <b id="beta-value"></b></label>'
         '<fieldset id="components"><legend>reward = Σ weight · component</legend></fieldset>'
-        '<button id="generate">Generate</button> <span id="status" class="muted"></span>'
+        '<button id="generate" title="sample from π_ref once, then draw a response from π*">Generate</button> '
+        '<button id="resample" title="a fresh set of N samples from π_ref">new samples</button> '
+        '<span id="status" class="muted"></span>'
         "</div>"
         '<div class="readout"><table><tbody>'
         '<tr><th>E<sub>w</sub>[r]</th><td id="expected-reward">–</td></tr>'

@@ -3,7 +3,8 @@
 (() => {
   const page = alignlab.data();
   const $ = (id) => document.getElementById(id);
-  let seed = 0;
+  let seed = 0; // which samples from π_ref
+  let draw = 0; // which response is drawn from π* on them
   let pending = null;
   let last = null;
 
@@ -59,11 +60,11 @@
     setStatus("computing…");
     try {
       const body = await alignlab.postJSON("/api/simulate", {
-        run: $("run").value, prompt: $("prompt").value, n: parseInt($("n").value, 10), seed, beta: beta(), mix: m,
+        run: $("run").value, prompt: $("prompt").value, n: parseInt($("n").value, 10), seed, draw, beta: beta(), mix: m,
       });
       last = body;
       show(body);
-      setStatus(`N = ${body.n} samples from π_ref, ${body.distinct} distinct (seed ${seed})`);
+      setStatus(`N = ${body.n} samples from π_ref, ${body.distinct} distinct (seed ${seed}, draw ${draw})`);
     } catch (e) {
       setStatus(e.message, true);
     }
@@ -152,7 +153,8 @@
   $("run").addEventListener("change", () => { last = null; loadComponents(); });
   $("prompt").addEventListener("change", () => { last = null; });
   $("n").addEventListener("change", () => { last = null; });
-  $("generate").addEventListener("click", () => { if (last) seed += 1; simulate(); });
+  $("generate").addEventListener("click", () => { if (last) draw += 1; simulate(); });
+  $("resample").addEventListener("click", () => { seed += 1; draw = 0; simulate(); });
   $("ask").addEventListener("click", ask);
   $("ask-prompt").addEventListener("keydown", (ev) => { if (ev.key === "Enter") ask(); });
   $("beta-value").textContent = alignlab.fmt(beta(), 3);
