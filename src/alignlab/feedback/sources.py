@@ -24,11 +24,12 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alignlab.errors import ConfigError, did_you_mean
 
-SOURCES = ("simulated", "judge", "constitutional", "human")
 KINDS = ("auto", "preference", "ranking")
 
 
@@ -143,6 +144,133 @@ def _to_store(store, rows: list[dict], policy: str) -> None:
             )
 
 
+@dataclass
+class LabelJob:
+    """Everything a labeller needs: the prompts, their responses, and the options of :func:`label`."""
+
+    prompts: list
+    responses: list[list[str]]
+    as_ranking: bool
+    policy_name: str
+    options: dict
+    out: Path
+    loaded: Any = None
+    """the policy, when it was loaded (reused as the judge when they are the same model)"""
+    store: Any = None
+    summary: dict = field(default_factory=dict)
+
+    def pairs(self) -> tuple[list, list[str], list[str]]:
+        pairs = _pairs(self.prompts, self.responses)
+        return [p for p, _, _ in pairs], [a for _, a, _ in pairs], [b for _, _, b in pairs]
+
+    def policy(self):
+        if self.loaded is None:
+            self.loaded = load_policy(self.options["policy"], device=self.options["device"], seed=self.options["seed"])
+        return self.loaded
+
+    def judge(self):
+        from alignlab.feedback.judge import Judge
+
+        jm, o = self.options["judge_model"], self.options
+        if jm is None or isinstance(jm, (str, os.PathLike)):
+            name = os.fspath(jm or "smollm2-135m")
+            same = self.loaded is not None and name == self.policy_name
+            jl = self.loaded if same else load_policy(name, device=o["device"], seed=o["seed"])
+        else:
+            jl, name = jm, getattr(jm, "source", "judge")
+        return Judge(jl.model, jl.tokenizer, name=name)
+
+
+def _simulated(job: LabelJob) -> list[dict]:
+    from alignlab.feedback.annotator import AnnotatorPanel, SimulatedAnnotator
+
+    o = job.options
+    noise = {"temperature": o["tau"], "position_bias": o["position_bias"], "tie_margin": o["tie_margin"]}
+    noise["flip_rate"] = o["flip_rate"]
+    if o["annotators"] == 1:
+        ann = SimulatedAnnotator(o["gold"], seed=o["seed"], **noise)
+    else:
+        ann = AnnotatorPanel(o["annotators"], gold=o["gold"], seed=o["seed"], **noise)
+    if job.as_ranking:
+        keep = [(p, list(dict.fromkeys(g))) for p, g in zip(job.prompts, job.responses) if len(set(g)) >= 2]
+        job.summary["dropped_identical"] = len(job.prompts) - len(keep)
+        return ann.label_rankings([p for p, _ in keep], [g for _, g in keep])
+    rows, stats = ann.label_pairs(*job.pairs())
+    job.summary.update({"pairs": stats.pairs, "ties": stats.ties, "flips": stats.flips})
+    return rows
+
+
+def _judge(job: LabelJob) -> list[dict]:
+    judge = job.judge()
+    if job.as_ranking:
+        rows = _rank_by_wins(job.prompts, job.responses, lambda p, a, b: judge.compare(p, a, b).prob.tolist())
+        for r in rows:
+            r.update({"source": "judge", "annotator": judge.name})
+        return rows
+    rows, stats = judge.label_pairs(*job.pairs())
+    job.summary.update(stats)
+    job.summary["gold_agreement"] = gold_agreement(rows, job.options["gold"])
+    return rows
+
+
+def _constitutional(job: LabelJob) -> list[dict]:
+    from alignlab.feedback.constitutional import Sampler, ai_preferences, critique_and_revise, load_principles
+    from alignlab.runs import atomic_write_jsonl
+
+    o = job.options
+    principles = load_principles(o["principles"])
+    loaded = job.policy()
+    sampler = Sampler(
+        loaded.model,
+        loaded.tokenizer,
+        max_new_tokens=o["max_new_tokens"],
+        temperature=o["temperature"],
+        name=job.policy_name,
+    )
+    two = [tuple(g[:2]) for g in job.responses]
+    rows, stats = ai_preferences(sampler, job.judge(), job.prompts, principles, seed=o["seed"], responses=two)
+    job.summary.update({f"rlaif_{k}": v for k, v in stats.items() if k != "prompts"})
+    for r in rows:
+        r["annotator"] = r["judge"]
+    sft_rows, sft_stats = critique_and_revise(sampler, job.prompts, principles, seed=o["seed"])
+    sft_path = Path(o["sft_out"]) if o["sft_out"] is not None else job.out.with_name(job.out.stem + ".sft.jsonl")
+    for r in sft_rows:
+        r["policy"] = job.policy_name
+    atomic_write_jsonl(sft_path, sft_rows)
+    job.summary.update(
+        {"sft_out": str(sft_path), "sft_rows": sft_stats["rows"], "sft_dropped_empty": sft_stats["dropped_empty"]}
+    )
+    return rows
+
+
+def _human(job: LabelJob) -> list[dict]:
+    store, o = job.store, job.options
+    for p, group in zip(job.prompts, job.responses):
+        distinct = list(dict.fromkeys(r for r in group if r.strip()))
+        if job.as_ranking and len(distinct) >= 2:
+            store.add_item(p, distinct, kind="ranking", policy=job.policy_name)
+        else:
+            for a, b in itertools.combinations(distinct, 2):
+                store.add_item(p, [a, b], kind="pair", policy=job.policy_name)
+    if o["annotator"]:
+        from alignlab.feedback.terminal import label_interactively
+
+        job.summary["labelled_now"] = label_interactively(
+            store, o["annotator"], input_fn=o["input_fn"], print_fn=o["print_fn"]
+        )
+    return store.ranking_rows() if job.as_ranking else store.preference_rows()
+
+
+# One function per source: a new source is one function and one line.
+LABELLERS: dict[str, Callable[[LabelJob], list[dict]]] = {
+    "simulated": _simulated,
+    "judge": _judge,
+    "constitutional": _constitutional,
+    "human": _human,
+}
+SOURCES = tuple(LABELLERS)
+
+
 def label(
     source: str = "simulated",
     *,
@@ -172,14 +300,16 @@ def label(
     device: str = "auto",
 ) -> dict:
     """Sample, label and write (see the module docstring); returns a summary dict with
-    ``source, prompts, responses, rows, out`` and the source's own counts.
+    ``source, policy, prompts, responses, kind, rows, out`` and the source's own counts.
 
     ``responses`` (one list per prompt) skips sampling: label those instead. ``policy`` may also
-    be a loaded model (``alignlab.models.load.Loaded``); so may ``judge_model``.
+    be a loaded model (``alignlab.models.load.Loaded``); so may ``judge_model``. ``--source
+    human`` adds the responses to the store as new tasks on every call.
     """
     from alignlab.runs import atomic_write_jsonl
 
-    if source not in SOURCES:
+    options = dict(locals())
+    if source not in LABELLERS:
         raise ConfigError(
             f"--source must be one of {', '.join(SOURCES)}, got {source!r}{did_you_mean(source, SOURCES)}"
         )
@@ -189,8 +319,7 @@ def label(
         raise ConfigError("--source human needs --store FILE.db: the labels are collected in the label store")
     out = Path(out)
     prompt_list = load_prompts(prompts, limit) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
-    policy_name = policy if isinstance(policy, (str, os.PathLike)) else getattr(policy, "source", "policy")
-    policy_name = os.fspath(policy_name)
+    policy_name = os.fspath(policy if isinstance(policy, (str, os.PathLike)) else getattr(policy, "source", "policy"))
     loaded = None
     if responses is None:
         if k < 2:
@@ -208,98 +337,21 @@ def label(
         from alignlab.feedback.store import LabelStore
 
         store = LabelStore(store)
-    summary: dict = {
+    job = LabelJob(prompt_list, responses, as_ranking, policy_name, options, out, loaded, store)
+    job.summary = {
         "source": source,
         "policy": policy_name,
         "prompts": len(prompt_list),
         "responses": sum(map(len, responses)),
     }
-
-    if source == "simulated":
-        from alignlab.feedback.annotator import AnnotatorPanel, SimulatedAnnotator
-
-        noise = {"temperature": tau, "position_bias": position_bias, "tie_margin": tie_margin, "flip_rate": flip_rate}
-        ann = (
-            SimulatedAnnotator(gold, seed=seed, **noise)
-            if annotators == 1
-            else AnnotatorPanel(annotators, gold=gold, seed=seed, **noise)
-        )
-        if as_ranking:
-            keep = [(p, list(dict.fromkeys(g))) for p, g in zip(prompt_list, responses) if len(set(g)) >= 2]
-            rows = ann.label_rankings([p for p, _ in keep], [g for _, g in keep])
-            summary["dropped_identical"] = len(prompt_list) - len(keep)
-        else:
-            pairs = _pairs(prompt_list, responses)
-            rows, stats = ann.label_pairs([p for p, _, _ in pairs], [a for _, a, _ in pairs], [b for _, _, b in pairs])
-            summary.update({"pairs": stats.pairs, "ties": stats.ties, "flips": stats.flips})
-    elif source in ("judge", "constitutional"):
-        from alignlab.feedback.judge import Judge
-
-        if judge_model is None or isinstance(judge_model, (str, os.PathLike)):
-            name = os.fspath(judge_model or "smollm2-135m")
-            jl = loaded if loaded is not None and name == policy_name else load_policy(name, device=device, seed=seed)
-        else:
-            jl, name = judge_model, getattr(judge_model, "source", "judge")
-        judge = Judge(jl.model, jl.tokenizer, name=name)
-        if source == "judge":
-            if as_ranking:
-                rows = _rank_by_wins(prompt_list, responses, lambda p, a, b: judge.compare(p, a, b).prob.tolist())
-                for r in rows:
-                    r.update({"source": "judge", "annotator": name})
-            else:
-                pairs = _pairs(prompt_list, responses)
-                rows, stats = judge.label_pairs(
-                    [p for p, _, _ in pairs], [a for _, a, _ in pairs], [b for _, _, b in pairs]
-                )
-                summary.update(stats)
-                summary["gold_agreement"] = gold_agreement(rows, gold)
-        else:
-            from alignlab.feedback.constitutional import Sampler, ai_preferences, critique_and_revise, load_principles
-
-            plist = load_principles(principles)
-            if loaded is None:
-                loaded = load_policy(policy, device=device, seed=seed)
-            sampler = Sampler(
-                loaded.model, loaded.tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, name=policy_name
-            )
-            two = [tuple(g[:2]) for g in responses]
-            rows, stats = ai_preferences(sampler, judge, prompt_list, plist, seed=seed, responses=two)
-            summary.update({f"rlaif_{k_}": v for k_, v in stats.items() if k_ != "prompts"})
-            sft_rows, sft_stats = critique_and_revise(sampler, prompt_list, plist, seed=seed)
-            sft_path = Path(sft_out) if sft_out is not None else out.with_name(out.stem + ".sft.jsonl")
-            for r in sft_rows:
-                r["policy"] = policy_name
-            atomic_write_jsonl(sft_path, sft_rows)
-            summary.update(
-                {
-                    "sft_out": str(sft_path),
-                    "sft_rows": sft_stats["rows"],
-                    "sft_dropped_empty": sft_stats["dropped_empty"],
-                }
-            )
-            for r in rows:
-                r["annotator"] = r["judge"]
-    else:  # human
-        for p, group in zip(prompt_list, responses):
-            distinct = list(dict.fromkeys(r for r in group if r.strip()))
-            if as_ranking and len(distinct) >= 2:
-                store.add_item(p, distinct, kind="ranking", policy=policy_name)
-            else:
-                for a, b in itertools.combinations(distinct, 2):
-                    store.add_item(p, [a, b], kind="pair", policy=policy_name)
-        if annotator:
-            from alignlab.feedback.terminal import label_interactively
-
-            summary["labelled_now"] = label_interactively(store, annotator, input_fn=input_fn, print_fn=print_fn)
-        rows = store.ranking_rows() if as_ranking else store.preference_rows()
-        summary["store"] = str(store.path)
-
+    rows = LABELLERS[source](job)
     if source != "human":
         for r in rows:
             r["policy"] = policy_name
         if store is not None:
             _to_store(store, rows, policy_name)
-            summary["store"] = str(store.path)
+    if store is not None:
+        job.summary["store"] = str(store.path)
     atomic_write_jsonl(out, rows)
-    summary.update({"kind": "ranking" if as_ranking else "preference", "rows": len(rows), "out": str(out)})
-    return summary
+    job.summary.update({"kind": "ranking" if as_ranking else "preference", "rows": len(rows), "out": str(out)})
+    return job.summary
