@@ -10,6 +10,26 @@ JSON endpoints under ``/api`` feed them. Safety, in one place:
 * the ``Host`` header must name this machine (defeats DNS rebinding) unless the server was bound
   to all interfaces on purpose;
 * model calls run one at a time on a worker thread (:class:`.backend.ModelQueue`).
+
+Endpoints::
+
+    GET  /                                      runs and their stages' states (refreshed every 5 s)
+    GET  /runs/{run}                            charts per stage (poll /api/runs/{run}/metrics), config,
+                                                explanation, report figures
+    GET  /runs/{run}/figures/{name}             a <run>/report/*.png
+    GET  /runs/{run}/{stage}/rollouts?step=N    rollout inspector (←/→ steps; k/l/a colouring)
+    GET  /simulator?run=R                       β simulator and the side-by-side prompt box
+    GET  /label?kind=pair|ranking               labelling
+    GET  /api/runs · /api/runs/{run} · /api/runs/{run}/metrics · /api/runs/{run}/{stage}/rollouts/{step}
+    GET  /api/simulator/{run}/components        reward components and eval.json's points
+    POST /api/simulate                          {run, prompt, n, seed, draw, beta, mix: {component: weight}}
+    POST /api/answer                            {run, prompt} -> {answers: {stage: text}}
+    GET  /api/label/next?annotator=A&kind=K     {task, progress}
+    GET  /api/label/progress?annotator=A[&kind=K]
+    POST /api/label                             {task_id, annotator, choice | ranking, reason?, kind?}
+    POST /api/label/tasks                       {run, kind}: tasks from the run's samples.jsonl
+    GET  /api/label/agreement                   {pair: {...}, ranking: {...}} (Cohen's / Fleiss' κ)
+    GET  /api/label/export/preferences.jsonl · /api/label/export/rankings.jsonl
 """
 
 from __future__ import annotations

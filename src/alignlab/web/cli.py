@@ -55,6 +55,7 @@ def run_serve_command(args) -> int:
     store = None if str(args.store).lower() == "none" else Path(args.store or runs_dir / "labels.sqlite")
     if store is not None and args.store is None and importlib.util.find_spec("alignlab.feedback.store") is None:
         store = None  # no store module in this install: serve the rest, say labelling is off
+        print("alignlab serve: alignlab.feedback.store is not installed; labelling is off")
     if store is not None:
         store.parent.mkdir(parents=True, exist_ok=True)
     local = args.host in LOCAL
