@@ -163,7 +163,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_score(args) -> int:
-    from alignlab.trainers.reward import score_file
+    from alignlab.scoring import score_file
 
     summary = score_file(args.model, args.data, args.out, kind=args.kind, batch_size=args.batch_size, device=args.device)
     print(json.dumps(summary, indent=1))

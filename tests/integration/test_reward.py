@@ -7,7 +7,8 @@ import pytest
 from alignlab.cli import main
 from alignlab.data.tokenize import Example
 from alignlab.models.heads import load_reward_model
-from alignlab.trainers.reward import score_examples, train_reward
+from alignlab.models.heads import score_examples
+from alignlab.trainers.reward import train_reward
 from alignlab.trainers.run import read_metrics
 
 

@@ -139,7 +139,8 @@ def _base_logprobs(exp, temperature):
 
 @pytest.mark.parametrize("lora", [True, False])
 def test_reference_equals_the_base_model_after_the_policy_moved(lora):
-    from alignlab.trainers.rl import build_models, reference_logprobs, response_logprobs
+    from alignlab.models.policy import build_models
+    from alignlab.rollout.passes import reference_logprobs, response_logprobs
 
     cfg = from_dict(ModelConfig, {"name_or_path": "tiny", "lora": {"enabled": lora}})
     models = build_models(cfg, seed=0, value="head")

@@ -149,3 +149,22 @@ def load_reward_model(folder: str | Path, *, device: str = "auto", dtype: str = 
     _load_head(rm, folder)
     rm.eval()
     return LoadedReward(rm, loaded.tokenizer, norm)
+
+
+@torch.no_grad()
+def score_examples(rm: RewardModel, examples: list, pad_id: int, *, batch_size: int = 16, normalised: bool = False) -> torch.Tensor:
+    """Scores of tokenised (prompt, response) examples (``data.tokenize.Example``), (N,) float32 on CPU; eval mode, no grad."""
+    from alignlab.data.collate import pad_examples
+
+    device = next(rm.parameters()).device
+    was = rm.training
+    rm.eval()
+    out = []
+    try:
+        for s in range(0, len(examples), batch_size):
+            batch = pad_examples(examples[s : s + batch_size], pad_id)
+            raw = rm(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            out.append(((raw - rm.shift) / rm.scale if normalised else raw).float().cpu())
+    finally:
+        rm.train(was)
+    return torch.cat(out) if out else torch.zeros(0)

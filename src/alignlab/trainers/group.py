@@ -20,7 +20,8 @@ from alignlab.losses.kl import kl_estimate
 from alignlab.losses.ppo import grpo_loss, ppo_policy_loss, reinforce_loss
 from alignlab.losses.reduce import masked_mean
 from alignlab.rollout.experience import Experience
-from alignlab.trainers.rl import RLAlgorithm, RLContext, policy_forward, run_rl_stage, sample_and_score, sequence_kl
+from alignlab.rollout.passes import policy_forward, sequence_kl
+from alignlab.trainers.rl import RLAlgorithm, RLContext, run_rl_stage, sample_and_score
 
 
 # ----------------------------------------------------------------------------- targets: exp -> advantages (B,)

@@ -26,7 +26,8 @@ from alignlab.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_l
 from alignlab.losses.reduce import masked_sum
 from alignlab.rollout.experience import Experience
 from alignlab.rollout.rewards import RunningMoments
-from alignlab.trainers.rl import RLAlgorithm, RLContext, policy_forward, run_rl_stage, sample_and_score, sequence_kl
+from alignlab.rollout.passes import policy_forward, sequence_kl
+from alignlab.trainers.rl import RLAlgorithm, RLContext, run_rl_stage, sample_and_score
 
 
 def kl_controller(cfg):

@@ -22,7 +22,7 @@ import torch
 from alignlab.data.collate import collate_pairs, collate_rankings, pad_examples
 from alignlab.data.tokenize import Example, encode_prompt, tokenize_pairs, tokenize_rankings
 from alignlab.losses.reward import bradley_terry, calibration, get_reward_loss, reward_magnitude_penalty
-from alignlab.models.heads import RewardModel, restore_reward_model, save_reward_model
+from alignlab.models.heads import RewardModel, restore_reward_model, save_reward_model, score_examples
 from alignlab.models.load import load_model
 from alignlab.trainers.common import base_name, load_split, seed_everything
 from alignlab.trainers.loop import fit
@@ -80,21 +80,6 @@ def _with_penalty(cfg, loss, stats, rewards):
 
 # ----------------------------------------------------------------------------- scoring
 @torch.no_grad()
-def score_examples(rm: RewardModel, examples: list[Example], pad_id: int, *, batch_size: int = 16, normalised: bool = False) -> torch.Tensor:
-    """Scores of (prompt, response) examples, (N,) float32 on CPU; eval mode, no grad."""
-    was = rm.training
-    rm.eval()
-    out = []
-    try:
-        for s in range(0, len(examples), batch_size):
-            batch = pad_examples(examples[s : s + batch_size], pad_id)
-            raw = batch_rewards(rm, batch)
-            out.append(((raw - rm.shift) / rm.scale if normalised else raw).float().cpu())
-    finally:
-        rm.train(was)
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 def heldout_stats(rm: RewardModel, pairs, pad_id: int, batch_size: int) -> dict:
     """Accuracy, mean margin and ECE of σ(r_w − r_l) on held-out pairs (raw scores)."""
     chosen = score_examples(rm, [p.chosen() for p in pairs], pad_id, batch_size=batch_size)
@@ -218,58 +203,3 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
         run.replace_final(lambda folder: save_reward_model(rm, tokenizer, folder, base=base, seed=seed, norm=norm))
         summary["normalisation"] = norm
         return run.complete(summary)
-
-
-# ----------------------------------------------------------------------------- alignlab score
-def detect_kind(spec: str) -> str:
-    """preference (``chosen``), ranking (``responses``) or sft (a prompt with one response), from the first row."""
-    from alignlab.data import read_rows
-
-    for _, row in read_rows(spec):
-        if "chosen" in row:
-            return "preference"
-        if "responses" in row:
-            return "ranking"
-        return "sft"
-    return "sft"
-
-
-def score_file(model: str, data: str, out: str, *, kind: str = "auto", batch_size: int = 16, device: str = "auto") -> dict:
-    """Score every record of ``data`` with the reward model folder ``model``; one JSON line per record.
-
-    Lines: preference ``{"where", "chosen_score", "rejected_score"}``; ranking ``{"where",
-    "scores": [...]}``; sft (prompt + response) ``{"where", "score"}``. Scores are normalised
-    (``reward_norm.json``).
-    """
-    from pathlib import Path
-
-    from alignlab.data import load_records
-    from alignlab.data.tokenize import tokenize_sft
-    from alignlab.models.heads import load_reward_model
-
-    loaded = load_reward_model(model, device=device)
-    rm, tok = loaded.model, loaded.tokenizer
-    lengths = {"max_length": loaded.norm.get("max_length", 1024), "max_prompt_length": loaded.norm.get("max_prompt_length", 768)}
-    kind = detect_kind(data) if kind == "auto" else kind
-    records = load_records(data, kind).records
-
-    def scores(examples):
-        return score_examples(rm, examples, tok.pad_token_id, batch_size=batch_size, normalised=True).tolist()
-
-    if kind == "preference":
-        pairs, _ = tokenize_pairs(records, tok, **lengths)
-        rows = [{"where": p.where, "chosen_score": c, "rejected_score": r}
-                for p, c, r in zip(pairs, scores([p.chosen() for p in pairs]), scores([p.rejected() for p in pairs]))]
-    elif kind == "ranking":
-        groups, _ = tokenize_rankings(records, tok, **lengths)
-        flat = iter(scores([e for g in groups for e in g.examples()]))
-        rows = [{"where": g.where, "scores": [next(flat) for _ in g.responses_ids]} for g in groups]
-    else:
-        examples, _ = tokenize_sft(records, tok, **lengths)
-        rows = [{"where": e.where, "score": s} for e, s in zip(examples, scores(examples))]
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
-    return {"records": len(rows), "kind": kind, "out": str(path)}

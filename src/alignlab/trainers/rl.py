@@ -12,11 +12,9 @@ One step of every RL stage::
       -> the stage's after-step hook (e.g. the adaptive KL controller), engine.sync_weights()
       -> LR schedule step, metrics.jsonl row, checkpoint every train.save_every steps
 
-Models: the policy's dropout is switched off (log-probs of the same tokens must not change
-between the rollout and the update, or the ratio carries noise). π_ref is, with LoRA, the same
-network with its adapter disabled; with full fine-tuning a frozen deep copy of the initial
-weights (memory: one more copy of the weights — about 0.54 GB for SmolLM2-135M in float32 — but
-no gradients or optimizer state for it).
+The networks are set up by :mod:`alignlab.models.policy`, the no-grad and training forward
+passes are :mod:`alignlab.rollout.passes`, and the loop is the shared
+:func:`~alignlab.trainers.loop.train_loop`; this file wires them.
 
 Exact resume: the checkpoint holds the policy (and value) weights, the optimizer, the scheduler,
 the RNG states (so the next rollout samples the same tokens), and the stage's extra state (the
@@ -26,7 +24,6 @@ adaptive KL controller, the reward normaliser); minibatch orders come from a gen
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,166 +31,12 @@ from typing import Any, Callable
 
 import torch
 
-from alignlab.losses.kl import kl_estimate
-from alignlab.losses.reduce import masked_sum
-from alignlab.models.logprobs import entropy_chunks, hidden_states, logprobs_from_hidden, trunk_and_head
+from alignlab.models.policy import RLModels, TrainableState, build_models
+from alignlab.rollout.passes import rollout_pass
 from alignlab.rollout.experience import Experience
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
 from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
 from alignlab.trainers.run import RunDir, open_stage
-
-
-# ----------------------------------------------------------------------------- models
-def disable_dropout(model) -> None:
-    """Set every dropout probability of ``model`` to 0 (nn.Dropout modules and attention dropout)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        if isinstance(getattr(module, "attention_dropout", None), float):
-            module.attention_dropout = 0.0
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "attention_dropout"):
-        config.attention_dropout = 0.0
-
-
-@dataclass
-class RLModels:
-    """The policy, its reference and (PPO) its value function."""
-
-    model: Any  # π_θ (a peft model with LoRA, else a plain causal LM)
-    tokenizer: Any
-    ref_model: Any = None  # frozen copy of the initial weights (full fine-tuning); None with LoRA
-    value_head: Any = None  # models.value.ValueHead or None
-    value_model: Any = None  # a separate trunk for the value head, or None (head on the policy's trunk)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.value_model is not None:
-            params += [p for p in self.value_model.parameters() if p.requires_grad]
-        if self.value_head is not None:
-            params += list(self.value_head.parameters())
-        return params
-
-    def value_modules(self) -> torch.nn.ModuleDict:
-        """What the value function adds to the policy (saved next to it; empty without a value)."""
-        mods = {}
-        if self.value_head is not None:
-            mods["head"] = self.value_head
-        if self.value_model is not None:
-            mods["model"] = self.value_model
-        return torch.nn.ModuleDict(mods)
-
-
-def build_models(model_cfg, *, seed: int, value: str | None = None) -> RLModels:
-    """Load the policy, set up π_ref, and a value head on its trunk (``head``) or a second copy (``separate``)."""
-    from alignlab.models.load import is_peft, load_model
-    from alignlab.models.logprobs import unwrap
-    from alignlab.models.value import ValueHead
-
-    loaded = load_model(model_cfg, seed=seed)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    disable_dropout(model)
-    ref_model = None
-    if not is_peft(model):
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    value_head = value_model = None
-    if value is not None:
-        device = next(model.parameters()).device
-        value_head = ValueHead(unwrap(model).config.hidden_size, device=device)
-        if value == "separate":
-            value_model = load_model(model_cfg, seed=seed).model
-            disable_dropout(value_model)
-    return RLModels(model, tokenizer, ref_model, value_head, value_model)
-
-
-class TrainableState:
-    """``state_dict`` / ``load_state_dict`` over a module's trainable tensors only (for checkpoints:
-    a LoRA value model stores its adapter, not the frozen base weights)."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().clone() for n, p in self.module.named_parameters() if p.requires_grad}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = dict(self.module.named_parameters())
-        with torch.no_grad():
-            for name, value in state.items():
-                params[name].copy_(value.to(params[name].device))
-
-
-# ----------------------------------------------------------------------------- forward passes
-def response_hidden(model, exp: Experience, device) -> torch.Tensor:
-    """Hidden states at the positions that predict each response token: ``(B, R, H)``."""
-    P = exp.prompt_width
-    hidden = hidden_states(model, exp.input_ids.to(device), exp.attention_mask.to(device), exp.position_ids.to(device))  # (B, P+R, H)
-    return hidden[:, P - 1 : -1]  # (B, R, H): position P-1+t predicts response token t
-
-
-def response_logprobs(model, exp: Experience, *, temperature: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log π(y_t) at ``temperature`` ``(B, R)`` float32, the hidden states ``(B, R, H)``)."""
-    h = response_hidden(model, exp, device)
-    _, head = trunk_and_head(model)
-    mask = exp.response_mask.to(device)  # the head runs only on real response tokens; padding reads 0
-    return logprobs_from_hidden(head, h, exp.response_ids.to(device), mask=mask, temperature=temperature), h
-
-
-def policy_forward(models: RLModels, exp: Experience, *, temperature: float, with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(logprobs ``(B, R)``, values ``(B, R)`` or None, policy hidden states ``(B, R, H)``), with grad."""
-    logprobs, h = response_logprobs(models.model, exp, temperature=temperature, device=models.device)
-    values = None
-    if with_values and models.value_head is not None:
-        vh = h if models.value_model is None else response_hidden(models.value_model, exp, models.device)
-        values = models.value_head(vh)  # (B, R)
-    return logprobs, values, h
-
-
-@torch.no_grad()
-def reference_logprobs(models: RLModels, exp: Experience, *, temperature: float) -> torch.Tensor:
-    """log π_ref(y_t) ``(B, R)``: the adapter-less policy (LoRA) or the frozen initial copy."""
-    if models.ref_model is not None:
-        return response_logprobs(models.ref_model, exp, temperature=temperature, device=models.device)[0]
-    from alignlab.models.logprobs import reference_mode  # eval mode, no grad, adapter disabled
-
-    with reference_mode(models.model) as m:
-        return response_logprobs(m, exp, temperature=temperature, device=models.device)[0]
-
-
-@torch.no_grad()
-def rollout_pass(models: RLModels, exp: Experience, *, temperature: float, with_values: bool, batch_size: int) -> dict:
-    """Fill ``exp.old_logprobs``, ``exp.ref_logprobs`` (and ``exp.values``) in chunks of ``batch_size`` rows.
-
-    Returns stats: ``entropy`` (per-token mean entropy of π at ``temperature`` over valid tokens).
-    """
-    _, head = trunk_and_head(models.model)
-    olds, refs, vals = [], [], []
-    ent_sum, ent_count = 0.0, 0.0
-    for start in range(0, len(exp), batch_size):
-        part = exp.select(torch.arange(start, min(start + batch_size, len(exp))))
-        logprobs, values, h = policy_forward(models, part, temperature=temperature, with_values=with_values)
-        mask = part.response_mask.to(h.device)
-        n = float(mask.sum())
-        ent_sum += float(entropy_chunks(head, h, mask, temperature=temperature)) * n
-        ent_count += n
-        olds.append(logprobs.float().cpu())
-        refs.append(reference_logprobs(models, part, temperature=temperature).float().cpu())
-        if values is not None:
-            vals.append(values.float().cpu())
-    exp.old_logprobs = torch.cat(olds)  # (B, R)
-    exp.ref_logprobs = torch.cat(refs)  # (B, R)
-    exp.values = torch.cat(vals) if vals else None  # (B, R)
-    return {"entropy": ent_sum / max(ent_count, 1.0)}
-
-
-def sequence_kl(exp: Experience, estimator: str) -> torch.Tensor:
-    """Σ_t kl_t per response ``(B,)`` from the rollout's old and reference log-probs."""
-    kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, estimator)  # (B, R)
-    return masked_sum(kl, exp.response_mask, dim=-1)  # (B,)
 
 
 # ----------------------------------------------------------------------------- one rollout

@@ -1,0 +1,98 @@
+"""The RL stages' networks: the policy π_θ, its frozen reference π_ref and (PPO) the value function.
+
+The policy's dropout is switched off (log-probs of the same tokens must not change between the
+rollout and the update, or the ratio carries noise). π_ref is, with LoRA, the same network with its
+adapter disabled; with full fine-tuning a frozen deep copy of the initial weights (memory: one more
+copy of the weights — about 0.54 GB for SmolLM2-135M in float32 — but no gradients or optimizer
+state for it).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+def disable_dropout(model) -> None:
+    """Set every dropout probability of ``model`` to 0 (nn.Dropout modules and attention dropout)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "attention_dropout"):
+        config.attention_dropout = 0.0
+
+
+@dataclass
+class RLModels:
+    """The policy, its reference and (PPO) its value function."""
+
+    model: Any  # π_θ (a peft model with LoRA, else a plain causal LM)
+    tokenizer: Any
+    ref_model: Any = None  # frozen copy of the initial weights (full fine-tuning); None with LoRA
+    value_head: Any = None  # models.value.ValueHead or None
+    value_model: Any = None  # a separate trunk for the value head, or None (head on the policy's trunk)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.value_model is not None:
+            params += [p for p in self.value_model.parameters() if p.requires_grad]
+        if self.value_head is not None:
+            params += list(self.value_head.parameters())
+        return params
+
+    def value_modules(self) -> torch.nn.ModuleDict:
+        """What the value function adds to the policy (saved next to it; empty without a value)."""
+        mods = {}
+        if self.value_head is not None:
+            mods["head"] = self.value_head
+        if self.value_model is not None:
+            mods["model"] = self.value_model
+        return torch.nn.ModuleDict(mods)
+
+
+def build_models(model_cfg, *, seed: int, value: str | None = None) -> RLModels:
+    """Load the policy, set up π_ref, and a value head on its trunk (``head``) or a second copy (``separate``)."""
+    from alignlab.models.load import is_peft, load_model
+    from alignlab.models.logprobs import unwrap
+    from alignlab.models.value import ValueHead
+
+    loaded = load_model(model_cfg, seed=seed)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    disable_dropout(model)
+    ref_model = None
+    if not is_peft(model):
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    value_head = value_model = None
+    if value is not None:
+        device = next(model.parameters()).device
+        value_head = ValueHead(unwrap(model).config.hidden_size, device=device)
+        if value == "separate":
+            value_model = load_model(model_cfg, seed=seed).model
+            disable_dropout(value_model)
+    return RLModels(model, tokenizer, ref_model, value_head, value_model)
+
+
+class TrainableState:
+    """``state_dict`` / ``load_state_dict`` over a module's trainable tensors only (for checkpoints:
+    a LoRA value model stores its adapter, not the frozen base weights)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().clone() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for name, value in state.items():
+                params[name].copy_(value.to(params[name].device))

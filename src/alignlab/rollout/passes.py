@@ -1,0 +1,79 @@
+"""Forward passes over a rollout: the policy's and the reference's log-probs of the sampled tokens, values, entropy.
+
+Shapes: B responses, P prompt columns (left-padded), R response columns (right-padded).
+"""
+from __future__ import annotations
+
+import torch
+
+from alignlab.losses.kl import kl_estimate
+from alignlab.losses.reduce import masked_sum
+from alignlab.models.logprobs import entropy_chunks, hidden_states, logprobs_from_hidden, reference_mode, trunk_and_head
+from alignlab.models.policy import RLModels
+from alignlab.rollout.experience import Experience
+
+
+def response_hidden(model, exp: Experience, device) -> torch.Tensor:
+    """Hidden states at the positions that predict each response token: ``(B, R, H)``."""
+    P = exp.prompt_width
+    hidden = hidden_states(model, exp.input_ids.to(device), exp.attention_mask.to(device), exp.position_ids.to(device))  # (B, P+R, H)
+    return hidden[:, P - 1 : -1]  # (B, R, H): position P-1+t predicts response token t
+
+
+def response_logprobs(model, exp: Experience, *, temperature: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log π(y_t) at ``temperature`` ``(B, R)`` float32, the hidden states ``(B, R, H)``)."""
+    h = response_hidden(model, exp, device)
+    _, head = trunk_and_head(model)
+    mask = exp.response_mask.to(device)  # the head runs only on real response tokens; padding reads 0
+    return logprobs_from_hidden(head, h, exp.response_ids.to(device), mask=mask, temperature=temperature), h
+
+
+def policy_forward(models: RLModels, exp: Experience, *, temperature: float, with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(logprobs ``(B, R)``, values ``(B, R)`` or None, policy hidden states ``(B, R, H)``), with grad."""
+    logprobs, h = response_logprobs(models.model, exp, temperature=temperature, device=models.device)
+    values = None
+    if with_values and models.value_head is not None:
+        vh = h if models.value_model is None else response_hidden(models.value_model, exp, models.device)
+        values = models.value_head(vh)  # (B, R)
+    return logprobs, values, h
+
+
+@torch.no_grad()
+def reference_logprobs(models: RLModels, exp: Experience, *, temperature: float) -> torch.Tensor:
+    """log π_ref(y_t) ``(B, R)``: the adapter-less policy (LoRA) or the frozen initial copy."""
+    if models.ref_model is not None:
+        return response_logprobs(models.ref_model, exp, temperature=temperature, device=models.device)[0]
+    with reference_mode(models.model) as m:
+        return response_logprobs(m, exp, temperature=temperature, device=models.device)[0]
+
+
+@torch.no_grad()
+def rollout_pass(models: RLModels, exp: Experience, *, temperature: float, with_values: bool, batch_size: int) -> dict:
+    """Fill ``exp.old_logprobs``, ``exp.ref_logprobs`` (and ``exp.values``) in chunks of ``batch_size`` rows.
+
+    Returns stats: ``entropy`` (per-token mean entropy of π at ``temperature`` over valid tokens).
+    """
+    _, head = trunk_and_head(models.model)
+    olds, refs, vals = [], [], []
+    ent_sum, ent_count = 0.0, 0.0
+    for start in range(0, len(exp), batch_size):
+        part = exp.select(torch.arange(start, min(start + batch_size, len(exp))))
+        logprobs, values, h = policy_forward(models, part, temperature=temperature, with_values=with_values)
+        mask = part.response_mask.to(h.device)
+        n = float(mask.sum())
+        ent_sum += float(entropy_chunks(head, h, mask, temperature=temperature)) * n
+        ent_count += n
+        olds.append(logprobs.float().cpu())
+        refs.append(reference_logprobs(models, part, temperature=temperature).float().cpu())
+        if values is not None:
+            vals.append(values.float().cpu())
+    exp.old_logprobs = torch.cat(olds)  # (B, R)
+    exp.ref_logprobs = torch.cat(refs)  # (B, R)
+    exp.values = torch.cat(vals) if vals else None  # (B, R)
+    return {"entropy": ent_sum / max(ent_count, 1.0)}
+
+
+def sequence_kl(exp: Experience, estimator: str) -> torch.Tensor:
+    """Σ_t kl_t per response ``(B,)`` from the rollout's old and reference log-probs."""
+    kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, estimator)  # (B, R)
+    return masked_sum(kl, exp.response_mask, dim=-1)  # (B,)
