@@ -181,7 +181,7 @@ def worker_trl(spec: dict) -> dict:
     args = TRLDPOConfig(
         **harness.trl_training_args(cfg, spec["workdir"], gradient_checkpointing=full_checkpointing),
         max_length=cfg.data.max_length,
-        beta=cfg.beta,
+        beta=cfg.hyperparameters()["beta"],
         loss_type=["sigmoid"],
         precompute_ref_log_probs=precompute,
         logging_steps=1,

@@ -36,6 +36,7 @@ class Input:
 
     key: str  # dotted config key, e.g. "model.name_or_path"
     sources: tuple[tuple[str, str], ...]  # ((stage, output), ...) in order of preference
+    clears: tuple[str, ...] = ()  # keys that belong to the section's own value (reset when wired)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Stage:
 
 
 _SFT_MODEL = Input("model.name_or_path", (("sft", "final"),))
-_RM_SOURCE = Input("reward.source", (("reward", "final"),))
+_RM_SOURCE = Input("reward.source", (("reward", "final"),), clears=("reward.kwargs",))
 _PREFS = Input("data.train", (("label", "preferences"),))
 _MODEL_OUT = {"final": "final", "samples": "samples.jsonl"}
 
@@ -227,9 +228,22 @@ def wire(stage: str, section: dict, available: dict[str, Path]) -> tuple[dict, d
             path = available.get(f"{up}:{output}")
             if path is not None:
                 _set_dotted(section, inp.key, str(path))
+                for key in inp.clears:
+                    _drop_dotted(section, key)
                 wired[inp.key] = str(path)
                 break
     return section, wired
+
+
+def _drop_dotted(tree: dict, dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head not in tree:
+        return
+    if not rest:
+        del tree[head]
+    elif isinstance(tree[head], dict):
+        tree[head] = dict(tree[head])
+        _drop_dotted(tree[head], rest)
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

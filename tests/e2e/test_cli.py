@@ -54,8 +54,21 @@ def test_run_tiny_profile_end_to_end_then_skip_then_generate(tmp_path):
         assert (stage / name).exists(), name
     summary = json.loads((stage / "COMPLETE").read_text())
     assert summary["steps"] == 6
+    from alignlab.pipeline import STAGES
+    from alignlab.profiles import load_profile
+
+    names = [n for n in STAGES if n in load_profile("tiny")]
+    assert len(names) >= 7
+    run_dir = tmp_path / "runs" / "tiny"
+    assert json.loads((run_dir / "run.json").read_text())["stages"] == names
+    for name in names:  # every stage of the profile ran, in the table's order, into one run folder
+        assert (run_dir / name / "COMPLETE").is_file(), name
+    dpo = json.loads((run_dir / "dpo" / "COMPLETE").read_text())
+    assert dpo["consumed"]["model"] == "runs/tiny/sft/final"  # wired from the upstream stage
+    ppo = json.loads((run_dir / "ppo" / "COMPLETE").read_text())
+    assert ppo["consumed"] == {"model": "runs/tiny/sft/final", "reward": "runs/tiny/reward/final"}
     again = alignlab("run", "--profile", "tiny", "train.max_steps=6", cwd=tmp_path)
-    assert again.returncode == 0 and "is complete; skipping" in again.stdout
+    assert again.returncode == 0 and again.stdout.count("is complete; skipping") == len(names), again.stdout
     gen = alignlab("generate", "--model", str(stage / "final"), "--prompt", "Hi", "--max-new-tokens", "5", cwd=tmp_path)
     assert gen.returncode == 0 and gen.stdout.startswith("> Hi"), gen.stderr[-2000:]
 

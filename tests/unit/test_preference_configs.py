@@ -60,3 +60,47 @@ def test_profiles_have_reward_and_dpo_sections(profile):
 
     assert load_config(RewardConfig, None, [], base=profile_section(profile, "reward")).data.train == "demo:preferences"
     assert load_config(DPOConfig, None, [], base=profile_section(profile, "dpo")).loss == "dpo"
+
+
+@pytest.mark.parametrize(
+    "loss,expected",
+    [
+        ("dpo", {"beta": 0.1}),
+        ("ipo", {"beta": 0.1, "length_normalize": True}),  # the authors' length-averaged form by default
+        ("simpo", {"beta": 2.0, "simpo_gamma": 1.0}),  # SimPO's own scale, not DPO's 0.1
+        ("cdpo", {"beta": 0.1, "label_smoothing": 0.1}),
+        ("rpo", {"beta": 0.1, "rpo_alpha": 1.0}),
+    ],
+)
+def test_each_loss_gets_its_published_defaults_unless_set(loss, expected):
+    cfg = load_config(DPOConfig, None, [f"loss={loss}"])
+    got = cfg.hyperparameters()
+    assert {k: got[k] for k in expected} == expected
+    assert load_config(DPOConfig, None, [f"loss={loss}", "beta=0.5"]).hyperparameters()["beta"] == 0.5
+    assert load_config(DPOConfig, None, ["loss=ipo", "length_normalize=false"]).hyperparameters()["length_normalize"] is False
+
+
+def test_help_shows_each_losss_published_defaults(capsys):
+    with pytest.raises(SystemExit):
+        make_parser().parse_args(["dpo", "--help"])
+    out = capsys.readouterr().out
+    assert "simpo: beta=2.0, simpo_gamma=1.0" in out and "ipo: beta=0.1, length_normalize=True" in out
+
+
+def test_dpo_turns_the_policys_dropout_off_by_default(tmp_path, monkeypatch):
+    import alignlab.models.policy as policy
+    from alignlab.profiles import load_profile
+    from alignlab.trainers.dpo import train_dpo
+
+    calls = []
+    real = policy.disable_dropout
+    monkeypatch.setattr(policy, "disable_dropout", lambda m: (calls.append(m), real(m)))
+    base = load_profile("tiny")["dpo"]
+    args = [f"train.output_dir={tmp_path}", "train.max_steps=1", "train.progress=false", "train.num_samples=0", "model.lora.enabled=true", "model.lora.dropout=0.5"]
+    train_dpo(load_config(DPOConfig, None, args, base=base))
+    assert len(calls) == 1
+    drops = [m.p for m in calls[0].modules() if m.__class__.__name__ == "Dropout"]
+    assert drops and all(p == 0.0 for p in drops)  # LoRA's dropout 0.5 is off in the policy pass
+    calls.clear()
+    train_dpo(load_config(DPOConfig, None, [*args, "train.run_name=on", "dropout=true"], base=base))
+    assert calls == []

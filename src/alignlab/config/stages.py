@@ -78,27 +78,40 @@ class RewardConfig:
 
 @dataclass
 class DPOConfig:
-    """Direct preference methods: dpo, cdpo, ipo, hinge, robust, kto (unpaired), orpo, simpo (reference-free).
+    """Direct preference methods from preferences (the variants and their published defaults: --help).
 
     The reference π_ref is the model as loaded. With LoRA it is the same network with the adapter
     disabled; with full fine-tuning its log-probs are computed from the initial weights before the
     first step. Either way no second copy of the model is held, and the reference log-probs are
-    computed once per data set and cached on disk.
+    computed once per data set and cached on disk. A hyperparameter left empty (null) takes the
+    chosen loss's published default (``alignlab.losses.preference.loss_defaults``).
     """
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
     data: DataConfig = knob(help="preference, ranking or unpaired records (packed by default: no padding)", factory=_dpo_data)
     train: TrainConfig = knob(help="the training loop", factory=TrainConfig)
-    loss: str = knob("dpo", "dpo, cdpo, ipo, hinge, robust, kto, orpo or simpo (see losses.preference)")
+    loss: str = knob("dpo", "the preference loss: a name of losses.preference.PREFERENCE_LOSSES (listed above)")
     data_kind: str = knob("preference", "preference, ranking (all pairs of each ranking) or unpaired (kto; preference rows split into desirable/undesirable)")
-    beta: float = knob(0.1, "β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale, typically 2.0)")
-    label_smoothing: float = knob(0.0, "ε: assumed label-flip probability (cdpo, robust only)")
-    gamma: float = knob(0.5, "γ: SimPO's target reward margin")
-    orpo_lambda: float = knob(0.1, "λ: weight of ORPO's odds-ratio term next to the chosen NLL")
-    length_normalize: bool = knob(False, "reference-based paired losses: use mean per-token log-probs instead of sums")
+    beta: float | None = knob(None, "β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale); empty: the loss's default")
+    label_smoothing: float | None = knob(None, "ε: assumed label-flip probability (cdpo, robust only); empty: the loss's default")
+    simpo_gamma: float | None = knob(None, "γ: SimPO's target reward margin; empty: the loss's default")
+    orpo_lambda: float | None = knob(None, "λ: weight of ORPO's odds-ratio term next to the chosen NLL; empty: the loss's default")
+    rpo_alpha: float | None = knob(None, "α: weight of RPO's chosen NLL next to the DPO term; empty: the loss's default")
+    length_normalize: bool | None = knob(None, "reference-based paired losses: mean per-token log-probs instead of sums (IPO's default: true)")
     desirable_weight: float = knob(1.0, "λ_D: KTO weight of desirable examples")
     undesirable_weight: float = knob(1.0, "λ_U: KTO weight of undesirable examples")
+    dropout: bool = knob(False, "keep dropout on in the policy's pass (off: π_ref runs without it, so dropout would make the implicit reward noisy)")
     reference_cache: bool = knob(True, "keep reference log-probs on disk (<cache>/reflogps) and reuse them across runs")
+
+    def hyperparameters(self) -> dict:
+        """The loss's hyperparameters: each set value, else the loss's published default."""
+        from alignlab.losses.preference import loss_defaults
+
+        out = loss_defaults(self.loss)
+        for key in ("beta", "label_smoothing", "simpo_gamma", "orpo_lambda", "rpo_alpha", "length_normalize"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     def check(self) -> None:
         from alignlab.losses.preference import get_preference_loss
@@ -110,13 +123,21 @@ class DPOConfig:
         kinds = ("preference", "ranking") if spec.paired else ("preference", "unpaired")
         if self.data_kind not in kinds:
             raise ConfigError(f"'data_kind' must be one of {', '.join(kinds)} for loss '{self.loss}'; got {self.data_kind!r}")
-        if self.label_smoothing != 0.0 and "label_smoothing" not in spec.hyperparameters:
-            raise ConfigError(f"'label_smoothing' has no effect with loss '{self.loss}' (only cdpo, robust); set it to 0")
-        if self.length_normalize and not (spec.paired and spec.needs_reference):
-            raise ConfigError(f"'length_normalize' applies to reference-based paired losses, not '{self.loss}'")
-        if not self.beta > 0:
-            raise ConfigError(f"'beta' must be > 0; got {self.beta}")
+        for key in ("label_smoothing", "simpo_gamma", "orpo_lambda", "rpo_alpha"):
+            if getattr(self, key) not in (None, 0.0) and key not in spec.hyperparameters:
+                users = ", ".join(sorted(n for n, s in _preference_losses().items() if key in s.hyperparameters))
+                raise ConfigError(f"'{key}' has no effect with loss '{self.loss}' (only {users}); leave it empty")
+        if self.length_normalize and not spec.supports_length_normalize:
+            raise ConfigError(f"'length_normalize' applies to reference-based paired losses that take sums, not '{self.loss}'")
+        beta = self.hyperparameters().get("beta")
+        if beta is not None and not beta > 0:
+            raise ConfigError(f"'beta' must be > 0; got {beta}")
 
+
+def _preference_losses() -> dict:
+    from alignlab.losses.preference import PREFERENCE_LOSSES
+
+    return PREFERENCE_LOSSES
 
 
 def _prompt_data() -> DataConfig:

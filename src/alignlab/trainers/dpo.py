@@ -101,7 +101,7 @@ def direct_loss(cfg, model, batch: dict, ref) -> tuple[torch.Tensor, dict]:
             ref.take("logps", idx, device),
             batch["desirable"].to(device),
             z0,
-            beta=cfg.beta,
+            beta=cfg.hyperparameters()["beta"],
             desirable_weight=cfg.desirable_weight,
             undesirable_weight=cfg.undesirable_weight,
         )
@@ -115,17 +115,8 @@ def direct_loss(cfg, model, batch: dict, ref) -> tuple[torch.Tensor, dict]:
     if spec.needs_reference:
         inputs["ref_chosen_logps"] = ref.take("chosen", idx, device)
         inputs["ref_rejected_logps"] = ref.take("rejected", idx, device)
-    if spec.needs_nll:
-        inputs["chosen_nll"] = -(logps[:B] / lengths[:B])  # (B,) per-token NLL of each chosen response
-    return preference_loss(
-        cfg.loss,
-        **inputs,
-        beta=cfg.beta,
-        label_smoothing=cfg.label_smoothing,
-        gamma=cfg.gamma,
-        orpo_lambda=cfg.orpo_lambda,
-        length_normalize=cfg.length_normalize,
-    )
+    hyper = cfg.hyperparameters()
+    return preference_loss(cfg.loss, **inputs, **{k: v for k, v in hyper.items() if k in (*spec.hyperparameters, "length_normalize")})
 
 
 def evaluate(cfg, model, data, ref, batch_size: int, max_batches: int = 0) -> dict:
@@ -154,6 +145,11 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
         train_records, eval_records = load_split(cfg.data, kind, seed, run.log)
         loaded = load_model(cfg.model, seed=seed)
         model, tokenizer = loaded.model, loaded.tokenizer
+        if not cfg.dropout:
+            from alignlab.models.policy import disable_dropout
+
+            disable_dropout(model)  # the policy's pass then matches π_ref's (eval mode): no noise in β·log π/π_ref
+        run.log.info("loss %s with %s", cfg.loss, cfg.hyperparameters())
         lengths = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
 
         pack_width = cfg.data.max_length if cfg.data.packing else None
