@@ -12,7 +12,10 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
-SKIP_REASON = f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium) and playwright"
+SKIP_REASON = (
+    f"browser tests need Chromium at {CHROMIUM} (apt-get install -y chromium) and the playwright and "
+    "pytest-playwright packages"
+)
 
 
 def _available() -> bool:
@@ -20,6 +23,7 @@ def _available() -> bool:
         return False
     try:
         import playwright.sync_api  # noqa: F401
+        import pytest_playwright  # noqa: F401  (the page fixture)
     except ImportError:
         return False
     return True
