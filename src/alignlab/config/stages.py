@@ -52,7 +52,9 @@ class RewardConfig:
     data_kind: str = knob("preference", "preference (chosen/rejected rows) or ranking (K ranked responses per prompt)")
     loss: str = knob("bradley_terry", "bradley_terry (pairs; a ranking gives all its pairs), kwise or plackett_luce (whole rankings)")
     margin: float = knob(0.0, "bradley_terry only: ask r_chosen - r_rejected to exceed this (reward units)")
+    margin_from_data: bool = knob(False, "bradley_terry only: use each pair's own `margin` field (Llama 2 preference strength); pairs without one use `margin`")
     magnitude_penalty: float = knob(0.0, "coefficient of mean(r^2) added to the loss (pins the rewards' free offset near 0)")
+    center_rewards: float = knob(0.0, "coefficient of mean((r_chosen + r_rejected)^2) added to the loss (centres each pair's rewards on 0; TRL suggests 0.01)")
     norm_prompts: str = knob("demo:prompts", "prompts whose reference-policy responses set the normalisation (mean 0, std 1)")
     norm_num_prompts: int = knob(64, "prompts used for normalisation (0: no normalisation: shift 0, scale 1)")
     norm_max_new_tokens: int = knob(64, "tokens sampled at most per normalisation response")
@@ -66,8 +68,12 @@ class RewardConfig:
             raise ConfigError(f"'loss': {e}") from None
         if self.data_kind not in ("preference", "ranking"):
             raise ConfigError(f"'data_kind' must be preference or ranking for a reward model; got {self.data_kind!r}")
-        if self.margin != 0.0 and self.loss != "bradley_terry":
-            raise ConfigError(f"'margin' applies to loss bradley_terry only; set margin=0 for loss '{self.loss}'")
+        if (self.margin != 0.0 or self.margin_from_data) and self.loss != "bradley_terry":
+            raise ConfigError(f"'margin' and 'margin_from_data' apply to loss bradley_terry only, not '{self.loss}'")
+        if self.center_rewards < 0:
+            raise ConfigError(f"'center_rewards' must be >= 0; got {self.center_rewards}")
+        if self.center_rewards and self.data_kind != "preference" and self.loss != "bradley_terry":
+            raise ConfigError("'center_rewards' applies to pairs (bradley_terry)")
         if self.magnitude_penalty < 0:
             raise ConfigError(f"'magnitude_penalty' must be >= 0; got {self.magnitude_penalty}")
         if self.norm_num_prompts < 0 or self.norm_max_new_tokens < 1:

@@ -150,6 +150,7 @@ def collate_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None 
     batch = collate_sequences([p.chosen() for p in pairs] + [p.rejected() for p in pairs], pad_id, pack_width)
     batch["where"] = [p.where for p in pairs]
     batch["n_pairs"] = len(pairs)
+    batch["margins"] = torch.tensor([float("nan") if p.margin is None else p.margin for p in pairs])  # (B,) NaN: none given
     batch["loss_weight"] = len(pairs)  # the pairwise losses are per-pair means
     return batch
 

@@ -55,6 +55,8 @@ class PreferenceRecord:
     chosen: str
     rejected: str
     where: str = field(default="", compare=False)
+    margin: float | None = None
+    """How strongly y_w is preferred (Llama 2's preference-strength margin, reward units), if the data says."""
 
 
 @dataclass(frozen=True)

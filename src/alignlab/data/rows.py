@@ -26,7 +26,9 @@ prepended as a system message. ``null`` counts as an absent field.
   * ``{chosen, rejected}`` without a prompt: either messages lists that share everything but the
     final answer, or Anthropic HH-RLHF transcripts (see :mod:`alignlab.data.hh`).
   Rows whose answers are equal after stripping whitespace are dropped and counted
-  (``dropped_identical``), not errors: they carry no preference. HH-RLHF rows whose final answer is
+  (``dropped_identical``), not errors: they carry no preference. An optional numeric ``margin``
+  says how strongly chosen is preferred (Llama 2's preference strength; the reward model's
+  ``margin_from_data`` reads it). HH-RLHF rows whose final answer is
   empty are dropped and counted (``dropped_empty_answer``): the public data has a few and a user
   cannot fix it; an empty answer written in any other shape is an error.
 
@@ -409,7 +411,10 @@ def _preference(row: dict, where: str) -> Outcome:
         return [], "dropped_empty_answer"
     if chosen.strip() == rejected.strip():
         return [], "dropped_identical"
-    return [PreferenceRecord(prompt, chosen, rejected, where)], None
+    margin = row.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin != margin):
+        raise DataError(where, f"a preference margin is a number (how strongly chosen is preferred), got {_show(margin)}", "margin")
+    return [PreferenceRecord(prompt, chosen, rejected, where, None if margin is None else float(margin))], None
 
 
 def _ranking(row: dict, where: str) -> Outcome:

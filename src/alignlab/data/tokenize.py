@@ -131,6 +131,7 @@ class PairExample:
     chosen_ids: list[int]
     rejected_ids: list[int]
     where: str = ""
+    margin: float | None = None  # the record's preference-strength margin, if any
 
     def chosen(self) -> Example:
         return Example(self.prompt_ids, self.chosen_ids, self.where)
@@ -165,13 +166,13 @@ def _fit_responses(tokenizer, prompt, responses, max_length: int, max_prompt_len
 
 
 def preference_pairs(records) -> list[tuple]:
-    """``(prompt, chosen, rejected, where)`` of preference records; a ranking record gives its K(K−1)/2 pairs."""
+    """``(prompt, chosen, rejected, where, margin)`` of preference records; a ranking record gives its K(K−1)/2 pairs (no margin)."""
     out = []
     for r in records:
         if hasattr(r, "pairs"):  # RankingRecord
-            out.extend((r.prompt, c, j, r.where) for c, j in r.pairs())
+            out.extend((r.prompt, c, j, r.where, None) for c, j in r.pairs())
         else:
-            out.append((r.prompt, r.chosen, r.rejected, r.where))
+            out.append((r.prompt, r.chosen, r.rejected, r.where, getattr(r, "margin", None)))
     return out
 
 
@@ -183,9 +184,9 @@ def tokenize_pairs(records, tokenizer, *, max_length: int, max_prompt_length: in
     """
     stats = TokenStats()
     out = []
-    for prompt, chosen, rejected, where in preference_pairs(records):
+    for prompt, chosen, rejected, where, margin in preference_pairs(records):
         prompt_ids, (c, j) = _fit_responses(tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length, stats, where)
-        out.append(PairExample(prompt_ids, c, j, where))
+        out.append(PairExample(prompt_ids, c, j, where, margin))
     return out, stats
 
 

@@ -21,7 +21,7 @@ import torch
 
 from alignlab.data.collate import collate_pairs, collate_rankings, pad_examples
 from alignlab.data.tokenize import Example, encode_prompt, tokenize_pairs, tokenize_rankings
-from alignlab.losses.reward import bradley_terry, calibration, get_reward_loss, reward_magnitude_penalty
+from alignlab.losses.reward import bradley_terry, calibration, get_reward_loss, reward_centering_penalty, reward_magnitude_penalty
 from alignlab.models.heads import RewardModel, restore_reward_model, save_reward_model, score_examples
 from alignlab.models.load import load_model
 from alignlab.trainers.common import base_name, load_split, seed_everything
@@ -40,11 +40,21 @@ def batch_rewards(rm: RewardModel, batch: dict) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- losses per batch
-def pair_loss(cfg, rewards: torch.Tensor, n_pairs: int) -> tuple[torch.Tensor, dict]:
-    """Bradley–Terry on rows (chosen 0..B-1, rejected B..2B-1), per-pair mean, plus the magnitude penalty."""
+def pair_margins(cfg, data_margins: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | float | None:
+    """The margin each pair must exceed: its own from the data (``margin_from_data``), else ``cfg.margin``."""
+    if cfg.margin_from_data and data_margins is not None:
+        m = data_margins.to(like.device, like.dtype)  # (B,), NaN where the record gave none
+        return torch.where(torch.isnan(m), torch.full_like(m, cfg.margin), m)
+    return cfg.margin or None
+
+
+def pair_loss(cfg, rewards: torch.Tensor, n_pairs: int, data_margins: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Bradley–Terry on rows (chosen 0..B-1, rejected B..2B-1), per-pair mean, plus the penalties."""
     chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]  # (B,), (B,)
-    margin = torch.full_like(chosen, cfg.margin) if cfg.margin else None
-    loss, stats = bradley_terry(chosen, rejected, margin)
+    loss, stats = bradley_terry(chosen, rejected, pair_margins(cfg, data_margins, chosen))
+    if cfg.center_rewards:
+        penalty, pstats = reward_centering_penalty(chosen, rejected, cfg.center_rewards)
+        loss, stats = loss + penalty, {**stats, **pstats}
     return _with_penalty(cfg, loss, stats, rewards)
 
 
@@ -153,7 +163,7 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
                 return collate_pairs(pairs, pad_id)
 
             def step_fn(batch):
-                return pair_loss(cfg, batch_rewards(rm, batch), batch["n_pairs"])
+                return pair_loss(cfg, batch_rewards(rm, batch), batch["n_pairs"], batch.get("margins"))
 
         eval_pairs, _ = tokenize_pairs(eval_records, tokenizer, **lengths)
         if cfg.train.eval_batches:
@@ -187,7 +197,7 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
             "loss": cfg.loss,
             "steps": result.step,
             "train_loss": result.train_stats.get("loss"),
-            "train_accuracy": result.train_stats.get("accuracy"),
+            "train_accuracy": result.train_stats.get("rewards/accuracy"),
             "eval": result.eval_stats,
             "train_items": len(items),
             "eval_pairs": len(eval_pairs),
