@@ -80,7 +80,7 @@ def test_ppo_logs_value_and_clip_stats(tmp_path):
 def test_dr_grpo_and_rloo_clip_run(tmp_path):
     from alignlab.trainers.group import train_grpo, train_rloo
 
-    a = train_grpo(tiny_cfg("grpo", tmp_path, "train.max_steps=2", "variant=dr_grpo", "ppo_epochs=2", "mini_batch_size=8"))
+    a = train_grpo(tiny_cfg("grpo", tmp_path, "train.max_steps=2", "loss=dr_grpo", "ppo_epochs=2", "mini_batch_size=8"))
     b = train_rloo(tiny_cfg("rloo", tmp_path, "train.max_steps=2", "loss=clip", "ppo_epochs=2", "mini_batch_size=8"))
     for s in (a, b):
         rows = train_rows(s)

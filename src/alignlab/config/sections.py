@@ -97,6 +97,8 @@ class RolloutConfig:
     generation_batch_size: int = knob(32, "prompts per model.generate call (transformers engine)")
     forward_batch_size: int = knob(16, "rows per no-grad forward pass for old/reference log-probs and values")
     vllm_gpu_memory_utilization: float = knob(0.3, "fraction of GPU memory vLLM may take (vllm engine only)")
+    save_every: int = knob(1, "write the rollout of every N-th step token by token to <stage>/rollouts/ (the web app's inspector; 0: never)")
+    save_rows: int = knob(16, "responses written per saved rollout")
 
 
 @dataclass

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from alignlab.config.parse import knob
 from alignlab.config.sections import DataConfig, ModelConfig, RewardSourceConfig, RolloutConfig, TrainConfig
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -155,8 +155,12 @@ def _check_rl(cfg, *, needs_groups: bool) -> None:
     r = cfg.rollout
     if not r.temperature > 0:
         raise ConfigError(f"'rollout.temperature' must be > 0 for RL (responses are sampled); got {r.temperature}")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError(f"'rollout.top_p' must be in (0, 1]; got {r.top_p}")
+    if r.top_p != 1:
+        raise ConfigError(
+            f"'rollout.top_p' must be 1 for RL stages (got {r.top_p}): nucleus sampling draws from a truncated π "
+            "whose log-probs, ratios and KL the trainer never sees, so the update would be for another policy; "
+            "lower rollout.temperature instead (the log-probs use the same temperature)"
+        )
     for key in ("max_new_tokens", "generation_batch_size", "forward_batch_size"):
         if getattr(r, key) < 1:
             raise ConfigError(f"'rollout.{key}' must be at least 1; got {getattr(r, key)}")
@@ -177,7 +181,10 @@ class PPOConfig:
     One step = one rollout of train.batch_size prompts, then ppo_epochs passes over it in
     minibatches of mini_batch_size rows (one optimizer step each); train.max_steps counts
     rollouts and train.warmup_steps / the LR schedule are in rollouts too. The reward of a
-    response is its score at the last token minus β times the per-token KL to π_ref.
+    response is its score at the last token minus β times the per-token KL to π_ref (kl_penalty
+    reward), or the KL goes into the loss as β·k2 (kl_penalty loss: k2's gradient on samples
+    from π is ∇KL(π‖π_ref)). advantage_estimator reinforce_pp is REINFORCE++ (Hu 2025): no value
+    model, returns normalised over the whole rollout's tokens.
     """
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
@@ -185,19 +192,24 @@ class PPOConfig:
     train: TrainConfig = knob(help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig)
     rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
     reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
-    value_model: str = knob("head", "head (a value head on the policy's trunk: one network) or separate (a second copy of the model with its own head)")
+    advantage_estimator: str = knob("gae", "gae (a value function, GAE(γ, λ)) or reinforce_pp (REINFORCE++: no value model, batch-normalised returns)")
+    value_model: str = knob("head", "head (a value head on the policy's trunk: one network), separate (a second copy of the model with its own head), or none (reinforce_pp)")
     mini_batch_size: int = knob(8, "rollout rows per optimizer step")
     ppo_epochs: int = knob(4, "passes over each rollout")
     cliprange: float = knob(0.2, "ε: clip range of the probability ratio")
     cliprange_value: float = knob(0.2, "ε_v: how far a value prediction may move from the rollout's (reward units)")
     vf_coef: float = knob(0.1, "weight of the value loss next to the policy loss")
+    entropy_coef: float = knob(0.0, "weight of the entropy bonus subtracted from the loss (0: none)")
+    target_kl: float = knob(0.0, "stop a rollout's epochs early once the k3 KL between sampling and current policy exceeds this (per token, nats; 0: never)")
     gamma: float = knob(1.0, "γ: discount per token")
     gae_lambda: float = knob(0.95, "λ: GAE's bias/variance trade-off (1: Monte Carlo returns, 0: one-step TD)")
     whiten_advantages: bool = knob(True, "normalise advantages to mean 0, std 1 over the rollout's valid tokens")
+    whiten_rewards: bool = knob(False, "normalise the rollout's scores to mean 0, std 1 before the KL penalty (per rollout; reward_norm is the running form)")
     policy_reduction: str = knob("token", "policy loss average: token (per token) or sequence (per sequence)")
+    kl_penalty: str = knob("reward", "where the KL goes: reward (−β·kl_t in each token's reward) or loss (β·k2 added to the loss)")
     kl_estimator: str = knob("k1", "per-token KL estimator in the reward: k1, k2 or k3 (losses.kl)")
     kl_controller: str = knob("fixed", "fixed β, or adaptive (β steered towards kl_target)")
-    kl_coef: float = knob(0.05, "β, the KL penalty's weight (the adaptive controller's initial β)")
+    beta: float = knob(0.05, "β, the KL penalty's weight (the adaptive controller's initial β)")
     kl_target: float = knob(6.0, "adaptive controller: target KL per response (nats)")
     kl_horizon: float = knob(10000.0, "adaptive controller: horizon in responses")
     reward_norm: bool = knob(True, "divide scores by a running std and subtract a running mean (state kept in checkpoints)")
@@ -212,16 +224,21 @@ class PPOConfig:
             ("kl_estimator", KL_ESTIMATORS),
             ("kl_controller", KL_CONTROLLERS),
             ("policy_reduction", POLICY_REDUCTIONS),
-            ("value_model", ("head", "separate")),
+            ("value_model", ("head", "separate", "none")),
+            ("advantage_estimator", ("gae", "reinforce_pp")),
+            ("kl_penalty", ("reward", "loss")),
         ):
             if getattr(self, key) not in valid:
-                raise ConfigError(f"'{key}' must be one of {', '.join(valid)}; got {getattr(self, key)!r}")
-        if self.kl_coef < 0 or (self.kl_controller == "adaptive" and not self.kl_coef > 0):
-            raise ConfigError(f"'kl_coef' must be >= 0 (> 0 for the adaptive controller); got {self.kl_coef}")
+                raise ConfigError(f"'{key}' must be one of {', '.join(valid)}{did_you_mean(getattr(self, key), valid)}; got {getattr(self, key)!r}")
+        if (self.value_model == "none") != (self.advantage_estimator == "reinforce_pp"):
+            raise ConfigError("'value_model' none goes with advantage_estimator=reinforce_pp (no critic), and gae needs a value model (head or separate)")
+        if self.beta < 0 or (self.kl_controller == "adaptive" and not self.beta > 0):
+            raise ConfigError(f"'beta' must be >= 0 (> 0 for the adaptive controller); got {self.beta}")
         if self.kl_controller == "adaptive" and not (self.kl_target > 0 and self.kl_horizon > 0):
             raise ConfigError("'kl_target' and 'kl_horizon' must be > 0 for the adaptive controller")
-        if self.reward_clip < 0:
-            raise ConfigError(f"'reward_clip' must be >= 0; got {self.reward_clip}")
+        for key in ("reward_clip", "entropy_coef", "target_kl"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"'{key}' must be >= 0; got {getattr(self, key)}")
 
 
 @dataclass
@@ -230,7 +247,9 @@ class RLOOConfig:
 
     Each score is penalised by β times the response's summed KL to π_ref before the baseline (the
     mean of the other k−1 penalised scores) is subtracted. No value model. One step = one rollout
-    of train.batch_size prompts × group_size responses.
+    of train.batch_size prompts × group_size responses. Both losses are on-policy in expectation
+    for every minibatch: after the first optimizer step the samples come from an older policy, so
+    each response is weighted by its sequence ratio exp(Σ log π − Σ log π_old) (clipped for clip).
     """
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
@@ -239,33 +258,39 @@ class RLOOConfig:
     rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
     reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
     group_size: int = knob(4, "k: responses sampled per prompt")
-    loss: str = knob("reinforce", "reinforce (−A·Σ_t log π per response; needs ppo_epochs=1) or clip (PPO's clipped ratio, per-sequence mean)")
-    kl_coef: float = knob(0.05, "β: weight of the summed per-token KL subtracted from each score")
+    loss: str = knob("reinforce", "reinforce (−ρ·A·Σ_t log π per response, ρ the sequence ratio, detached) or clip (−min(ρA, clip(ρ)A), sequence-level ρ)")
+    beta: float = knob(0.05, "β: weight of the summed per-token KL subtracted from each score")
     kl_estimator: str = knob("k1", "per-token KL estimator: k1, k2 or k3")
     mini_batch_size: int = knob(16, "rollout rows per optimizer step")
     ppo_epochs: int = knob(1, "passes over each rollout")
-    cliprange: float = knob(0.2, "ε: clip range of the ratio (loss=clip)")
+    cliprange: float = knob(0.2, "ε: clip range of the sequence ratio (loss=clip)")
 
     def check(self) -> None:
         from alignlab.losses.kl import KL_ESTIMATORS
 
         _check_rl(self, needs_groups=True)
         if self.loss not in ("reinforce", "clip"):
-            raise ConfigError(f"'loss' must be reinforce or clip; got {self.loss!r}")
-        if self.loss == "reinforce" and self.ppo_epochs != 1:
-            raise ConfigError("'loss' reinforce has no importance ratio, so it needs ppo_epochs=1; use loss=clip for several epochs")
+            raise ConfigError(f"'loss' must be reinforce or clip{did_you_mean(self.loss, ('reinforce', 'clip'))}; got {self.loss!r}")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"'kl_estimator' must be one of {', '.join(KL_ESTIMATORS)}; got {self.kl_estimator!r}")
-        if self.kl_coef < 0:
-            raise ConfigError(f"'kl_coef' must be >= 0; got {self.kl_coef}")
+        if self.beta < 0:
+            raise ConfigError(f"'beta' must be >= 0; got {self.beta}")
+
+
+GROUP_LOSS_HELP = "grpo (advantages / group std, per-sequence loss), dr_grpo (no std, loss / (G·max_new_tokens)), dapo (asymmetric clip, token-level loss over the batch, groups of equal scores dropped) or gspo (sequence-level ratio and clip)"
 
 
 @dataclass
 class GRPOConfig:
-    """GRPO: group-normalised advantages, clipped ratio, k3 KL to π_ref in the loss (Shao et al. 2024).
+    """GRPO and its successors: group-normalised advantages, no value model (Shao et al. 2024).
 
-    variant dr_grpo (Liu et al. 2025) drops the division by the group std and normalises the loss
-    by a constant (G · max_new_tokens) instead of each response's length: no length bias.
+    loss dr_grpo (Liu et al. 2025) drops the division by the group std and normalises the loss by a
+    constant (G · max_new_tokens): no length bias. dapo (Yu et al. 2025): clip range (ε_low, ε_high),
+    token-level normalisation over the minibatch, dynamic sampling (groups whose scores are all
+    equal give no gradient and are dropped) and, with overlong_cache > 0, a soft penalty for
+    responses near rollout.max_new_tokens; no KL term by default. gspo (Zheng et al. 2025): the
+    sequence-level ratio exp(mean_t log π/π_old), clipped at sequence level. Hyperparameters left
+    empty take the loss's published default (losses.ppo.POLICY_LOSSES).
     """
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
@@ -274,20 +299,41 @@ class GRPOConfig:
     rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
     reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
     group_size: int = knob(4, "G: responses sampled per prompt")
-    variant: str = knob("grpo", "grpo (advantages / group std, per-sequence loss) or dr_grpo (no std, loss / (G·max_new_tokens))")
-    beta: float = knob(0.04, "β: weight of the k3 KL to π_ref in the loss")
+    loss: str = knob("grpo", GROUP_LOSS_HELP)
+    beta: float | None = knob(None, "β: weight of the k3 KL to π_ref in the loss (grpo, dr_grpo: 0.04; dapo, gspo: 0)")
     mini_batch_size: int = knob(16, "rollout rows per optimizer step")
     ppo_epochs: int = knob(1, "passes over each rollout")
-    cliprange: float = knob(0.2, "ε: clip range of the ratio")
+    cliprange: float | None = knob(None, "ε: clip range of the ratio (grpo, dr_grpo: 0.2)")
+    cliprange_low: float | None = knob(None, "ε_low (dapo: 0.2, gspo: 3e-4)")
+    cliprange_high: float | None = knob(None, "ε_high (dapo: 0.28, gspo: 4e-4)")
+    dynamic_sampling: bool | None = knob(None, "drop groups whose scores are all equal (dapo's default: true)")
+    overlong_cache: int = knob(0, "dapo's soft overlong penalty: the last N tokens of rollout.max_new_tokens ramp the score down to −1 (0: off)")
+
+    def hyperparameters(self) -> dict:
+        """The loss's knobs: each set value, else its published default."""
+        from alignlab.losses.ppo import policy_loss_defaults
+
+        base = {"grpo": "grpo", "dr_grpo": "grpo"}.get(self.loss, self.loss)
+        out = {"beta": 0.04 if base == "grpo" else 0.0, "dynamic_sampling": self.loss == "dapo", **policy_loss_defaults(base)}
+        for key in ("beta", "cliprange", "cliprange_low", "cliprange_high", "dynamic_sampling"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
     def check(self) -> None:
-        from alignlab.losses.ppo import GRPO_LOSS_TYPES
-
         _check_rl(self, needs_groups=True)
-        if self.variant not in GRPO_LOSS_TYPES:
-            raise ConfigError(f"'variant' must be one of {', '.join(GRPO_LOSS_TYPES)}; got {self.variant!r}")
-        if self.beta < 0:
-            raise ConfigError(f"'beta' must be >= 0; got {self.beta}")
+        losses = ("grpo", "dr_grpo", "dapo", "gspo")
+        if self.loss not in losses:
+            raise ConfigError(f"'loss' must be one of {', '.join(losses)}{did_you_mean(self.loss, losses)}; got {self.loss!r}")
+        h = self.hyperparameters()
+        if h["beta"] < 0:
+            raise ConfigError(f"'beta' must be >= 0; got {h['beta']}")
+        if self.loss in ("grpo", "dr_grpo") and (self.cliprange_low is not None or self.cliprange_high is not None):
+            raise ConfigError(f"'cliprange_low'/'cliprange_high' apply to dapo and gspo; loss '{self.loss}' takes cliprange")
+        if self.loss in ("dapo", "gspo") and self.cliprange is not None:
+            raise ConfigError(f"loss '{self.loss}' takes cliprange_low and cliprange_high, not cliprange")
+        if self.overlong_cache and (self.loss != "dapo" or not 0 < self.overlong_cache <= self.rollout.max_new_tokens):
+            raise ConfigError("'overlong_cache' is dapo's, and must be in 1..rollout.max_new_tokens")
 
 
 @dataclass
@@ -314,3 +360,51 @@ class BestOfNConfig:
             raise ConfigError("'rollout.temperature' must be > 0 for best-of-n (greedy decoding gives n identical responses)")
 
 
+
+
+def _eval_data() -> DataConfig:
+    return DataConfig(train="demo:prompts", eval_fraction=0.0, limit=48, max_prompt_length=128, max_length=512)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a run's policies on the same prompts (alignlab.eval): gold reward with its interval,
+    win rates against the baseline, paired gains, sampled KL to π_ref, the best-of-n frontier,
+    over-optimisation fits, monitors and probes. Writes <run>/eval/eval.json and samples.jsonl.
+    """
+
+    data: DataConfig = knob(help="prompt records the policies answer (data.limit: how many)", factory=_eval_data)
+    rollout: RolloutConfig = knob(help="sampling (the same for every policy)", factory=RolloutConfig)
+    policies: list[str] = knob(help="stages of the run to evaluate (empty: every complete stage with a final model)", factory=list)
+    baseline: str = knob("sft", "the policy every other is compared with (and π_ref of the KL estimates)")
+    samples: int = knob(2, "responses per prompt and policy")
+    bon_samples: int = knob(8, "baseline responses per prompt for the best-of-n curve (0: none)")
+    gold: str = knob("demo", "the gold reward (alignlab.gold spec, e.g. demo or sentiment+0.5*concise)")
+    proxy: str | None = knob(None, "the proxy reward (a reward-model folder; wired from the run's reward stage)")
+    probes: list[str] = knob(help="behaviour probes to run: sycophancy", factory=list)
+    harmless_data: str | None = knob(None, "HH-RLHF harmless prompts (jsonl[.gz]) for the harmlessness probe")
+    harmless_limit: int = knob(64, "prompts of the harmlessness probe")
+    model: ModelConfig = knob(help="device and dtype for the policies (name_or_path is not used)", factory=ModelConfig)
+    output_dir: str = knob("runs", "folder that holds run folders")
+    run_name: str = knob("default", "name of the run to evaluate")
+    seed: int = knob(0, "sampling seed")
+
+    def check(self) -> None:
+        if self.samples < 1 or self.bon_samples < 0:
+            raise ConfigError("'samples' must be at least 1 and 'bon_samples' at least 0")
+        if not self.rollout.temperature > 0:
+            raise ConfigError("'rollout.temperature' must be > 0: the KL estimates need samples from each policy")
+        for p in self.probes:
+            if p not in ("sycophancy", "harmlessness"):
+                raise ConfigError(f"'probes': unknown probe '{p}'{did_you_mean(p, ('sycophancy', 'harmlessness'))} (probes: sycophancy, harmlessness)")
+        if "harmlessness" in self.probes and not self.harmless_data:
+            raise ConfigError("'probes' harmlessness needs 'harmless_data' (an HH-RLHF file)")
+
+
+@dataclass
+class ReportConfig:
+    """The run's report: one self-contained HTML file and summary.json (alignlab.report), from the run folder only."""
+
+    output_dir: str = knob("runs", "folder that holds run folders")
+    run_name: str = knob("default", "name of the run")
+    figures: bool = knob(True, "also save the figures as PNG files beside report.html")

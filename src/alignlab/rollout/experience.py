@@ -39,6 +39,8 @@ class Experience:
     rewards: torch.Tensor | None = None  # (B, R) per token (PPO: −β·kl + score at the last token) or (B,) per sequence (RLOO)
     advantages: torch.Tensor | None = None  # (B, R) per token (PPO, GAE) or (B,) per sequence (RLOO, GRPO)
     returns: torch.Tensor | None = None  # (B, R) value targets A + V (PPO only)
+    keep: torch.Tensor | None = None  # (B,) bool: rows that carry a learning signal (DAPO's dynamic sampling)
+    prompt_texts: list[str] | None = None  # B prompt texts (the last user message), for the rollout files
 
     # ----------------------------------------------------------------- views
     @property
@@ -69,7 +71,12 @@ class Experience:
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value[index] if isinstance(value, torch.Tensor) else value
+            if isinstance(value, torch.Tensor):
+                out[f.name] = value[index]
+            elif isinstance(value, list):
+                out[f.name] = [value[i] for i in index.tolist()]
+            else:
+                out[f.name] = value
         return Experience(**out)
 
     def minibatches(self, size: int, generator: torch.Generator) -> list["Experience"]:

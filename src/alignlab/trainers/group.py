@@ -1,23 +1,28 @@
-"""RLOO and GRPO: k responses per prompt, the group as the baseline, no value model.
+"""RLOO, GRPO and its successors (Dr. GRPO, DAPO, GSPO): k responses per prompt, the group as the baseline, no value model.
 
-Both sample ``group_size`` responses for each of ``train.batch_size`` prompts (rows stored
+All sample ``group_size`` responses for each of ``train.batch_size`` prompts (rows stored
 ``[prompt0 × k, prompt1 × k, ...]``) through the same rollout code as PPO (``trainers.rl``) and
 differ in two places, each a small function picked from a dict:
 
 * **targets** — RLOO (Ahmadian et al. 2024): the KL penalty goes into the reward,
-  ``r_i = s_i − β Σ_t kl_t``, and ``A_i = r_i − mean_{j≠i} r_j``. GRPO (Shao et al. 2024):
-  ``A_i = (s_i − mean(s)) / std(s)`` per group; Dr. GRPO (Liu et al. 2025): ``s_i − mean(s)``.
-* **loss** — RLOO ``reinforce``: ``−A_i Σ_t log π(y_t)``; RLOO ``clip``: PPO's clipped ratio with
-  A_i on every token, per-sequence mean. GRPO: clipped ratio + β·k3 KL to π_ref in the loss, per
-  sequence (grpo) or summed over tokens / (G · max_new_tokens) (dr_grpo); see ``losses.ppo``.
+  ``r_i = s_i − β Σ_t kl_t``, and ``A_i = r_i − mean_{j≠i} r_j``. GRPO (Shao et al. 2024), DAPO,
+  GSPO: ``A_i = (s_i − mean(s)) / std(s)`` per group; Dr. GRPO (Liu et al. 2025): ``s_i − mean(s)``.
+  DAPO also drops groups whose scores are all equal (dynamic sampling) and can add its soft
+  overlong penalty to the scores.
+* **loss** — RLOO ``reinforce``: ``−ρ_i A_i Σ_t log π(y_t)`` with the detached sequence ratio
+  ρ_i = exp(Σ log π − Σ log π_old) (1 on the first minibatch; it corrects the later ones, sampled
+  from an older policy); RLOO ``clip``: ``−min(ρA, clip(ρ, 1±ε)A)`` with the same sequence-level
+  ρ, so at ρ = 1 the gradient is A·Σ_t ∇log π. GRPO: clipped token ratio + β·k3 KL in the loss;
+  DAPO: clip (ε_low, ε_high), token-level mean over the minibatch; GSPO: sequence ratio
+  exp(mean_t log π/π_old) clipped at sequence level; see ``losses.ppo``.
 """
 from __future__ import annotations
 
 import torch
 
-from alignlab.losses.advantages import GROUP_ADVANTAGES
-from alignlab.losses.kl import kl_estimate
-from alignlab.losses.ppo import grpo_loss, ppo_policy_loss, reinforce_loss
+from alignlab.losses.advantages import GROUP_ADVANTAGES, dapo_keep_groups, overlong_penalty
+from alignlab.losses.kl import kl_estimate, kl_loss_term
+from alignlab.losses.ppo import dapo_loss, grpo_loss, gspo_loss, reinforce_loss, rloo_loss
 from alignlab.losses.reduce import masked_mean
 from alignlab.rollout.experience import Experience
 from alignlab.rollout.passes import policy_forward, sequence_kl
@@ -27,39 +32,64 @@ from alignlab.trainers.rl import RLAlgorithm, RLContext, run_rl_stage, sample_an
 # ----------------------------------------------------------------------------- targets: exp -> advantages (B,)
 def rloo_targets(exp: Experience, cfg) -> dict:
     seq_kl = sequence_kl(exp, cfg.kl_estimator)  # (B,)
-    exp.rewards = exp.scores - cfg.kl_coef * seq_kl  # (B,)
+    exp.rewards = exp.scores - cfg.beta * seq_kl  # (B,)
     exp.advantages = GROUP_ADVANTAGES["rloo"](exp.rewards, cfg.group_size)  # (B,)
-    return {"kl": float(seq_kl.mean()), "beta": cfg.kl_coef, "reward": float(exp.rewards.mean())}
+    return {"kl": float(seq_kl.mean()), "beta": cfg.beta, "reward": float(exp.rewards.mean())}
 
 
 def grpo_targets(exp: Experience, cfg) -> dict:
-    exp.rewards = exp.scores  # (B,): the KL is in the loss
-    exp.advantages = GROUP_ADVANTAGES[cfg.variant](exp.scores, cfg.group_size)  # (B,)
-    return {"kl": float(sequence_kl(exp, "k3").mean()), "beta": cfg.beta}
+    """Group-normalised advantages; DAPO's overlong shaping and dynamic sampling (it returns the kept rows)."""
+    h = cfg.hyperparameters()
+    scores = exp.scores
+    stats: dict = {}
+    if cfg.overlong_cache:
+        scores = scores + overlong_penalty(exp.response_lengths, cfg.rollout.max_new_tokens, cfg.overlong_cache)
+    exp.rewards = scores  # (B,): the KL is in the loss
+    exp.advantages = GROUP_ADVANTAGES["dr_grpo" if cfg.loss == "dr_grpo" else "grpo"](scores, cfg.group_size)  # (B,)
+    stats.update({"kl": float(sequence_kl(exp, "k3").mean()), "beta": h["beta"], "reward": float(scores.mean())})
+    if h["dynamic_sampling"]:
+        keep = dapo_keep_groups(scores, cfg.group_size)  # (B,) bool
+        stats["groups_kept"] = float(keep.view(-1, cfg.group_size)[:, 0].float().mean())
+        exp.keep = keep
+    return stats
 
 
 # ----------------------------------------------------------------------------- losses: (logprobs, mb) -> (loss, stats)
 def _rloo_reinforce(logprobs, mb, mask, cfg):
-    loss, stats = reinforce_loss(logprobs, mb.advantages.to(logprobs.device), mask)
+    old = mb.old_logprobs.to(logprobs.device)
+    loss, stats = reinforce_loss(logprobs, mb.advantages.to(logprobs.device), mask, old_logprobs=old)
     with torch.no_grad():  # how far the update moved π from the sampling policy (k3, per token)
-        stats["policy/approx_kl"] = masked_mean(kl_estimate(mb.old_logprobs.to(logprobs.device), logprobs.detach(), "k3"), mask)
+        stats["policy/approx_kl"] = masked_mean(kl_estimate(old, logprobs.detach(), "k3"), mask)
     return loss, stats
 
 
 def _rloo_clip(logprobs, mb, mask, cfg):
-    adv = mb.advantages.to(logprobs.device).unsqueeze(-1).expand_as(logprobs)  # (B,) -> (B, R)
-    return ppo_policy_loss(logprobs, mb.old_logprobs.to(logprobs.device), adv, mask, cfg.cliprange, "sequence")
+    d = logprobs.device
+    return rloo_loss(logprobs, mb.old_logprobs.to(d), mb.advantages.to(d), mask, cfg.cliprange)
+
+
+def _with_kl(loss, stats, logprobs, mb, mask, beta):
+    """Add β·k2 (the estimator whose gradient is ∇KL(π‖π_ref)) for the losses that have no KL term of their own."""
+    if not beta:
+        return loss, stats
+    kl, kstats = kl_loss_term(logprobs, mb.ref_logprobs.to(logprobs.device), mask)
+    return loss + beta * kl, {**stats, **kstats}
 
 
 def _grpo(logprobs, mb, mask, cfg):
-    d = logprobs.device
-    return grpo_loss(
-        logprobs, mb.old_logprobs.to(d), mb.ref_logprobs.to(d), mb.advantages.to(d), mask,
-        cfg.cliprange, cfg.beta, cfg.variant, max_len=cfg.rollout.max_new_tokens,
-    )
+    d, h = logprobs.device, cfg.hyperparameters()
+    if cfg.loss in ("grpo", "dr_grpo"):
+        return grpo_loss(
+            logprobs, mb.old_logprobs.to(d), mb.ref_logprobs.to(d), mb.advantages.to(d), mask,
+            h["cliprange"], h["beta"], cfg.loss, max_len=cfg.rollout.max_new_tokens,
+        )
+    fn = {"dapo": dapo_loss, "gspo": gspo_loss}[cfg.loss]
+    loss, stats = fn(logprobs, mb.old_logprobs.to(d), mb.advantages.to(d), mask, h["cliprange_low"], h["cliprange_high"])
+    return _with_kl(loss, stats, logprobs, mb, mask, h["beta"])
 
 
 RLOO_LOSSES = {"reinforce": _rloo_reinforce, "clip": _rloo_clip}
+GROUP_LOSSES = {"grpo": _grpo, "dr_grpo": _grpo, "dapo": _grpo, "gspo": _grpo}  # the GRPO stage's `loss` names
 
 
 def build_group(ctx: RLContext, targets, loss_fn) -> RLAlgorithm:
@@ -68,6 +98,8 @@ def build_group(ctx: RLContext, targets, loss_fn) -> RLAlgorithm:
     def make_experience(records, prompt_ids):
         exp, stats = sample_and_score(ctx, records, prompt_ids, k=cfg.group_size, with_values=False)
         stats.update(targets(exp, cfg))
+        if exp.keep is not None:  # dynamic sampling: train only on the groups that carry a signal
+            exp = exp.select(torch.nonzero(exp.keep).flatten())
         return exp, stats
 
     def loss(mb: Experience):
@@ -83,5 +115,5 @@ def train_rloo(cfg, *, stop_after: int | None = None) -> dict:
 
 
 def train_grpo(cfg, *, stop_after: int | None = None) -> dict:
-    """Train the GRPO / Dr. GRPO stage (:class:`~alignlab.config.GRPOConfig`) into ``<output_dir>/<run_name>/grpo``."""
-    return run_rl_stage(cfg, "grpo", lambda ctx: build_group(ctx, grpo_targets, _grpo), stop_after=stop_after)
+    """Train the GRPO stage (:class:`~alignlab.config.GRPOConfig`: grpo, dr_grpo, dapo, gspo) into ``<output_dir>/<run_name>/grpo``."""
+    return run_rl_stage(cfg, "grpo", lambda ctx: build_group(ctx, grpo_targets, GROUP_LOSSES[cfg.loss]), stop_after=stop_after)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.losses.advantages import gae, whiten_advantages
-from alignlab.losses.kl import make_kl_controller, reward_with_kl
-from alignlab.losses.ppo import explained_variance, ppo_policy_loss, ppo_value_loss
+from alignlab.losses.advantages import gae, reinforce_pp_advantages, whiten_advantages
+from alignlab.losses.kl import kl_loss_term, make_kl_controller, reward_with_kl
+from alignlab.losses.ppo import entropy_bonus, explained_variance, ppo_policy_loss, ppo_value_loss
+from alignlab.models.logprobs import trunk_and_head
 from alignlab.losses.reduce import masked_sum
 from alignlab.rollout.experience import Experience
 from alignlab.rollout.rewards import RunningMoments
@@ -32,23 +33,31 @@ from alignlab.trainers.rl import RLAlgorithm, RLContext, run_rl_stage, sample_an
 
 def kl_controller(cfg):
     if cfg.kl_controller == "adaptive":
-        return make_kl_controller("adaptive", init_beta=cfg.kl_coef, target=cfg.kl_target, horizon=cfg.kl_horizon)
-    return make_kl_controller("fixed", beta=cfg.kl_coef)
+        return make_kl_controller("adaptive", init_beta=cfg.beta, target=cfg.kl_target, horizon=cfg.kl_horizon)
+    return make_kl_controller("fixed", beta=cfg.beta)
 
 
 def ppo_targets(exp: Experience, scores: torch.Tensor, *, beta: float, cfg) -> dict:
-    """Fill ``exp.rewards``, ``exp.advantages`` and ``exp.returns`` from (normalised) ``scores`` (B,); returns stats."""
+    """Fill ``exp.rewards``, ``exp.advantages`` and ``exp.returns`` from (normalised) ``scores`` (B,); returns stats.
+
+    ``kl_penalty=loss`` puts no KL into the rewards (β = 0 here; the loss adds β·k2).
+    ``advantage_estimator=reinforce_pp``: REINFORCE++'s returns-to-go normalised over the whole
+    rollout's valid tokens, no value function (``exp.values`` is None).
+    """
     mask = exp.response_mask  # (B, R)
-    rewards, kl = reward_with_kl(scores, exp.old_logprobs, exp.ref_logprobs, mask, beta, cfg.kl_estimator)  # (B, R) each
-    advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.gae_lambda)  # (B, R) each
-    if cfg.whiten_advantages:
-        advantages = whiten_advantages(advantages, mask)
+    beta_r = beta if cfg.kl_penalty == "reward" else 0.0
+    rewards, _ = reward_with_kl(scores, exp.old_logprobs, exp.ref_logprobs, mask, beta_r, cfg.kl_estimator)  # (B, R)
+    stats = {"reward": float(masked_sum(rewards, mask, dim=-1).mean())}  # per response: score − β Σ_t kl_t
+    if cfg.advantage_estimator == "reinforce_pp":
+        advantages, returns = reinforce_pp_advantages(scores, exp.old_logprobs, exp.ref_logprobs, mask, beta_r, cfg.kl_estimator, cfg.gamma)
+    else:
+        advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.gae_lambda)  # (B, R) each
+        if cfg.whiten_advantages:
+            advantages = whiten_advantages(advantages, mask)
+        stats["value/explained_variance"] = float(explained_variance(exp.values, returns, mask))
     exp.rewards, exp.advantages, exp.returns = rewards, advantages, returns
-    return {
-        "reward": float(masked_sum(rewards, mask, dim=-1).mean()),  # per response: score − β Σ_t kl_t
-        "value/explained_variance": float(explained_variance(exp.values, returns, mask)),
-        "returns": float((returns * mask).sum() / mask.sum()),
-    }
+    stats["returns"] = float((returns * mask).sum() / mask.sum())
+    return stats
 
 
 def build_ppo(ctx: RLContext) -> RLAlgorithm:
@@ -56,10 +65,13 @@ def build_ppo(ctx: RLContext) -> RLAlgorithm:
     controller = kl_controller(cfg)
     moments = RunningMoments()
     temperature = cfg.rollout.temperature
+    with_values = cfg.advantage_estimator == "gae"
 
     def make_experience(records, prompt_ids):
-        exp, stats = sample_and_score(ctx, records, prompt_ids, k=1, with_values=True)
+        exp, stats = sample_and_score(ctx, records, prompt_ids, k=1, with_values=with_values)
         scores = exp.scores
+        if cfg.whiten_rewards and len(scores) > 1:
+            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
         if cfg.reward_norm:
             moments.update(scores)
             scores = moments.normalize(scores)
@@ -71,14 +83,23 @@ def build_ppo(ctx: RLContext) -> RLAlgorithm:
         return exp, stats
 
     def loss(mb: Experience):
-        logprobs, values, _ = policy_forward(ctx.models, mb, temperature=temperature, with_values=True)
+        logprobs, values, h = policy_forward(ctx.models, mb, temperature=temperature, with_values=with_values)
         device = logprobs.device
         mask = mb.response_mask.to(device)
-        policy_loss, pstats = ppo_policy_loss(
+        total, stats = ppo_policy_loss(
             logprobs, mb.old_logprobs.to(device), mb.advantages.to(device), mask, cfg.cliprange, cfg.policy_reduction
         )
-        value_loss, vstats = ppo_value_loss(values, mb.values.to(device), mb.returns.to(device), mask, cfg.cliprange_value)
-        return policy_loss + cfg.vf_coef * value_loss, {**pstats, **vstats}
+        if with_values:
+            value_loss, vstats = ppo_value_loss(values, mb.values.to(device), mb.returns.to(device), mask, cfg.cliprange_value)
+            total, stats = total + cfg.vf_coef * value_loss, {**stats, **vstats}
+        if cfg.kl_penalty == "loss" and controller.beta:
+            kl, kstats = kl_loss_term(logprobs, mb.ref_logprobs.to(device), mask)  # k2: its gradient is ∇KL(π‖π_ref)
+            total, stats = total + controller.beta * kl, {**stats, **kstats}
+        if cfg.entropy_coef:
+            _, head = trunk_and_head(ctx.models.model)
+            entropy, estats = entropy_bonus(head(h).float() / temperature, mask)  # (B, R, V) logits of the response positions
+            total, stats = total - cfg.entropy_coef * entropy, {**stats, **estats}
+        return total, stats
 
     def after_step(exp: Experience, stats: dict) -> dict:
         controller.update(stats["kl"], len(exp))
@@ -92,4 +113,5 @@ def train_ppo(cfg, *, stop_after: int | None = None) -> dict:
 
     Writes ``<output_dir>/<run_name>/ppo`` (see ``trainers.run``; plus ``value.safetensors``).
     """
-    return run_rl_stage(cfg, "ppo", build_ppo, value=cfg.value_model, stop_after=stop_after)
+    value = None if cfg.value_model == "none" else cfg.value_model
+    return run_rl_stage(cfg, "ppo", build_ppo, value=value, stop_after=stop_after)

@@ -34,6 +34,7 @@ import torch
 from alignlab.models.policy import RLModels, TrainableState, build_models
 from alignlab.rollout.passes import rollout_pass
 from alignlab.rollout.experience import Experience
+from alignlab.rollout.rewards import last_user_text
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
 from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
 from alignlab.trainers.run import RunDir, open_stage
@@ -57,6 +58,7 @@ def sample_and_score(ctx: "RLContext", records, prompt_ids, *, k: int, with_valu
         exp, gens = sample_rollout(ctx.engine, ctx.models.tokenizer, prompt_ids, sampling_params(cfg.rollout), k=k)
     with timed(stats, "scoring"):
         exp.scores = score_rollout(ctx.reward, records, gens, truncation_penalty=cfg.rollout.truncation_penalty, k=k)
+    exp.prompt_texts = [last_user_text(r.prompt) for r in records for _ in range(k)]
     with timed(stats, "logprobs"):
         stats.update(rollout_pass(ctx.models, exp, temperature=cfg.rollout.temperature, with_values=with_values, batch_size=cfg.rollout.forward_batch_size))
     lengths = exp.response_lengths
@@ -98,6 +100,43 @@ class RLAlgorithm:
     extra_state: dict = field(default_factory=dict)  # name -> object with state_dict/load_state_dict
 
 
+def write_rollout(ctx: RLContext, exp: Experience, step: int) -> None:
+    """``rollouts/step-XXXXXXXX.jsonl``: the first ``rollout.save_rows`` responses token by token
+    (alignlab.runs.ROLLOUT_FIELDS), for the web app's inspector."""
+    from alignlab.losses.kl import kl_estimate
+    from alignlab.runs import atomic_write_jsonl
+
+    tok = ctx.models.tokenizer
+    estimator = getattr(ctx.cfg, "kl_estimator", "k1")
+    kl = kl_estimate(exp.old_logprobs, exp.ref_logprobs, estimator)  # (B, R)
+    rows = []
+    for i in range(min(len(exp), ctx.cfg.rollout.save_rows)):
+        n = int(exp.response_mask[i].sum())
+        ids = exp.response_ids[i, :n].tolist()
+        if exp.advantages is None:
+            per_token = None
+        elif exp.advantages.dim() == 2:  # (B, R): PPO's per-token advantages
+            per_token = exp.advantages[i, :n].tolist()
+        else:  # (B,): one advantage per response (RLOO, GRPO)
+            per_token = [float(exp.advantages[i])] * n
+        reward = None
+        if exp.rewards is not None:
+            reward = float(exp.rewards[i, :n].sum()) if exp.rewards.dim() == 2 else float(exp.rewards[i])
+        rows.append({
+            "step": step,
+            "prompt": exp.prompt_texts[i] if exp.prompt_texts else "",
+            "response": tok.decode(ids, skip_special_tokens=True),
+            "tokens": [tok.decode([t]) for t in ids],
+            "logprobs": exp.old_logprobs[i, :n].tolist(),
+            "ref_logprobs": exp.ref_logprobs[i, :n].tolist(),
+            "kl": kl[i, :n].tolist(),
+            "advantages": per_token,
+            "score": float(exp.scores[i]),
+            "reward": reward,
+        })
+    atomic_write_jsonl(ctx.run.folder.rollout_path(step), rows)
+
+
 def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop) -> tuple[dict, bool]:
     """``ppo_epochs`` passes over ``exp`` in shuffled minibatches, one optimizer step each.
 
@@ -118,6 +157,12 @@ def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop) -
             if stepped:
                 acc.append({"loss": loss.detach(), **stats})
                 norms.append(float(norm))
+                target = getattr(cfg, "target_kl", 0.0)
+                if target and float(stats.get("policy/approx_kl", 0.0)) > target:
+                    # the policy moved further from the sampling policy than asked: stop this rollout's epochs
+                    out = mean_stats(acc)
+                    out.update(grad_norm=sum(norms) / len(norms), skipped_updates=skipped, early_stop_epoch=epoch + 1)
+                    return out, False
             else:
                 skipped += 1
                 ctx.run.log.warning("step %d: non-finite loss or gradient in a minibatch; update skipped", step + 1)
@@ -141,6 +186,9 @@ def rl_fit(ctx: RLContext, algo: RLAlgorithm, *, save_model, load_model, eval_fn
         index = order.batch(step)
         t0 = time.perf_counter()
         exp, stats = algo.make_experience([ctx.train_records[i] for i in index], [ctx.train_ids[i] for i in index])
+        every = ctx.cfg.rollout.save_every
+        if every and (step + 1) % every == 0:
+            write_rollout(ctx, exp, step + 1)
         t1 = time.perf_counter()
         train_stats, halt = update_on(ctx, exp, step, algo.loss, loop)
         stats.update(train_stats)
