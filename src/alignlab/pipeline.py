@@ -110,15 +110,16 @@ STAGES: dict[str, Stage] = {
             "RLOO: REINFORCE with a leave-one-out baseline over k samples per prompt",
             inputs={"model": _SFT_MODEL, "reward": _RM_SOURCE},
             produces=_MODEL_OUT,
+            variants="alignlab.trainers.group:RLOO_LOSSES",
         ),
         Stage(
             "grpo",
             "alignlab.config:GRPOConfig",
             "alignlab.trainers.group:train_grpo",
-            "GRPO / Dr. GRPO: group-normalised advantages, KL to the reference in the loss",
+            "GRPO and successors (Dr. GRPO, DAPO, GSPO): group-normalised advantages, no value model",
             inputs={"model": _SFT_MODEL, "reward": _RM_SOURCE},
             produces=_MODEL_OUT,
-            variants="alignlab.losses.ppo:GRPO_LOSS_TYPES",
+            variants="alignlab.trainers.group:GROUP_LOSSES",
         ),
         Stage(
             "best-of-n",
@@ -127,6 +128,21 @@ STAGES: dict[str, Stage] = {
             "best-of-n sampling by reward (inference only; reports its analytic KL)",
             inputs={"model": _SFT_MODEL, "reward": _RM_SOURCE},
             produces={"samples": "samples.jsonl"},
+        ),
+        Stage(
+            "eval",
+            "alignlab.config:EvalConfig",
+            "alignlab.eval.stage:run_eval",
+            "evaluation: every policy of the run on the same prompts (gold reward, win rates, KL, frontier, monitors)",
+            inputs={"proxy": Input("proxy", (("reward", "final"),))},
+            produces={"eval": "eval.json", "samples": "samples.jsonl"},
+        ),
+        Stage(
+            "report",
+            "alignlab.config:ReportConfig",
+            "alignlab.eval.stage:run_report",
+            "the run's report: one self-contained HTML file and summary.json, from the run folder",
+            produces={"report": "report.html", "summary": "summary.json"},
         ),
     )
 }

@@ -27,10 +27,21 @@ from alignlab.config.parse import (
     validate,
 )
 from alignlab.config.sections import DataConfig, LoraConfig, ModelConfig, RewardSourceConfig, RolloutConfig, TrainConfig
-from alignlab.config.stages import BestOfNConfig, DPOConfig, GenerateConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
+from alignlab.config.stages import (
+    BestOfNConfig,
+    DPOConfig,
+    EvalConfig,
+    GenerateConfig,
+    GRPOConfig,
+    PPOConfig,
+    ReportConfig,
+    RewardConfig,
+    RLOOConfig,
+    SFTConfig,
+)
 
 __all__ = [
-    "BestOfNConfig", "DPOConfig", "DataConfig", "GRPOConfig", "GenerateConfig", "LoraConfig", "ModelConfig",
+    "BestOfNConfig", "DPOConfig", "EvalConfig", "ReportConfig", "DataConfig", "GRPOConfig", "GenerateConfig", "LoraConfig", "ModelConfig",
     "PPOConfig", "RLOOConfig", "RewardConfig", "RewardSourceConfig", "RolloutConfig", "SFTConfig", "TrainConfig",
     "config_diff", "describe", "flatten", "from_dict", "has_key", "knob", "leaf_keys", "load_config", "parse_overrides",
     "read_yaml", "save_config", "to_dict", "validate",
