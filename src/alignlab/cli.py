@@ -113,7 +113,23 @@ def build_config(stage: str, args) -> object:
     return load_config(cls, args.config, overrides, base=base) if wired else unwired
 
 
+def _run_folder_args(stage: str, args) -> None:
+    """``alignlab eval runs/x`` / ``alignlab report runs/x``: a bare run folder names output_dir and run_name."""
+    from pathlib import Path
+
+    kept = []
+    for item in args.overrides:
+        if "=" not in item and Path(item).is_dir():
+            path = Path(item)
+            kept += [f"output_dir={path.parent}", f"run_name={path.name}"]
+        else:
+            kept.append(item)
+    args.overrides = kept
+
+
 def cmd_stage(stage: str, args) -> int:
+    if stage in ("eval", "report"):
+        _run_folder_args(stage, args)
     cfg = build_config(stage, args)
     summary = STAGES[stage].function()(cfg)
     print(json.dumps(summary, indent=1, default=str))
@@ -186,13 +202,14 @@ def make_parser() -> argparse.ArgumentParser:
         epilog="overrides: `dpo.loss=ipo` or `sft.train.lr=1e-4` set one stage's key; a key without a stage "
         "(`train.max_steps=10`) applies to every stage that has it.",
     )
-    run.add_argument("--profile", default="default", help="built-in profile (default, tiny) or a YAML file with stage sections")
+    run.add_argument("--profile", default="quick", help="built-in profile (quick: the main job; tiny: seconds, for smoke tests) or a YAML file with stage sections")
     run.add_argument("--run-name", default=None, help="the run folder's name (default: the profile's run_name)")
     run.add_argument("--from", dest="from_stage", default=None, metavar="STAGE", help="train this stage and every one after it again")
     run.add_argument("--force", action="store_true", help="train every stage again even when its folder is complete")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="settings: stage.key=value for one stage, key=value for all")
     for name, stage in STAGES.items():
-        _stage_parser(sub, name, stage)
+        if stage.command:
+            _stage_parser(sub, name, stage)
     gen = sub.add_parser("generate", help="sample responses from a preset, a model folder or a checkpoint")
     gen.add_argument("--model", default="smollm2-135m", help="preset, model folder, or a run's final/ or checkpoint model/ folder")
     gen.add_argument("--prompt", action="append", default=[], help="a user prompt (repeat for several)")
@@ -208,6 +225,12 @@ def make_parser() -> argparse.ArgumentParser:
     score.add_argument("--kind", default="auto", choices=("auto", "preference", "ranking", "sft"), help="data kind (auto: from the first row)")
     score.add_argument("--batch-size", type=int, default=16)
     score.add_argument("--device", default="auto")
+    from alignlab.feedback.cli import add_data_commands, add_label_commands
+    from alignlab.web.cli import add_serve_command
+
+    add_label_commands(sub)
+    add_data_commands(sub)
+    add_serve_command(sub)
     return parser
 
 
@@ -224,6 +247,18 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "score":
             return cmd_score(args)
+        if args.command == "label":
+            from alignlab.feedback.cli import run_label_command
+
+            return run_label_command(args)
+        if args.command == "data":
+            from alignlab.feedback.cli import run_data_command
+
+            return run_data_command(args)
+        if args.command == "serve":
+            from alignlab.web.cli import run_serve_command
+
+            return run_serve_command(args)
         return cmd_stage(args.command, args)
     except AlignlabError as e:
         print(f"alignlab: error: {e}", file=sys.stderr)

@@ -49,6 +49,7 @@ class Stage:
     produces: dict[str, str] = field(default_factory=dict)  # output name -> path inside the stage folder
     flags: tuple[str, ...] = ()  # config keys also offered as --flags (e.g. dpo's --loss)
     variants: str | None = None  # "module:REGISTRY" whose keys are the stage's loss/variant names
+    command: bool = True  # False: the stage has a richer command of its own (alignlab label), not the generic one
 
     def config_class(self) -> type:
         return _resolve(self.config)
@@ -74,6 +75,15 @@ STAGES: dict[str, Stage] = {
             "alignlab.trainers.sft:train_sft",
             "supervised fine-tuning (loss on response tokens only)",
             produces=_MODEL_OUT,
+        ),
+        Stage(
+            "label",
+            "alignlab.config:LabelConfig",
+            "alignlab.feedback.stage:run_label",
+            "preference labels from a feedback source (simulated annotator, LLM judge, constitutional AI)",
+            inputs={"model": _SFT_MODEL},
+            produces={"preferences": "preferences.jsonl"},
+            command=False,  # `alignlab label` (feedback.cli) labels from any source, human included
         ),
         Stage(
             "reward",

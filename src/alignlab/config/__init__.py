@@ -33,6 +33,7 @@ from alignlab.config.stages import (
     EvalConfig,
     GenerateConfig,
     GRPOConfig,
+    LabelConfig,
     PPOConfig,
     ReportConfig,
     RewardConfig,
@@ -41,7 +42,7 @@ from alignlab.config.stages import (
 )
 
 __all__ = [
-    "BestOfNConfig", "DPOConfig", "EvalConfig", "ReportConfig", "DataConfig", "GRPOConfig", "GenerateConfig", "LoraConfig", "ModelConfig",
+    "BestOfNConfig", "DPOConfig", "EvalConfig", "LabelConfig", "ReportConfig", "DataConfig", "GRPOConfig", "GenerateConfig", "LoraConfig", "ModelConfig",
     "PPOConfig", "RLOOConfig", "RewardConfig", "RewardSourceConfig", "RolloutConfig", "SFTConfig", "TrainConfig",
     "config_diff", "describe", "flatten", "from_dict", "has_key", "knob", "leaf_keys", "load_config", "parse_overrides",
     "read_yaml", "save_config", "to_dict", "validate",

@@ -408,3 +408,38 @@ class ReportConfig:
     output_dir: str = knob("runs", "folder that holds run folders")
     run_name: str = knob("default", "name of the run")
     figures: bool = knob(True, "also save the figures as PNG files beside report.html")
+
+
+@dataclass
+class LabelConfig:
+    """Preference labels for the run (alignlab.feedback): sample k responses per prompt from the policy
+    (the run's SFT model) and label them — simulated (Bradley–Terry on a gold reward, with its
+    temperature, position bias, ties and a disagreeing panel), judge (an LLM judge, order-swapped),
+    or constitutional (critique → revise → the judge's principle-guided choice). Writes
+    <run>/label/preferences.jsonl (k = 2: pairs; k > 2: rankings) that the reward and dpo stages read.
+    """
+
+    model: ModelConfig = knob(help="the policy to sample from (wired from the run's sft stage)", factory=ModelConfig)
+    data: DataConfig = knob(help="prompt records (data.limit: how many prompts)", factory=lambda: DataConfig(train="demo:prompts", limit=64))
+    source: str = knob("simulated", "simulated, judge or constitutional (human labelling: `alignlab label --source human` or the web app)")
+    k: int = knob(2, "responses sampled per prompt (2: pairs; more: K-wise rankings)")
+    gold: str = knob("demo", "the simulated annotator's gold reward (alignlab.gold spec)")
+    tau: float = knob(0.2, "the annotator's Bradley–Terry temperature τ: P(a ≻ b) = σ((g(a) − g(b))/τ) (small: nearly noiseless)")
+    position_bias: float = knob(0.0, "added to the logit of the response shown first")
+    tie_margin: float = knob(0.0, "|g(a) − g(b)| below this is a tie (dropped from pairs)")
+    flip_rate: float = knob(0.0, "each annotator of the panel flips a label with this probability")
+    annotators: int = knob(1, "annotators in the simulated panel")
+    judge_model: str = knob("smollm2-135m", "the judge (judge and constitutional sources): a preset or model folder")
+    max_new_tokens: int = knob(64, "tokens sampled at most per response")
+    temperature: float = knob(1.0, "sampling temperature of the responses")
+    output_dir: str = knob("runs", "folder that holds run folders")
+    run_name: str = knob("default", "name of this run's folder under output_dir")
+    seed: int = knob(0, "sampling and annotator seed")
+
+    def check(self) -> None:
+        if self.source not in ("simulated", "judge", "constitutional"):
+            raise ConfigError(f"'source' must be simulated, judge or constitutional{did_you_mean(self.source, ('simulated', 'judge', 'constitutional'))}; got {self.source!r}")
+        if self.k < 2:
+            raise ConfigError(f"'k' must be at least 2 (a label compares responses); got {self.k}")
+        if not self.tau > 0 or not 0 <= self.flip_rate <= 0.5 or self.annotators < 1:
+            raise ConfigError("'tau' must be > 0, 'flip_rate' in [0, 0.5] and 'annotators' at least 1")
