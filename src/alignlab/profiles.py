@@ -1,7 +1,8 @@
 """Profiles: YAML files with one section per stage (``sft:``, ``reward:``, ``dpo:``, ``ppo:`` ...).
 
-Built-in profiles live in ``alignlab/configs/``: ``default`` (SmolLM2-135M-Instruct with LoRA on
-the demo data, minutes on a laptop CPU) and ``tiny`` (a random tiny model, seconds: smoke tests).
+Built-in profiles live in ``alignlab/configs/``: ``quick`` (the main job: the whole pipeline on
+SmolLM2-135M-Instruct with LoRA on the demo data, minutes on a laptop CPU; ``default`` is another
+name for it) and ``tiny`` (a random tiny model, seconds: smoke tests).
 A profile may also be a path to your own YAML file of the same shape.
 """
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, did_you_mean
+
+
+ALIASES = {"default": "quick"}
 
 
 def builtin_profiles() -> list[str]:
@@ -22,7 +26,11 @@ def load_profile(name: str) -> dict:
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.is_file():
         return read_yaml(path)
+    name = ALIASES.get(name, name)
     if name not in builtin_profiles():
-        raise ConfigError(f"unknown profile '{name}': built-in profiles are {', '.join(builtin_profiles())}, or give a YAML file")
+        raise ConfigError(
+            f"unknown profile '{name}'{did_you_mean(name, builtin_profiles())}: built-in profiles are "
+            f"{', '.join(builtin_profiles())}, or give a YAML file"
+        )
     with resources.as_file(resources.files("alignlab.configs") / f"{name}.yaml") as p:
         return read_yaml(p)
