@@ -320,13 +320,18 @@ def has_train(cls: type) -> bool:
 
 
 def stage_table_markdown() -> str:
-    """The README's stage table, generated from this table and the loss registries."""
-    lines = ["| command | what it does | variants | consumes |", "|---|---|---|---|"]
+    """The README's stage table, generated from this table and the loss registries
+    (``python scripts/update_readme.py`` writes it between the README's stage markers)."""
+    lines = ["| command | what it does | variants (`--help` shows each one's published defaults) | inputs in `alignlab run` |", "|---|---|---|---|"]
     for s in STAGES.values():
-        variants = ", ".join(f"`{v}`" for v in s.variant_names()) or ""
+        variants = ", ".join(f"`{v}`" for v in s.variant_names())
         consumes = ", ".join(f"`{i.key}` ← {' or '.join(f'{st}/{o}' for st, o in i.sources)}" for i in s.inputs.values())
-        lines.append(f"| `alignlab {s.name}` | {s.help} | {variants} | {consumes} |")
+        command = f"`alignlab {s.name}`" if s.command else f"`alignlab {s.name}` (its own command; a stage of `alignlab run`)"
+        lines.append(f"| {command} | {s.help} | {variants} | {consumes} |")
     return "\n".join(lines)
+
+
+README_BEGIN, README_END = "<!-- stages:begin (generated from alignlab.pipeline) -->", "<!-- stages:end -->"
 
 
 # ----------------------------------------------------------------------------- running a whole profile
