@@ -171,3 +171,23 @@ def test_bad_rows_are_reported_with_file_and_line(tmp_path):
     assert report["errors"][0]["where"] == f"{tmp_path / 'bad.jsonl'}:3"
     assert "missing field 'rejected'" in report["errors"][0]["message"] and not report["ok"]
     assert math.isclose(report["records"], 9)
+
+
+def test_near_duplicates_of_long_rows_are_found_among_many(tmp_path):
+    rng = random.Random(1)
+    rows = [
+        {
+            "prompt": sentence(rng, 12),
+            "chosen": sentence(rng, 40) + " " + sentence(rng, 40),
+            "rejected": sentence(rng, 30),
+        }
+        for _ in range(300)
+    ]
+    copy = dict(rows[123])
+    words = copy["chosen"].split()
+    words[5] = "changed"
+    copy["chosen"] = " ".join(words)  # one word of ~80 replaced
+    rows.append(copy)
+    path = write(tmp_path / "big.jsonl", rows)
+    du = check_preferences(path)["checks"]["duplicates"]
+    assert du["exact"] == 0 and du["where"] == [[f"{path}:124", f"{path}:301"]]

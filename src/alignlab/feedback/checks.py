@@ -9,9 +9,11 @@ reports, each with the ``file:line`` of the rows concerned:
   their character similarity reaches ``similar`` (0.9; ``difflib.SequenceMatcher`` ratio,
   2·matched characters / total characters, after lower-casing and collapsing whitespace).
   "2+2 equals 4." vs "2+2 is 4." differ in one word (similarity 0.73): flagged. A pair whose
-  rejected answer is the chosen one behind a rude sentence differs in a dozen words: not flagged;
+  rejected answer is the chosen one behind a rude sentence differs in a dozen words: not flagged
+  (characters are compared only for pairs whose word-level diff ratio is at least 0.5);
 * **duplicates** — rows equal after that normalisation (exact), or whose prompt + chosen +
-  rejected texts reach ``duplicate`` similarity (0.9; near);
+  rejected texts reach ``duplicate`` similarity (0.9; near). Candidates come from MinHash over
+  word sets (so large files stay fast) and each is verified exactly;
 * **length bias** — how often the chosen answer is the longer one (in words, pairs of equal
   length left out), with a two-sided exact binomial test against 1/2; flagged when p < ``alpha``
   and the rate is at least 0.1 away from 1/2 (a large file makes tiny biases "significant");
@@ -42,7 +44,6 @@ DUPLICATE = 0.9
 ALPHA = 0.01
 MIN_EFFECT = 0.1
 MAX_EXAMPLES = 5
-MAX_ALL_PAIRS = 2000  # above this many rows, near duplicates are sought among rows with the same prompt only
 
 
 def normalise(text: str) -> str:
@@ -54,11 +55,17 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, normalise(a), normalise(b), autojunk=False).ratio()
 
 
+def _word_diff(a: str, b: str) -> tuple[int, float]:
+    """(words inserted, deleted or replaced, word-level ratio) between the normalised texts."""
+    wa, wb = normalise(a).split(), normalise(b).split()
+    m = difflib.SequenceMatcher(None, wa, wb, autojunk=False)
+    edits = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in m.get_opcodes() if tag != "equal")
+    return edits, m.ratio()
+
+
 def word_edits(a: str, b: str) -> int:
     """Words inserted, deleted or replaced to turn ``a`` into ``b`` (a word-level diff, normalised text)."""
-    wa, wb = normalise(a).split(), normalise(b).split()
-    ops = difflib.SequenceMatcher(None, wa, wb, autojunk=False).get_opcodes()
-    return sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
+    return _word_diff(a, b)[0]
 
 
 def binomial_p(k: int, n: int) -> float:
@@ -103,16 +110,15 @@ def _rate(k: int, n: int) -> dict:
 def _near_identical(rows, threshold: float, max_edits: int) -> dict:
     hits = []
     for where, _, rec in rows:
-        s, e = (
-            similarity(rec.chosen, rec.rejected),
-            word_edits(rec.chosen, rec.rejected),
-        )
-        if s >= threshold or e <= max_edits:
+        edits, word_ratio = _word_diff(rec.chosen, rec.rejected)
+        # characters are compared only when the words are close (a character diff of long texts is slow)
+        sim = similarity(rec.chosen, rec.rejected) if edits <= max_edits or word_ratio >= 0.5 else None
+        if edits <= max_edits or (sim is not None and sim >= threshold):
             hits.append(
                 {
                     "where": where,
-                    "similarity": round(s, 3),
-                    "word_edits": e,
+                    "similarity": round(sim, 3),
+                    "word_edits": edits,
                     "chosen": rec.chosen[:80],
                     "rejected": rec.rejected[:80],
                 }
@@ -127,6 +133,44 @@ def _near_identical(rows, threshold: float, max_edits: int) -> dict:
     }
 
 
+def _tokens(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def _candidates(token_sets: list[set[str]]) -> set[tuple[int, int]]:
+    """Index pairs likely to have word-set Jaccard ≥ ~0.75: MinHash (24 hashes) in 8 bands of 3.
+
+    P(a pair becomes a candidate) = 1 − (1 − J³)⁸: 0.99 at J = 0.75, 0.2 at J = 0.3, 0.001 at
+    J = 0.05 — so the check scales to large files, and every candidate is verified exactly.
+    Hashes are CRC32-based, so the result does not change from run to run.
+    """
+    import zlib
+
+    import numpy as np
+
+    n_hash, rows_per_band = 24, 3
+    rng = np.random.default_rng(0)
+    # multiply-shift hashing: (a·x + b) mod 2^64 with odd a, keep the high 32 bits (uint64 wraps)
+    a = (rng.integers(0, 1 << 63, size=(n_hash, 1), dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
+    b = rng.integers(0, 1 << 63, size=(n_hash, 1), dtype=np.uint64)
+    buckets: dict = defaultdict(list)
+    for idx, toks in enumerate(token_sets):
+        if not toks:
+            continue
+        h = np.fromiter((zlib.crc32(t.encode("utf-8")) for t in toks), dtype=np.uint64, count=len(toks))[None, :]
+        with np.errstate(over="ignore"):
+            sig = ((a * h + b) >> np.uint64(32)).min(axis=1).tolist()  # (n_hash,)
+        for band in range(n_hash // rows_per_band):
+            key = (band, *sig[band * rows_per_band : (band + 1) * rows_per_band])
+            buckets[key].append(idx)
+    pairs = set()
+    for members in buckets.values():
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                pairs.add((members[i], members[j]))
+    return pairs
+
+
 def _duplicates(rows, threshold: float) -> dict:
     exact, seen = [], {}
     texts = []
@@ -136,31 +180,18 @@ def _duplicates(rows, threshold: float) -> dict:
             exact.append({"where": [seen[key], where]})
         else:
             seen[key] = where
-            texts.append((where, key))
+            texts.append((where, " | ".join(key)))
+    tokens = [_tokens(t) for _, t in texts]
     near = []
-    if len(texts) <= MAX_ALL_PAIRS:
-        groups = [texts]
-    else:
-        by_prompt = defaultdict(list)
-        for item in texts:
-            by_prompt[item[1][0]].append(item)
-        groups = list(by_prompt.values())
-    for group in groups:
-        joined = [(w, " | ".join(k)) for w, k in group]
-        words = [set(t.split()) for _, t in joined]
-        for i in range(len(joined)):
-            wi, ti = joined[i]
-            for j in range(i + 1, len(joined)):
-                # cheap filter first: texts this similar share most of their words (word-set Jaccard)
-                if len(words[i] & words[j]) < 0.75 * len(words[i] | words[j]):
-                    continue
-                wj, tj = joined[j]
-                m = difflib.SequenceMatcher(None, ti, tj, autojunk=False)
-                if m.real_quick_ratio() < threshold or m.quick_ratio() < threshold:
-                    continue
-                s = m.ratio()
-                if s >= threshold:
-                    near.append({"where": [wi, wj], "similarity": round(s, 3)})
+    for i, j in sorted(_candidates(tokens)):
+        if len(tokens[i] & tokens[j]) < 0.75 * len(tokens[i] | tokens[j]):
+            continue
+        m = difflib.SequenceMatcher(None, texts[i][1], texts[j][1], autojunk=False)
+        if m.real_quick_ratio() < threshold or m.quick_ratio() < threshold:
+            continue
+        sim = m.ratio()
+        if sim >= threshold:
+            near.append({"where": [texts[i][0], texts[j][0]], "similarity": round(sim, 3)})
     return {
         "threshold": threshold,
         "exact": len(exact),
