@@ -33,6 +33,7 @@ log-probs are. The check that means something compares the step-1 policy log-pro
 the batch of summed response log-probs, chosen and rejected), the step-1 gradient norm, and the
 loss at step 2, i.e. after one identical optimizer step. Writes ``benchmarks/results/dpo_vs_trl.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,16 +50,25 @@ PEERS = ["trl", "trl-precompute"]
 # name -> (profile, what changes from that profile's dpo section)
 CONFIGS = {
     "tiny": ("tiny", {}),
-    "smollm2-full": ("default", {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}}, "train": {"lr": 1.0e-6}}),
+    "smollm2-full": (
+        "default",
+        {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}}, "train": {"lr": 1.0e-6}},
+    ),
     # like for like without checkpointing: where alignlab stands before its selective mode
     "smollm2-full-none": (
         "default",
-        {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}, "gradient_checkpointing": "none"}, "train": {"lr": 1.0e-6}},
+        {
+            "model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}, "gradient_checkpointing": "none"},
+            "train": {"lr": 1.0e-6},
+        },
     ),
     # both frameworks with full per-layer activation checkpointing (the least memory either offers)
     "smollm2-full-gc": (
         "default",
-        {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}, "gradient_checkpointing": "full"}, "train": {"lr": 1.0e-6}},
+        {
+            "model": {"name_or_path": "smollm2-135m", "lora": {"enabled": False}, "gradient_checkpointing": "full"},
+            "train": {"lr": 1.0e-6},
+        },
     ),
     # Not in the default set: LoRA with dropout off (TRL's DPOTrainer turns dropout off by default).
     "smollm2-lora": ("default", {"model": {"name_or_path": "smollm2-135m", "lora": {"enabled": True, "dropout": 0.0}}}),
@@ -115,14 +125,18 @@ def make_plan(config: dict) -> dict:
     records, _ = load_split(cfg.data, cfg.data_kind, cfg.train.seed, logging.getLogger("bench"))
     cfg.model.lora.enabled = False
     tokenizer = load_model(cfg.model, seed=cfg.train.seed).tokenizer
-    pairs, stats = tokenize_pairs(records, tokenizer, max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
+    pairs, stats = tokenize_pairs(
+        records, tokenizer, max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length
+    )
     order = DataOrder(len(pairs), cfg.train.batch_size, cfg.train.seed)
     rows, per_step = [], []
     for k in range(cfg.train.max_steps):
         batch = [pairs[i] for i in order.batch(k)]
         if len(batch) != cfg.train.batch_size:
             sys.exit(f"step {k + 1}: a short batch ({len(batch)} pairs of {len(pairs)}); pick other steps/batch size")
-        rows.extend({"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids} for p in batch)
+        rows.extend(
+            {"prompt_ids": p.prompt_ids, "chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids} for p in batch
+        )
         per_step.append(
             {
                 "tokens": sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in batch),
@@ -147,7 +161,11 @@ def worker_alignlab(spec: dict) -> dict:
     summary = train_dpo(cfg, stop_after=cfg.train.max_steps)  # stop right after the last step: no final eval/save
     clock.close()
     rows = [m for m in read_metrics(Path(spec["workdir"]) / cfg.train.run_name / "dpo") if m.get("split") == "train"]
-    return {**clock.as_dict(), "stats": {k: [m.get(k) for m in rows] for k in STAT_KEYS}, "skipped_steps": summary["skipped_steps"]}
+    return {
+        **clock.as_dict(),
+        "stats": {k: [m.get(k) for m in rows] for k in STAT_KEYS},
+        "skipped_steps": summary["skipped_steps"],
+    }
 
 
 def worker_trl(spec: dict) -> dict:
@@ -195,11 +213,20 @@ def worker_trl(spec: dict) -> dict:
     peft_config = None
     if use_lora:
         peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM"
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
         )
     dataset = datasets.Dataset.from_list(spec["plan_rows"])
     trainer = PretokenisedDPOTrainer(
-        model=model, ref_model=ref_model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
     clock = harness.StepClock()
     trainer.train()
@@ -264,7 +291,12 @@ def measure(name: str, args) -> dict:
     runs = []
     for rep in range(args.repeats):
         for framework in ["alignlab", *args.peers]:
-            spec = {"name": f"{name}/{framework}/{rep}", "framework": framework, "config": config, "plan_rows": plan["rows"] if framework != "alignlab" else None}
+            spec = {
+                "name": f"{name}/{framework}/{rep}",
+                "framework": framework,
+                "config": config,
+                "plan_rows": plan["rows"] if framework != "alignlab" else None,
+            }
             r = harness.run_worker(SCRIPT, spec, threads=args.threads, timeout=args.timeout)
             t = harness.timing(r, args.warmup, [1.0] * len(plan["per_step"]))
             tok = harness.timing(r, args.warmup, [s["tokens"] for s in plan["per_step"]])
@@ -291,7 +323,10 @@ def measure(name: str, args) -> dict:
         "name": name,
         "model": config["model"]["name_or_path"],
         "lora": config["model"]["lora"]["enabled"],
-        "gradient_checkpointing": {"alignlab": config["model"]["gradient_checkpointing"], "trl": "full" if config["model"]["gradient_checkpointing"] == "full" else "none"},
+        "gradient_checkpointing": {
+            "alignlab": config["model"]["gradient_checkpointing"],
+            "trl": "full" if config["model"]["gradient_checkpointing"] == "full" else "none",
+        },
         "batch_size_pairs": config["train"]["batch_size"],
         "max_length": config["data"]["max_length"],
         "max_prompt_length": config["data"]["max_prompt_length"],
@@ -314,12 +349,16 @@ def measure(name: str, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--configs", default="tiny,smollm2-full,smollm2-full-gc", help=f"comma-separated, from {', '.join(CONFIGS)}")
+    p.add_argument(
+        "--configs", default="tiny,smollm2-full,smollm2-full-gc", help=f"comma-separated, from {', '.join(CONFIGS)}"
+    )
     p.add_argument("--peers", default=",".join(PEERS), help="TRL set-ups to run, from " + ", ".join(PEERS))
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run (after the warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="optimizer steps run first and left out of the timing (>= 1)")
     p.add_argument("--repeats", type=int, default=1, help="runs per framework, alternating")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in every run (0: all cores; see README: why 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads in every run (0: all cores; see README: why 1)"
+    )
     p.add_argument("--batch-size", type=int, default=0, help="pairs per step (default: the profile's)")
     p.add_argument("--max-length", type=int, default=0, help="override max_length (max_prompt_length = half)")
     p.add_argument("--beta", type=float, default=0.0, help="override β (default: the profile's)")
@@ -337,7 +376,9 @@ def main() -> None:
 
     args.threads = args.threads or os.cpu_count() or 1
     args.peers = [x.strip() for x in args.peers.split(",") if x.strip()]
-    bad = [x for x in args.peers if x not in PEERS] + [n for n in args.configs.split(",") if n.strip() and n.strip() not in CONFIGS]
+    bad = [x for x in args.peers if x not in PEERS] + [
+        n for n in args.configs.split(",") if n.strip() and n.strip() not in CONFIGS
+    ]
     if bad:
         p.error(f"unknown: {bad}")
     result = {

@@ -9,6 +9,7 @@ log-probs against a float32 computation.
 
     python benchmarks/gpu_logprobs.py --out benchmarks/results/gpu_logprobs.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,14 @@ def smollm2_shaped(device, dtype, small: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30 if not small else 2,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30 if not small else 2,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
         rope_theta=100000.0,
     )
     torch.manual_seed(0)
@@ -89,11 +96,20 @@ def main() -> None:
         theirs = naive_logprobs(model, ids[:2], attn[:2])
     rel = lambda a: float((a - want).norm() / want.norm())  # noqa: E731
 
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "dtype": str(dtype),
-               "torch": torch.__version__, "batch": args.batch, "seq": args.seq, "steps": args.steps,
-               "rel_error_vs_fp32": {"alignlab_chunked": rel(ours), "full_logits": rel(theirs)}}
-    for name, fn in (("alignlab_chunked", lambda m, i, a: token_logprobs(m, i, a)), ("full_logits", naive_logprobs),
-                     ("alignlab_chunked_again", lambda m, i, a: token_logprobs(m, i, a))):
+    results = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "batch": args.batch,
+        "seq": args.seq,
+        "steps": args.steps,
+        "rel_error_vs_fp32": {"alignlab_chunked": rel(ours), "full_logits": rel(theirs)},
+    }
+    for name, fn in (
+        ("alignlab_chunked", lambda m, i, a: token_logprobs(m, i, a)),
+        ("full_logits", naive_logprobs),
+        ("alignlab_chunked_again", lambda m, i, a: token_logprobs(m, i, a)),
+    ):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         try:
@@ -102,8 +118,10 @@ def main() -> None:
             results[name] = {"error": "out of memory"}
     a, b = results["alignlab_chunked"], results["full_logits"]
     if "median_step_s" in a and "median_step_s" in b:
-        results["ratio"] = {"step_time_ours_over_full": a["median_step_s"] / b["median_step_s"],
-                            "peak_memory_ours_over_full": a["peak_gib"] / b["peak_gib"]}
+        results["ratio"] = {
+            "step_time_ours_over_full": a["median_step_s"] / b["median_step_s"],
+            "peak_memory_ours_over_full": a["peak_gib"] / b["peak_gib"],
+        }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))

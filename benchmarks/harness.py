@@ -13,6 +13,7 @@ timed window runs from the end of the last warm-up step to the end of the last s
 covers everything a training step costs (collation, forward, backward, clipping, optimizer,
 scheduler, logging) and nothing before the loop (imports, model load, tokenisation) or after it.
 """
+
 from __future__ import annotations
 
 import json
@@ -141,7 +142,13 @@ def run_worker(script: Path, spec: dict, *, threads: int, timeout: float) -> dic
         busy0 = cpu_busy_s()
         t0 = time.perf_counter()
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([peer_python(), str(script), "--worker", str(tmp / "spec.json")], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+            proc = subprocess.Popen(
+                [peer_python(), str(script), "--worker", str(tmp / "spec.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            )
             deadline = time.monotonic() + timeout
             while True:
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

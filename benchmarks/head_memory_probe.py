@@ -16,6 +16,7 @@ the peak above the loaded model and the step's seconds:
 
 Writes ``benchmarks/results/head_memory_probe.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,10 @@ def worker(spec: dict) -> dict:
 
     rows = spec["rows"]
     examples = [
-        Example([t for t, m in zip(r["input_ids"], r["completion_mask"]) if not m], [t for t, m in zip(r["input_ids"], r["completion_mask"]) if m])
+        Example(
+            [t for t, m in zip(r["input_ids"], r["completion_mask"]) if not m],
+            [t for t, m in zip(r["input_ids"], r["completion_mask"]) if m],
+        )
         for r in rows
     ]
     cfg = from_dict(SFTConfig, spec["config"])
@@ -70,7 +74,13 @@ def worker(spec: dict) -> dict:
         loss = h.float().pow(2).mean()
     loss.backward()
     dt = time.perf_counter() - t0
-    return {"loss": float(loss), "rss_loaded_mib": base, "step_s": dt, "shape": list(ids.shape), "response_tokens": int(mask.sum())}
+    return {
+        "loss": float(loss),
+        "rss_loaded_mib": base,
+        "step_s": dt,
+        "shape": list(ids.shape),
+        "response_tokens": int(mask.sum()),
+    }
 
 
 def _rss() -> float:
@@ -95,12 +105,26 @@ def main() -> None:
     config = sft.build_config("smollm2-lora", a)
     plan = sft.make_plan(config)
     rows = plan["rows"][: config["train"]["batch_size"]]
-    out = {"benchmark": "head_memory_probe", "date": harness.now(), "machine": harness.machine(), "threads": args.threads, "config": "smollm2-lora, first batch", "variants": {}}
+    out = {
+        "benchmark": "head_memory_probe",
+        "date": harness.now(),
+        "machine": harness.machine(),
+        "threads": args.threads,
+        "config": "smollm2-lora, first batch",
+        "variants": {},
+    }
     for v in VARIANTS:
-        r = harness.run_worker(SCRIPT, {"name": v, "framework": v, "variant": v, "config": config, "rows": rows}, threads=args.threads, timeout=600)
+        r = harness.run_worker(
+            SCRIPT,
+            {"name": v, "framework": v, "variant": v, "config": config, "rows": rows},
+            threads=args.threads,
+            timeout=600,
+        )
         r["peak_above_loaded_mib"] = round(r["max_rss_mib"] - r["rss_loaded_mib"])
         out["variants"][v] = r
-        harness.log(f"{v}: peak {r['max_rss_mib']:.0f} MiB ({r['peak_above_loaded_mib']} above the loaded model), step {r['step_s']:.2f} s, loss {r['loss']:.5f}, other load {r['other_load_cores']}")
+        harness.log(
+            f"{v}: peak {r['max_rss_mib']:.0f} MiB ({r['peak_above_loaded_mib']} above the loaded model), step {r['step_s']:.2f} s, loss {r['loss']:.5f}, other load {r['other_load_cores']}"
+        )
     print(harness.write_result(args.output, out), file=sys.stderr)
 
 

@@ -18,6 +18,7 @@ The first ``--warmup`` steps are left out of the figures (one-off costs: allocat
 seconds. Writes ``benchmarks/results/ppo_step.json`` (config, machine, every step, medians) and
 prints the summary. Model loading, imports and the final save are outside every timed window.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,12 @@ PARTS = ("generation", "scoring", "logprobs", "training")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="preset or model folder (default: SmolLM2-135M-Instruct)")
-    p.add_argument("--lora", default=True, action=argparse.BooleanOptionalAction, help="train LoRA adapters (default) or all weights")
+    p.add_argument(
+        "--lora",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="train LoRA adapters (default) or all weights",
+    )
     p.add_argument("--steps", type=int, default=3, help="timed PPO steps (rollouts)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--batch-size", type=int, default=4, help="prompts per rollout")
@@ -100,10 +106,18 @@ def run(args) -> dict:
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
         "steps": [
-            {"step": r["step"], **{p: r[f"time/{p}"] for p in PARTS}, "step_s": r["time/step"], "tokens": r["response_length"] * args.batch_size, "score": r["score"], "kl": r["kl"]}
+            {
+                "step": r["step"],
+                **{p: r[f"time/{p}"] for p in PARTS},
+                "step_s": r["time/step"],
+                "tokens": r["response_length"] * args.batch_size,
+                "score": r["score"],
+                "kl": r["kl"],
+            }
             for r in rows
         ],
-        "median_s": {p: statistics.median(r[f"time/{p}"] for r in timed) for p in PARTS} | {"step": statistics.median(r["time/step"] for r in timed)},
+        "median_s": {p: statistics.median(r[f"time/{p}"] for r in timed) for p in PARTS}
+        | {"step": statistics.median(r["time/step"] for r in timed)},
         "generated_tokens_per_s": sum(tokens) / max(gen_s, 1e-9),
         "wall_s_including_load": wall,
         "timed_steps": len(timed),
@@ -118,8 +132,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1), encoding="utf-8")
     m = result["median_s"]
-    print(f"ppo step on {args.model} ({'LoRA' if args.lora else 'full'}), {args.batch_size} prompts x {args.max_new_tokens} new tokens, "
-          f"{result['machine']['threads']} threads, {result['timed_steps']} timed steps (median seconds):")
+    print(
+        f"ppo step on {args.model} ({'LoRA' if args.lora else 'full'}), {args.batch_size} prompts x {args.max_new_tokens} new tokens, "
+        f"{result['machine']['threads']} threads, {result['timed_steps']} timed steps (median seconds):"
+    )
     for p in (*PARTS, "step"):
         print(f"  {p:<11} {m[p]:8.2f}")
     print(f"  generated tokens/s {result['generated_tokens_per_s']:.1f}")

@@ -6,6 +6,7 @@ The table sits between the ``<!-- figures:start -->`` and ``<!-- figures:end -->
 rest of the README is prose written by hand. Every number in the table comes from a results file,
 so the table and the files cannot disagree.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,28 @@ def rows() -> list[list[str]]:
             tp, st, mem = c["tokens_per_s"], c["tokens_per_s_step_median"], c["peak_rss_mib"]
             what = f"SFT {c['name']} (bs {c['batch_size']}, len ≤{c['max_length']}, {c['timed_steps']} timed steps × {len(tp['all'].get('alignlab', []))} runs each{_ckpt(c)})"
             load = _load_note(sft, c["runs"])
-            out.append([what + " · tokens/s", _num(tp["ours"], ".0f"), f"TRL {_num(tp['peer'], '.0f')}", _num(tp["ratio"], ".2f") + "×", f"median step: {_num(st['ratio'], '.2f')}×", load, sft["date"][:10]])
-            out.append([f"SFT {c['name']} · peak RSS (MiB)", _num(mem["ours"], ".0f"), f"TRL {_num(mem['peer'], '.0f')}", _num(mem["ratio"], ".2f") + "×", "", load, sft["date"][:10]])
+            out.append(
+                [
+                    what + " · tokens/s",
+                    _num(tp["ours"], ".0f"),
+                    f"TRL {_num(tp['peer'], '.0f')}",
+                    _num(tp["ratio"], ".2f") + "×",
+                    f"median step: {_num(st['ratio'], '.2f')}×",
+                    load,
+                    sft["date"][:10],
+                ]
+            )
+            out.append(
+                [
+                    f"SFT {c['name']} · peak RSS (MiB)",
+                    _num(mem["ours"], ".0f"),
+                    f"TRL {_num(mem['peer'], '.0f')}",
+                    _num(mem["ratio"], ".2f") + "×",
+                    "",
+                    load,
+                    sft["date"][:10],
+                ]
+            )
     for dpo in filter(None, (_load("dpo_vs_trl"), _load("dpo_vs_trl_none"))):
         for c in dpo["configs"]:
             sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
@@ -58,13 +79,37 @@ def rows() -> list[list[str]]:
             what = f"DPO {c['name']} (full FT, {c['batch_size_pairs']} pairs/step, len ≤{c['max_length']}, β {c['beta']}{_ckpt(c)})"
             load = _load_note(dpo, c["runs"])
             others = ", ".join(
-                f"vs {fw} {_num(v, '.3f')}: {_num(sp['ours'] / v if v else None, '.2f')}×" for fw, v in sp["medians"].items() if fw not in ("alignlab", sp["best_peer"])
+                f"vs {fw} {_num(v, '.3f')}: {_num(sp['ours'] / v if v else None, '.2f')}×"
+                for fw, v in sp["medians"].items()
+                if fw not in ("alignlab", sp["best_peer"])
             )
             mem_others = ", ".join(
-                f"vs {fw} {_num(v, '.0f')}: {_num(mem['ours'] / v if v else None, '.2f')}×" for fw, v in mem["medians"].items() if fw not in ("alignlab", mem["best_peer"])
+                f"vs {fw} {_num(v, '.0f')}: {_num(mem['ours'] / v if v else None, '.2f')}×"
+                for fw, v in mem["medians"].items()
+                if fw not in ("alignlab", mem["best_peer"])
             )
-            out.append([what + " · steps/s", _num(sp["ours"], ".3f"), f"{sp['best_peer']} {_num(sp['peer'], '.3f')}", _num(sp["ratio"], ".2f") + "× (target ≥ 1.5)", f"{others}; median step: {_num(st['ratio'], '.2f')}×; losses agree: {'yes' if agree else 'NO'}", load, dpo["date"][:10]])
-            out.append([f"DPO {c['name']} · peak RSS (MiB)", _num(mem["ours"], ".0f"), f"{mem['best_peer']} {_num(mem['peer'], '.0f')}", _num(mem["ratio"], ".2f") + "× (target ≤ 0.7)", mem_others, load, dpo["date"][:10]])
+            out.append(
+                [
+                    what + " · steps/s",
+                    _num(sp["ours"], ".3f"),
+                    f"{sp['best_peer']} {_num(sp['peer'], '.3f')}",
+                    _num(sp["ratio"], ".2f") + "× (target ≥ 1.5)",
+                    f"{others}; median step: {_num(st['ratio'], '.2f')}×; losses agree: {'yes' if agree else 'NO'}",
+                    load,
+                    dpo["date"][:10],
+                ]
+            )
+            out.append(
+                [
+                    f"DPO {c['name']} · peak RSS (MiB)",
+                    _num(mem["ours"], ".0f"),
+                    f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
+                    _num(mem["ratio"], ".2f") + "× (target ≤ 0.7)",
+                    mem_others,
+                    load,
+                    dpo["date"][:10],
+                ]
+            )
     rm = _load("rm_hh_accuracy")
     if rm:
         d = rm["data"]
@@ -93,7 +138,15 @@ def _wilson(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def table() -> str:
-    head = ["benchmark", "ours (alignlab)", "best peer", "ratio ours/peer", "notes", "machine load (1-min load avg start → end; other jobs' CPU during a run)", "date"]
+    head = [
+        "benchmark",
+        "ours (alignlab)",
+        "best peer",
+        "ratio ours/peer",
+        "notes",
+        "machine load (1-min load avg start → end; other jobs' CPU during a run)",
+        "date",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows()]
     return "\n".join(lines)

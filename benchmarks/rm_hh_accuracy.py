@@ -13,6 +13,7 @@ two reference points computed on the same held-out pairs: chance (0.5) and "the 
 is preferred". Training runs in a child process (peak RSS measured as in the other benchmarks).
 Writes ``benchmarks/results/rm_hh_accuracy.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +73,9 @@ def describe_split(config: dict) -> dict:
     cfg = from_dict(RewardConfig, config)
     train, held = load_split(cfg.data, "preference", cfg.train.seed, logging.getLogger("bench"))
     shared = {r.prompt for r in train} & {r.prompt for r in held}
-    longer = [1.0 if len(r.chosen) > len(r.rejected) else 0.5 if len(r.chosen) == len(r.rejected) else 0.0 for r in held]
+    longer = [
+        1.0 if len(r.chosen) > len(r.rejected) else 0.5 if len(r.chosen) == len(r.rejected) else 0.0 for r in held
+    ]
     return {
         "train_pairs": len(train),
         "heldout_pairs": len(held),
@@ -98,7 +101,19 @@ def worker(spec: dict) -> dict:
     return {
         **clock.as_dict(),
         "train_reward_s": total,
-        "summary": {k: summary.get(k) for k in ("steps", "train_loss", "train_accuracy", "eval", "train_items", "eval_pairs", "truncation", "skipped_steps")},
+        "summary": {
+            k: summary.get(k)
+            for k in (
+                "steps",
+                "train_loss",
+                "train_accuracy",
+                "eval",
+                "train_items",
+                "eval_pairs",
+                "truncation",
+                "skipped_steps",
+            )
+        },
         "train_loss_curve": [m.get("loss") for m in train_rows],
         "train_accuracy_curve": [m.get("accuracy") for m in train_rows],
     }
@@ -110,7 +125,9 @@ def main() -> None:
     p.add_argument("--data", default=HH, help="HH-RLHF-style preference file (read in place)")
     p.add_argument("--train-pairs", type=int, default=400)
     p.add_argument("--eval-pairs", type=int, default=200)
-    p.add_argument("--max-length", type=int, default=96, help="tokens per response row (prompt cut from the left to half)")
+    p.add_argument(
+        "--max-length", type=int, default=96, help="tokens per response row (prompt cut from the left to half)"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -153,7 +170,9 @@ def main() -> None:
             "warmup_steps": config["train"]["warmup_steps"],
         },
     }
-    r = harness.run_worker(SCRIPT, {"name": "rm-hh", "framework": "alignlab", "config": config}, threads=args.threads, timeout=args.timeout)
+    r = harness.run_worker(
+        SCRIPT, {"name": "rm-hh", "framework": "alignlab", "config": config}, threads=args.threads, timeout=args.timeout
+    )
     stamps = r.pop("stamps")
     r.pop("cpu_stamps")
     ev = r["summary"]["eval"] or {}

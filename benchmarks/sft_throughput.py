@@ -17,6 +17,7 @@ timed steps being those after ``--warmup`` warm-up steps (see ``harness``: model
 and tokenisation are outside the window). Runs alternate ours, theirs, ours, theirs, ... and the
 medians are reported. Writes ``benchmarks/results/sft_throughput.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,11 @@ NO_CKPT = {"model": {"gradient_checkpointing": "none"}}
 CONFIGS = {
     "tiny": ("tiny", {}, False),
     "smollm2-lora": ("default", NO_CKPT, False),
-    "smollm2-full": ("default", harness.merge(NO_CKPT, {"model": {"lora": {"enabled": False}}, "train": {"lr": 2.0e-5}}), False),
+    "smollm2-full": (
+        "default",
+        harness.merge(NO_CKPT, {"model": {"lora": {"enabled": False}}, "train": {"lr": 2.0e-5}}),
+        False,
+    ),
     # not in the default list: each framework as it is set up by default (alignlab selective, TRL full checkpointing)
     "smollm2-lora-defaults": ("default", {}, True),
 }
@@ -66,7 +71,10 @@ def build_config(name: str, args) -> dict:
     if args.batch_size:
         forced["train"]["batch_size"] = args.batch_size
     if args.max_length:
-        forced["data"] = {"max_length": args.max_length, "max_prompt_length": min(args.max_length // 2, tree["data"].get("max_prompt_length", 384))}
+        forced["data"] = {
+            "max_length": args.max_length,
+            "max_prompt_length": min(args.max_length // 2, tree["data"].get("max_prompt_length", 384)),
+        }
     from alignlab.config import SFTConfig
 
     return harness.stage_config(SFTConfig, harness.merge(tree, forced))
@@ -86,15 +94,21 @@ def make_plan(config: dict) -> dict:
     seed_everything(cfg.train.seed)
     train_records, _ = load_split(cfg.data, "sft", cfg.train.seed, logging.getLogger("bench"))
     tokenizer = load_model(cfg.model, seed=cfg.train.seed).tokenizer
-    examples, stats = tokenize_sft(train_records, tokenizer, max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
+    examples, stats = tokenize_sft(
+        train_records, tokenizer, max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length
+    )
     order = DataOrder(len(examples), cfg.train.batch_size, cfg.train.seed)
     rows, per_step = [], []
     for k in range(cfg.train.max_steps):
         batch = [examples[i] for i in order.batch(k)]
         if len(batch) != cfg.train.batch_size:
-            sys.exit(f"step {k + 1}: a short batch ({len(batch)} rows); pick steps/batch size that stay within full batches")
+            sys.exit(
+                f"step {k + 1}: a short batch ({len(batch)} rows); pick steps/batch size that stay within full batches"
+            )
         for ex in batch:
-            rows.append({"input_ids": ex.input_ids, "completion_mask": [0] * len(ex.prompt_ids) + [1] * len(ex.response_ids)})
+            rows.append(
+                {"input_ids": ex.input_ids, "completion_mask": [0] * len(ex.prompt_ids) + [1] * len(ex.response_ids)}
+            )
         per_step.append(
             {
                 "tokens": sum(len(ex.input_ids) for ex in batch),
@@ -102,7 +116,13 @@ def make_plan(config: dict) -> dict:
                 "padded_width": max(len(ex.input_ids) for ex in batch),
             }
         )
-    return {"rows": rows, "per_step": per_step, "train_examples": len(examples), "truncation": stats.as_dict(), "trl_template_check": _template_check(tokenizer, train_records[:32], examples[:32])}
+    return {
+        "rows": rows,
+        "per_step": per_step,
+        "train_examples": len(examples),
+        "truncation": stats.as_dict(),
+        "trl_template_check": _template_check(tokenizer, train_records[:32], examples[:32]),
+    }
 
 
 def _template_check(tokenizer, records, examples) -> dict:
@@ -186,9 +206,15 @@ def worker_trl(spec: dict) -> dict:
     peft_config = None
     if use_lora:
         peft_config = LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=list(lora.target_modules), task_type="CAUSAL_LM"
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
         )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
     clock = harness.StepClock()
     trainer.train()
     clock.close()
@@ -197,7 +223,9 @@ def worker_trl(spec: dict) -> dict:
         **clock.as_dict(),
         "losses": [h["loss"] for h in logs],
         "steps": trainer.state.global_step,
-        "optimizer": type(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).__name__,
+        "optimizer": type(
+            trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer
+        ).__name__,
         "optim_arg": str(args.optim),
         "loss_type": args.loss_type,
     }
@@ -245,7 +273,9 @@ def measure(name: str, args) -> dict:
             if framework == "alignlab":  # cross-check: alignlab trained on the planned batches
                 planned = [s["response_tokens"] for s in plan["per_step"]]
                 if [int(x) for x in run["response_tokens"]] != planned:
-                    raise RuntimeError(f"{spec['name']}: alignlab's batches differ from the plan: {run['response_tokens']} vs {planned}")
+                    raise RuntimeError(
+                        f"{spec['name']}: alignlab's batches differ from the plan: {run['response_tokens']} vs {planned}"
+                    )
             runs.append(run)
             harness.log(
                 f"{spec['name']}: {run['tokens_per_s']:.0f} tok/s (median step {t['rate_step_median']:.0f}, per CPU-s {t['rate_per_cpu_s']:.0f}), "
@@ -257,7 +287,10 @@ def measure(name: str, args) -> dict:
         "name": name,
         "model": config["model"]["name_or_path"],
         "lora": config["model"]["lora"]["enabled"],
-        "gradient_checkpointing": {"alignlab": config["model"]["gradient_checkpointing"], "trl": "full" if CONFIGS[name][2] else "none"},
+        "gradient_checkpointing": {
+            "alignlab": config["model"]["gradient_checkpointing"],
+            "trl": "full" if CONFIGS[name][2] else "none",
+        },
         "batch_size": config["train"]["batch_size"],
         "max_length": config["data"]["max_length"],
         "max_prompt_length": config["data"]["max_prompt_length"],
@@ -281,15 +314,23 @@ def measure(name: str, args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--configs", default="tiny,smollm2-lora,smollm2-full", help=f"comma-separated, from {', '.join(CONFIGS)}")
+    p.add_argument(
+        "--configs", default="tiny,smollm2-lora,smollm2-full", help=f"comma-separated, from {', '.join(CONFIGS)}"
+    )
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run (after the warm-up)")
     p.add_argument("--tiny-repeats", type=int, default=5, help="runs per framework for the tiny config (cheap)")
-    p.add_argument("--tiny-steps", type=int, default=10, help="timed steps for the tiny config (its steps take milliseconds)")
+    p.add_argument(
+        "--tiny-steps", type=int, default=10, help="timed steps for the tiny config (its steps take milliseconds)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="optimizer steps run first and left out of the timing (>= 1)")
     p.add_argument("--repeats", type=int, default=2, help="runs per framework, alternating ours/theirs")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in every run (0: all cores; see README: why 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads in every run (0: all cores; see README: why 1)"
+    )
     p.add_argument("--batch-size", type=int, default=0, help="override the profile's batch size")
-    p.add_argument("--max-length", type=int, default=0, help="override the profile's max_length (max_prompt_length = half)")
+    p.add_argument(
+        "--max-length", type=int, default=0, help="override the profile's max_length (max_prompt_length = half)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
     p.add_argument("--output", default="sft_throughput", help="results/<output>.json")

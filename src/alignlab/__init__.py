@@ -6,6 +6,7 @@
     >>> cfg = alignlab.SFTConfig()            # every knob, with defaults
     >>> alignlab.train_sft(cfg)               # same function `alignlab sft` calls
 """
+
 from __future__ import annotations
 
 import importlib

@@ -9,6 +9,7 @@ A stage's settings come from, in order: defaults, the profile's section for the 
 ``--config`` file, then ``key=value`` overrides (dotted ``train.lr`` or a unique leaf ``lr``).
 Errors in input print one line naming the file, line or key, and exit with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,11 +74,21 @@ def _stage_parser(sub, name: str, stage: Stage):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file with this stage's settings (sections model/data/train/...)")
-    p.add_argument("--profile", default=None, help="built-in profile to start from (quick, tiny, ...) or a YAML file with stage sections")
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="built-in profile to start from (quick, tiny, ...) or a YAML file with stage sections",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of this run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. train.lr=1e-4 lora.enabled=true")
     for key in stage.flags:
-        p.add_argument(f"--{key.replace('.', '-').replace('_', '-')}", dest=f"flag_{key}", default=None, metavar="VALUE", help=f"same as {key}=VALUE")
+        p.add_argument(
+            f"--{key.replace('.', '-').replace('_', '-')}",
+            dest=f"flag_{key}",
+            default=None,
+            metavar="VALUE",
+            help=f"same as {key}=VALUE",
+        )
     return p
 
 
@@ -140,7 +151,9 @@ def cmd_run(args) -> int:
     """Every stage of the profile in dependency order (alignlab.pipeline.run_pipeline)."""
     from alignlab.pipeline import run_pipeline
 
-    results = run_pipeline(args.profile, list(args.overrides), run_name=args.run_name, force=args.force, from_stage=args.from_stage)
+    results = run_pipeline(
+        args.profile, list(args.overrides), run_name=args.run_name, force=args.force, from_stage=args.from_stage
+    )
     for name, summary in results.items():
         if summary.get("run_dir"):
             _print_samples(summary["run_dir"], name)
@@ -149,9 +162,9 @@ def cmd_run(args) -> int:
 
 
 def _print_samples(stage_dir, name: str) -> None:
-    from alignlab.runs import StageFolder
-
     from pathlib import Path
+
+    from alignlab.runs import StageFolder
 
     rows = StageFolder(Path(stage_dir)).read_samples()[:4]
     if not rows:
@@ -172,7 +185,9 @@ def cmd_generate(args) -> int:
     model_cfg = from_dict(ModelConfig, {"name_or_path": args.model, "trust_remote_code": args.trust_remote_code})
     loaded = load_model(model_cfg, seed=args.seed, for_training=False)
     prompts = [encode_prompt(loaded.tokenizer, p) for p in args.prompt]
-    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
     for prompt, gen in zip(args.prompt, TransformersEngine(loaded.model, loaded.tokenizer).generate(prompts, params)):
         print(f"> {prompt}\n{gen.text.strip()}\n")
     return 0
@@ -181,7 +196,9 @@ def cmd_generate(args) -> int:
 def cmd_score(args) -> int:
     from alignlab.scoring import score_file
 
-    summary = score_file(args.model, args.data, args.out, kind=args.kind, batch_size=args.batch_size, device=args.device)
+    summary = score_file(
+        args.model, args.data, args.out, kind=args.kind, batch_size=args.batch_size, device=args.device
+    )
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -202,16 +219,26 @@ def make_parser() -> argparse.ArgumentParser:
         epilog="overrides: `dpo.loss=ipo` or `sft.train.lr=1e-4` set one stage's key; a key without a stage "
         "(`train.max_steps=10`) applies to every stage that has it.",
     )
-    run.add_argument("--profile", default="quick", help="built-in profile (quick: the main job; tiny: seconds, for smoke tests) or a YAML file with stage sections")
+    run.add_argument(
+        "--profile",
+        default="quick",
+        help="built-in profile (quick: the main job; tiny: seconds, for smoke tests) or a YAML file with stage sections",
+    )
     run.add_argument("--run-name", default=None, help="the run folder's name (default: the profile's run_name)")
-    run.add_argument("--from", dest="from_stage", default=None, metavar="STAGE", help="train this stage and every one after it again")
+    run.add_argument(
+        "--from", dest="from_stage", default=None, metavar="STAGE", help="train this stage and every one after it again"
+    )
     run.add_argument("--force", action="store_true", help="train every stage again even when its folder is complete")
-    run.add_argument("overrides", nargs="*", metavar="key=value", help="settings: stage.key=value for one stage, key=value for all")
+    run.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="settings: stage.key=value for one stage, key=value for all"
+    )
     for name, stage in STAGES.items():
         if stage.command:
             _stage_parser(sub, name, stage)
     gen = sub.add_parser("generate", help="sample responses from a preset, a model folder or a checkpoint")
-    gen.add_argument("--model", default="smollm2-135m", help="preset, model folder, or a run's final/ or checkpoint model/ folder")
+    gen.add_argument(
+        "--model", default="smollm2-135m", help="preset, model folder, or a run's final/ or checkpoint model/ folder"
+    )
     gen.add_argument("--prompt", action="append", default=[], help="a user prompt (repeat for several)")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.7, help="0 for greedy decoding")
@@ -220,9 +247,16 @@ def make_parser() -> argparse.ArgumentParser:
     gen.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own code to run")
     score = sub.add_parser("score", help="score a data file with a trained reward model (one JSON line per record)")
     score.add_argument("--model", required=True, help="a reward model folder (a reward run's final/)")
-    score.add_argument("--data", required=True, help="records: preference (chosen/rejected), ranking, or prompt + response")
+    score.add_argument(
+        "--data", required=True, help="records: preference (chosen/rejected), ranking, or prompt + response"
+    )
     score.add_argument("--out", required=True, help="JSONL file to write")
-    score.add_argument("--kind", default="auto", choices=("auto", "preference", "ranking", "sft"), help="data kind (auto: from the first row)")
+    score.add_argument(
+        "--kind",
+        default="auto",
+        choices=("auto", "preference", "ranking", "sft"),
+        help="data kind (auto: from the first row)",
+    )
     score.add_argument("--batch-size", type=int, default=16)
     score.add_argument("--device", default="auto")
     from alignlab.feedback.cli import add_data_commands, add_label_commands
@@ -264,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignlab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nalignlab: interrupted; the last complete checkpoint is kept: rerun with --resume to continue", file=sys.stderr)
+        print(
+            "\nalignlab: interrupted; the last complete checkpoint is kept: rerun with --resume to continue",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -4,6 +4,7 @@ Every error a user can cause is an :class:`AlignlabError` whose message names th
 field or key at fault, what was wrong, and what to do. The CLI prints such errors as one line
 and exits with status 2; any other exception is a bug in alignlab.
 """
+
 from __future__ import annotations
 
 

@@ -20,6 +20,7 @@ per response where a metric says so); beta β (the KL weight or the implicit-rew
 in every stage); gamma γ (PPO's discount only; SimPO's margin is ``simpo_gamma``); advantages,
 returns, values; rollout (one batch of generated experience); stage; run (one folder).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -187,7 +188,9 @@ def profile_stages(profile: dict) -> list[str]:
     """The profile's stages in pipeline (dependency) order; an unknown section is an error."""
     for name in profile:
         if name not in STAGES:
-            raise ConfigError(f"profile section '{name}' is not a stage{did_you_mean(name, STAGES)} (stages: {', '.join(STAGES)})")
+            raise ConfigError(
+                f"profile section '{name}' is not a stage{did_you_mean(name, STAGES)} (stages: {', '.join(STAGES)})"
+            )
     return [name for name in STAGES if name in profile]
 
 
@@ -212,7 +215,9 @@ def split_overrides(overrides: list[str], stages: list[str]) -> dict[str, list[s
         takers = [s for s in stages if has_key(get_stage(s).config_class(), key)]
         if not takers:
             valid = [f"{s}.{k}" for s in stages for k in _keys(s)] + [k for s in stages for k in _keys(s)]
-            raise ConfigError(f"unknown key '{key}' for the stages of this run ({', '.join(stages)}){did_you_mean(key, valid)}")
+            raise ConfigError(
+                f"unknown key '{key}' for the stages of this run ({', '.join(stages)}){did_you_mean(key, valid)}"
+            )
         for s in takers:
             out[s].append(item)
     return out
@@ -239,11 +244,15 @@ def wire(stage: str, section: dict, available: dict[str, Path]) -> tuple[dict, d
     section = dict(section or {})
     own = section.pop("inputs", None) or {}
     if not isinstance(own, dict):
-        raise ConfigError(f"profile section '{stage}': 'inputs' must map an input name to 'own' (keep the section's value)")
+        raise ConfigError(
+            f"profile section '{stage}': 'inputs' must map an input name to 'own' (keep the section's value)"
+        )
     row = get_stage(stage)
     for name, how in own.items():
         if name not in row.inputs:
-            raise ConfigError(f"profile section '{stage}': unknown input '{name}'{did_you_mean(name, row.inputs)} (inputs: {', '.join(row.inputs) or 'none'})")
+            raise ConfigError(
+                f"profile section '{stage}': unknown input '{name}'{did_you_mean(name, row.inputs)} (inputs: {', '.join(row.inputs) or 'none'})"
+            )
         if how != "own":
             raise ConfigError(f"profile section '{stage}': inputs.{name} must be 'own', got {how!r}")
     wired: dict[str, str] = {}
@@ -283,7 +292,14 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def plan(profile: dict, overrides: list[str], *, run_name: str | None = None, only_complete_upstream: bool = False, stages: list[str] | None = None) -> list[PlannedStage]:
+def plan(
+    profile: dict,
+    overrides: list[str],
+    *,
+    run_name: str | None = None,
+    only_complete_upstream: bool = False,
+    stages: list[str] | None = None,
+) -> list[PlannedStage]:
     """Configs for the profile's stages in order, each wired to the outputs of those before it.
 
     ``only_complete_upstream``: wire only from upstream stage folders that are already complete
@@ -322,11 +338,18 @@ def has_train(cls: type) -> bool:
 def stage_table_markdown() -> str:
     """The README's stage table, generated from this table and the loss registries
     (``python scripts/update_readme.py`` writes it between the README's stage markers)."""
-    lines = ["| command | what it does | variants (`--help` shows each one's published defaults) | inputs in `alignlab run` |", "|---|---|---|---|"]
+    lines = [
+        "| command | what it does | variants (`--help` shows each one's published defaults) | inputs in `alignlab run` |",
+        "|---|---|---|---|",
+    ]
     for s in STAGES.values():
         variants = ", ".join(f"`{v}`" for v in s.variant_names())
-        consumes = ", ".join(f"`{i.key}` ← {' or '.join(f'{st}/{o}' for st, o in i.sources)}" for i in s.inputs.values())
-        command = f"`alignlab {s.name}`" if s.command else f"`alignlab {s.name}` (its own command; a stage of `alignlab run`)"
+        consumes = ", ".join(
+            f"`{i.key}` ← {' or '.join(f'{st}/{o}' for st, o in i.sources)}" for i in s.inputs.values()
+        )
+        command = (
+            f"`alignlab {s.name}`" if s.command else f"`alignlab {s.name}` (its own command; a stage of `alignlab run`)"
+        )
         lines.append(f"| {command} | {s.help} | {variants} | {consumes} |")
     return "\n".join(lines)
 
@@ -360,7 +383,9 @@ def run_pipeline(
     profile = load_profile(profile_name)
     names = stages or profile_stages(profile)
     if from_stage is not None and from_stage not in names:
-        raise ConfigError(f"--from {from_stage}: not a stage of this run{did_you_mean(from_stage, names)} (stages: {', '.join(names)})")
+        raise ConfigError(
+            f"--from {from_stage}: not a stage of this run{did_you_mean(from_stage, names)} (stages: {', '.join(names)})"
+        )
     planned = plan(profile, list(overrides), run_name=run_name, stages=names)
     out_dir, rname = location(planned[0].cfg)
     for p in planned:
@@ -372,7 +397,7 @@ def run_pipeline(
     from alignlab.runs import run_path
 
     write_manifest(run_path(out_dir, rname), profile=profile_name, stages=names)
-    redo = set(names[names.index(from_stage):]) if from_stage else set()
+    redo = set(names[names.index(from_stage) :]) if from_stage else set()
     results: dict[str, dict] = {}
     for k, p in enumerate(planned, 1):
         folder = stage_folder(out_dir, rname, p.name)
@@ -398,5 +423,7 @@ def run_pipeline(
             results[p.name] = get_stage(p.name).function()(p.cfg)
         except AlignlabError as e:
             again = f"alignlab run --profile {profile_name}" + (f" --run-name {run_name}" if run_name else "")
-            raise StageError(f"stage '{p.name}' failed: {e}; the stages before it are kept: after fixing the cause, continue with `{again}`") from e
+            raise StageError(
+                f"stage '{p.name}' failed: {e}; the stages before it are kept: after fixing the cause, continue with `{again}`"
+            ) from e
     return results

@@ -5,13 +5,13 @@ SmolLM2-135M-Instruct with LoRA on the demo data, minutes on a laptop CPU; ``def
 name for it) and ``tiny`` (a random tiny model, seconds: smoke tests).
 A profile may also be a path to your own YAML file of the same shape.
 """
+
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
 
 from alignlab.errors import ConfigError, did_you_mean
-
 
 ALIASES = {"default": "quick"}
 

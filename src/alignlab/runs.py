@@ -23,6 +23,7 @@ from files alone.
 Metric names (:data:`METRICS`) are the keys of ``metrics.jsonl`` rows; one name means one thing
 in every stage (see the glossary in ``docs`` of :mod:`alignlab.pipeline`).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,10 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 MARKER = "COMPLETE"
 MANIFEST = "run.json"
@@ -368,7 +370,9 @@ def list_stages(path: str | Path) -> list[str]:
     path = Path(path)
     manifest = read_manifest(path) or {}
     order = list(manifest.get("stages", []))
-    present = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+    present = (
+        sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+    )
     return order + [s for s in present if s not in order]
 
 

@@ -1,4 +1,5 @@
 """``alignlab score``: one score per record of a data file, with a trained reward-model folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,9 @@ def detect_kind(spec: str) -> str:
     return "sft"
 
 
-def score_file(model: str, data: str, out: str, *, kind: str = "auto", batch_size: int = 16, device: str = "auto") -> dict:
+def score_file(
+    model: str, data: str, out: str, *, kind: str = "auto", batch_size: int = 16, device: str = "auto"
+) -> dict:
     """Score every record of ``data`` with the reward model folder ``model``; one JSON line per record.
 
     Lines: preference ``{"where", "chosen_score", "rejected_score"}``; ranking ``{"where",
@@ -32,7 +35,10 @@ def score_file(model: str, data: str, out: str, *, kind: str = "auto", batch_siz
 
     loaded = load_reward_model(model, device=device)
     rm, tok = loaded.model, loaded.tokenizer
-    lengths = {"max_length": loaded.norm.get("max_length", 1024), "max_prompt_length": loaded.norm.get("max_prompt_length", 768)}
+    lengths = {
+        "max_length": loaded.norm.get("max_length", 1024),
+        "max_prompt_length": loaded.norm.get("max_prompt_length", 768),
+    }
     kind = detect_kind(data) if kind == "auto" else kind
     records = load_records(data, kind).records
 
@@ -41,8 +47,10 @@ def score_file(model: str, data: str, out: str, *, kind: str = "auto", batch_siz
 
     if kind == "preference":
         pairs, _ = tokenize_pairs(records, tok, **lengths)
-        rows = [{"where": p.where, "chosen_score": c, "rejected_score": r}
-                for p, c, r in zip(pairs, scores([p.chosen() for p in pairs]), scores([p.rejected() for p in pairs]))]
+        rows = [
+            {"where": p.where, "chosen_score": c, "rejected_score": r}
+            for p, c, r in zip(pairs, scores([p.chosen() for p in pairs]), scores([p.rejected() for p in pairs]))
+        ]
     elif kind == "ranking":
         groups, _ = tokenize_rankings(records, tok, **lengths)
         flat = iter(scores([e for g in groups for e in g.examples()]))

@@ -1,4 +1,5 @@
 """The command line, as a user runs it."""
+
 import json
 import os
 import subprocess
@@ -9,7 +10,9 @@ import pytest
 
 def alignlab(*args, cwd, timeout=600):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "alignlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "alignlab", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_help_lists_stages_and_every_setting(tmp_path):
@@ -81,9 +84,16 @@ def test_interrupted_stage_is_resumed_by_run(tmp_path):
     from alignlab.trainers.sft import train_sft
 
     os.chdir(tmp_path)
-    cfg = load_config(SFTConfig, None, ["train.max_steps=6", "train.save_every=3", "train.progress=false"], base=load_profile("tiny")["sft"])
+    cfg = load_config(
+        SFTConfig,
+        None,
+        ["train.max_steps=6", "train.save_every=3", "train.progress=false"],
+        base=load_profile("tiny")["sft"],
+    )
     train_sft(cfg, stop_after=3)
-    r = alignlab("run", "--profile", "tiny", "train.max_steps=6", "train.save_every=3", "train.progress=false", cwd=tmp_path)
+    r = alignlab(
+        "run", "--profile", "tiny", "train.max_steps=6", "train.save_every=3", "train.progress=false", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     log = (tmp_path / "runs" / "tiny" / "sft" / "log.txt").read_text()
     assert "resumed from" in log and "step-00000003" in log

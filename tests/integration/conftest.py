@@ -18,7 +18,7 @@ def sft_file(tmp_path):
 
 @pytest.fixture
 def tiny_sft_config(tmp_path, sft_file):
-    from alignlab.config import load_config, SFTConfig
+    from alignlab.config import SFTConfig, load_config
 
     def make(**over):
         base = {
@@ -55,7 +55,10 @@ def write_preferences(path, n: int, *, offset: int = 0) -> None:
     with open(path, "w") as fh:
         for i in range(offset, offset + n):
             w = WORDS[i % len(WORDS)]
-            fh.write(json.dumps({"prompt": f"Tell me about {w} ({i}).", "chosen": f"Sure, {w}.", "rejected": f"No, {w}."}) + "\n")
+            fh.write(
+                json.dumps({"prompt": f"Tell me about {w} ({i}).", "chosen": f"Sure, {w}.", "rejected": f"No, {w}."})
+                + "\n"
+            )
 
 
 @pytest.fixture
@@ -94,7 +97,16 @@ def write_reward_rule(path) -> None:
     with open(path, "w") as fh:
         for i in range(48):
             w, v = WORDS[i % 12], WORDS[(i * 5 + 3) % 12]
-            fh.write(json.dumps({"prompt": f"Question {i}: tell me about {w}.", "chosen": f"The {w} is nice, thanks.", "rejected": f"The {w} is nice, {v}."}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "prompt": f"Question {i}: tell me about {w}.",
+                        "chosen": f"The {w} is nice, thanks.",
+                        "rejected": f"The {w} is nice, {v}.",
+                    }
+                )
+                + "\n"
+            )
 
 
 @pytest.fixture
@@ -141,4 +153,3 @@ def trained_reward(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNLAB_CACHE", str(root / "cache"))
         return train_reward(_reward_config(root, root / "rm.jsonl")), root / "rm.jsonl"
-

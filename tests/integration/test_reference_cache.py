@@ -1,5 +1,6 @@
 """Reference log-probs: the cached numbers are the live ones, a second call reads the cache, the
 key changes with what the numbers depend on, and LoRA's reference is the adapter-free network."""
+
 import pytest
 import torch
 

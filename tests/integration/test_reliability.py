@@ -1,4 +1,5 @@
 """Promises of the reliability issue: crash during save, full disk, numerical faults, safe loading."""
+
 import json
 import os
 import pickle
@@ -16,13 +17,22 @@ from alignlab.trainers import checkpoint as ckpt
 from alignlab.trainers.loop import fit
 from alignlab.trainers.run import RunDir
 
+
 # ----------------------------------------------------------------------------- a toy stage
 def toy_stage(tmp_path, *, bad_after=None, max_bad=3, **train):
     """A linear regression trained through the real loop; `bad_after` makes losses NaN from that call on."""
     from alignlab.config import TrainConfig
 
-    cfg = TrainConfig(output_dir=str(tmp_path), run_name="toy", progress=False, max_steps=6, batch_size=4,
-                      warmup_steps=0, max_bad_steps=max_bad, **train)
+    cfg = TrainConfig(
+        output_dir=str(tmp_path),
+        run_name="toy",
+        progress=False,
+        max_steps=6,
+        batch_size=4,
+        warmup_steps=0,
+        max_bad_steps=max_bad,
+        **train,
+    )
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
     xs = torch.randn(32, 3)
@@ -31,7 +41,11 @@ def toy_stage(tmp_path, *, bad_after=None, max_bad=3, **train):
     calls = {"n": 0}
 
     def make_batch(rows):
-        return {"x": torch.stack([r[0] for r in rows]), "y": torch.stack([r[1] for r in rows]), "where": [r[2] for r in rows]}
+        return {
+            "x": torch.stack([r[0] for r in rows]),
+            "y": torch.stack([r[1] for r in rows]),
+            "where": [r[2] for r in rows],
+        }
 
     def step_fn(batch):
         calls["n"] += 1
@@ -49,7 +63,16 @@ def toy_stage(tmp_path, *, bad_after=None, max_bad=3, **train):
 
     run = RunDir(tmp_path, "toy", "toy")
     run.prepare(cfg, resume=cfg.resume)
-    return dict(cfg=cfg, run=run, model=model, items=items, make_batch=make_batch, step_fn=step_fn, save_model=save, load_model=load)
+    return dict(
+        cfg=cfg,
+        run=run,
+        model=model,
+        items=items,
+        make_batch=make_batch,
+        step_fn=step_fn,
+        save_model=save,
+        load_model=load,
+    )
 
 
 def test_non_finite_steps_are_skipped_logged_and_halt_with_last_good_checkpoint(tmp_path):
@@ -135,12 +158,16 @@ KILL_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point,nth", [("torch.save", 7), ("torch.save", 9), ("fsync", 12), ("os.replace", 2), ("rmtree", 2)])
+@pytest.mark.parametrize(
+    "point,nth", [("torch.save", 7), ("torch.save", 9), ("fsync", 12), ("os.replace", 2), ("rmtree", 2)]
+)
 def test_sigkill_during_save_leaves_a_loadable_checkpoint_and_resume_continues(tmp_path, point, nth):
     tests_dir = str(Path(__file__).resolve().parents[1])
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT.format(tests=tests_dir))
-    proc = subprocess.run([sys.executable, str(script), point, str(nth), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script), point, str(nth), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     ckpt_dir = tmp_path / "toy" / "toy" / "checkpoints"
     complete = ckpt.list_complete(ckpt_dir)
@@ -184,7 +211,9 @@ def test_checkpoint_pickle_that_would_run_code_is_refused(tmp_path):
         pickle.dump(_Evil(), fh)
     parts2 = toy_stage(tmp_path / "again")
     with pytest.raises(CheckpointError, match="cannot be read safely"):
-        ckpt.load_checkpoint(latest, load_model=parts2["load_model"], optimizer=torch.optim.AdamW(parts2["model"].parameters()))
+        ckpt.load_checkpoint(
+            latest, load_model=parts2["load_model"], optimizer=torch.optim.AdamW(parts2["model"].parameters())
+        )
     assert not Path("/tmp/alignlab-pwned").exists()
 
 

@@ -1,13 +1,13 @@
 """Reward model on the tiny backbone: it learns a known rule, resumes exactly, normalises its
 scores on the reference policy's responses, and `alignlab score` writes one line per record."""
+
 import json
 
 import pytest
 
 from alignlab.cli import main
 from alignlab.data.tokenize import Example
-from alignlab.models.heads import load_reward_model
-from alignlab.models.heads import score_examples
+from alignlab.models.heads import load_reward_model, score_examples
 from alignlab.trainers.reward import train_reward
 from alignlab.trainers.run import read_metrics
 
@@ -57,7 +57,13 @@ def test_score_command_writes_one_score_per_record(trained_reward, tmp_path, cap
 
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_is_exact(tiny_reward_config, lora):
-    over = {"train.max_steps": 8, "train.save_every": 4, "model.lora.enabled": lora, "model.lora.dropout": 0.1, "magnitude_penalty": 0.01}
+    over = {
+        "train.max_steps": 8,
+        "train.save_every": 4,
+        "model.lora.enabled": lora,
+        "model.lora.dropout": 0.1,
+        "magnitude_penalty": 0.01,
+    }
     straight = train_reward(tiny_reward_config(**over, **{"train.run_name": "straight"}))
     half = train_reward(tiny_reward_config(**over, **{"train.run_name": "resumed"}), stop_after=4)
     assert half["steps"] == 4 and "final" not in half
@@ -76,8 +82,15 @@ def test_listwise_loss_on_rankings(tiny_reward_config, tmp_path):
         for i in range(24):
             # K differs across prompts (3 or 4): the loss takes each K as its own block
             answers = ["Yes, thanks.", "Yes.", "No.", "Never!"][: 3 + i % 2]
-            fh.write(json.dumps({"prompt": f"Q{i}?", "responses": answers[::-1], "ranking": list(range(len(answers), 0, -1))}) + "\n")
-    cfg = tiny_reward_config(**{"data.train": str(path), "data_kind": "ranking", "loss": "plackett_luce", "train.max_steps": 10})
+            fh.write(
+                json.dumps(
+                    {"prompt": f"Q{i}?", "responses": answers[::-1], "ranking": list(range(len(answers), 0, -1))}
+                )
+                + "\n"
+            )
+    cfg = tiny_reward_config(
+        **{"data.train": str(path), "data_kind": "ranking", "loss": "plackett_luce", "train.max_steps": 10}
+    )
     summary = train_reward(cfg)
     rows = [r for r in read_metrics(summary["run_dir"]) if r["split"] == "train"]
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]

@@ -1,8 +1,9 @@
 """RL from a reward on the tiny model: PPO, RLOO and GRPO learn a rule reward with the KL held,
 PPO resumes exactly (adaptive KL included), the reference is right, best-of-n picks the best."""
+
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,12 @@ def _one_thread():
 def tiny_cfg(stage, tmp_path, *overrides):
     """The tiny profile's section for ``stage`` (so the profile itself is tested), quiet and without eval."""
     base = load_profile("tiny")[stage]
-    common = [f"train.output_dir={tmp_path / 'runs'}", "train.progress=false", "train.num_samples=0", "data.eval_fraction=0"]
+    common = [
+        f"train.output_dir={tmp_path / 'runs'}",
+        "train.progress=false",
+        "train.num_samples=0",
+        "data.eval_fraction=0",
+    ]
     if stage == "best-of-n":
         common = [f"output_dir={tmp_path / 'runs'}"]
     return load_config(CONFIGS[stage], None, common + list(overrides), base=base)
@@ -62,14 +68,24 @@ def test_learns_a_rule_reward_with_bounded_kl(tmp_path, stage):
     allowed = 0 if not torch.cuda.is_available() else 2
     assert sum(r["skipped_updates"] for r in rows) <= allowed
     assert all(math.isfinite(r["loss"]) for r in rows if r["skipped_updates"] == 0)
-    for key in ("entropy", "response_length", "policy/approx_kl", "time/generation", "time/scoring", "time/training", "beta"):
+    for key in (
+        "entropy",
+        "response_length",
+        "policy/approx_kl",
+        "time/generation",
+        "time/scoring",
+        "time/training",
+        "beta",
+    ):
         assert key in rows[-1]
 
 
 def test_ppo_logs_value_and_clip_stats(tmp_path):
     from alignlab.trainers.ppo import train_ppo
 
-    summary = train_ppo(tiny_cfg("ppo", tmp_path, "train.max_steps=3", "value_model=separate", "model.lora.enabled=true"))
+    summary = train_ppo(
+        tiny_cfg("ppo", tmp_path, "train.max_steps=3", "value_model=separate", "model.lora.enabled=true")
+    )
     rows = train_rows(summary)
     for key in ("value/explained_variance", "policy/clipfrac", "value/loss", "score", "kl", "beta"):
         assert key in rows[-1] and math.isfinite(rows[-1][key]), key
@@ -93,8 +109,14 @@ def test_ppo_resume_is_exact_with_adaptive_kl(tmp_path, lora):
     from alignlab.trainers.ppo import train_ppo
 
     over = [
-        "train.max_steps=6", "train.save_every=3", "train.batch_size=8", "mini_batch_size=4",
-        "kl_controller=adaptive", "kl_target=0.5", "kl_horizon=16", f"model.lora.enabled={lora}",
+        "train.max_steps=6",
+        "train.save_every=3",
+        "train.batch_size=8",
+        "mini_batch_size=4",
+        "kl_controller=adaptive",
+        "kl_target=0.5",
+        "kl_horizon=16",
+        f"model.lora.enabled={lora}",
     ]
     straight = train_ppo(tiny_cfg("ppo", tmp_path, *over, "train.run_name=straight"))
     half = train_ppo(tiny_cfg("ppo", tmp_path, *over, "train.run_name=resumed"), stop_after=3)
@@ -114,8 +136,12 @@ def _random_rollout(tokenizer, n=3, seed=0):
     from alignlab.rollout.experience import collate_rollout
 
     g = torch.Generator().manual_seed(seed)
-    prompts = [torch.randint(3, 259, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
-    responses = [torch.randint(3, 259, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
+    prompts = [
+        torch.randint(3, 259, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
+    responses = [
+        torch.randint(3, 259, (int(torch.randint(1, 7, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
     return collate_rollout(prompts, responses, [False] * n, tokenizer.pad_token_id)
 
 
@@ -166,8 +192,8 @@ def test_reference_equals_the_base_model_after_the_policy_moved(lora):
 
 # ----------------------------------------------------------------------------- best-of-n
 def test_best_of_n_keeps_the_highest_score_and_reports_the_analytic_kl(tmp_path):
-    from alignlab.rollout.rewards import char_fraction
     from alignlab.rollout.best_of_n import pick_best, run_best_of_n
+    from alignlab.rollout.rewards import char_fraction
 
     index, best = pick_best(torch.tensor([0.1, 0.5, 0.5, 0.2, 0.9, 0.0]), 3)
     assert index.tolist() == [1, 1] and best.tolist() == pytest.approx([0.5, 0.9])  # ties go to the first
@@ -179,7 +205,9 @@ def test_best_of_n_keeps_the_highest_score_and_reports_the_analytic_kl(tmp_path)
     for row in rows:
         assert len(row["scores"]) == 4
         assert row["score"] == max(row["scores"])
-        assert row["score"] == pytest.approx(char_fraction([""], [row["response"]], chars="abcdefghijklmnopqrstuvwxyz")[0], abs=1e-6)
+        assert row["score"] == pytest.approx(
+            char_fraction([""], [row["response"]], chars="abcdefghijklmnopqrstuvwxyz")[0], abs=1e-6
+        )
     assert summary["best_score"] > summary["mean_score"]  # the samples differ, so picking helps
 
 
@@ -200,7 +228,11 @@ def test_reward_model_folder_source_scores_like_the_model(tmp_path):
     rm.eval()
     with torch.no_grad():
         for i in range(2):
-            ids = encode_prompt(tok, prompts[i]) + tok.encode(responses[i], add_special_tokens=False) + ([tok.eos_token_id] if finished[i] else [])
+            ids = (
+                encode_prompt(tok, prompts[i])
+                + tok.encode(responses[i], add_special_tokens=False)
+                + ([tok.eos_token_id] if finished[i] else [])
+            )
             want = rm.score(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
             assert float(got[i]) == pytest.approx(float(want), abs=1e-5)
 
@@ -278,7 +310,13 @@ def test_ppo_steps_are_the_same_with_selective_checkpointing(tmp_path, value_mod
     runs = {}
     for mode in ("none", "selective"):
         summary = train_ppo(
-            tiny_cfg("ppo", tmp_path / mode, "train.max_steps=3", f"value_model={value_model}", f"model.gradient_checkpointing={mode}")
+            tiny_cfg(
+                "ppo",
+                tmp_path / mode,
+                "train.max_steps=3",
+                f"value_model={value_model}",
+                f"model.gradient_checkpointing={mode}",
+            )
         )
         runs[mode] = train_rows(summary)
     for a, b in zip(runs["none"], runs["selective"]):

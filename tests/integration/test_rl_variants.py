@@ -2,9 +2,9 @@
 profile's rule reward (REINFORCE++, RLOO clip, DAPO, GSPO), and their switches do what they say
 (DAPO's dynamic sampling, target_kl's early stop, KL in the loss, the entropy bonus, RLOO's
 importance ratio on stale minibatches)."""
+
 import pytest
 import torch
-
 from integration.test_rl import _mean, tiny_cfg, train_rows
 
 
@@ -44,14 +44,18 @@ def test_variant_learns_the_rule_reward(tmp_path, stage, overrides):
 
 def test_dapo_dynamic_sampling_drops_groups_with_one_score(tmp_path):
     # a constant reward: every group's scores are equal, so DAPO keeps none and takes no step
-    cfg = tiny_cfg("grpo", tmp_path, "loss=dapo", "train.max_steps=1", "reward.source=contains_word", "reward.kwargs=[word=zzzzzz]")
+    cfg = tiny_cfg(
+        "grpo", tmp_path, "loss=dapo", "train.max_steps=1", "reward.source=contains_word", "reward.kwargs=[word=zzzzzz]"
+    )
     rows = train_rows(_train("grpo", cfg))
     assert rows[0]["groups_kept"] == 0.0
     assert rows[0]["loss"] != rows[0]["loss"]  # NaN: no minibatch was trained on
 
 
 def test_target_kl_stops_the_epochs_early(tmp_path):
-    cfg = tiny_cfg("ppo", tmp_path, "train.max_steps=1", "ppo_epochs=8", "mini_batch_size=4", "target_kl=1e-9", "train.lr=0.01")
+    cfg = tiny_cfg(
+        "ppo", tmp_path, "train.max_steps=1", "ppo_epochs=8", "mini_batch_size=4", "target_kl=1e-9", "train.lr=0.01"
+    )
     rows = train_rows(_train("ppo", cfg))
     assert rows[0]["early_stop_epoch"] == 1.0
 
@@ -59,7 +63,9 @@ def test_target_kl_stops_the_epochs_early(tmp_path):
 def test_kl_in_the_loss_and_the_entropy_bonus_enter_the_loss(tmp_path):
     one_update = ["train.max_steps=1", "ppo_epochs=1", "mini_batch_size=16", "kl_penalty=loss"]
     plain = train_rows(_train("ppo", tiny_cfg("ppo", tmp_path, *one_update, "train.run_name=a")))[0]
-    bonus = train_rows(_train("ppo", tiny_cfg("ppo", tmp_path, *one_update, "entropy_coef=0.01", "train.run_name=b")))[0]
+    bonus = train_rows(_train("ppo", tiny_cfg("ppo", tmp_path, *one_update, "entropy_coef=0.01", "train.run_name=b")))[
+        0
+    ]
     assert "policy/kl_loss" in plain  # β·k2 is in the loss, not in the rewards
     # same rollout (same seed), one update: the loss differs by exactly −c·H
     assert bonus["loss"] == pytest.approx(plain["loss"] - 0.01 * bonus["entropy"], abs=1e-5)

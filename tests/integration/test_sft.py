@@ -1,4 +1,5 @@
 """SFT on the tiny model: it learns, it saves and reloads exactly, and it resumes exactly."""
+
 import json
 
 import pytest
@@ -11,11 +12,11 @@ from alignlab.trainers.sft import response_nll, train_sft
 
 
 def _eval_batches(cfg, tokenizer):
+    import logging
+
     from alignlab.data.collate import pad_examples
     from alignlab.data.tokenize import tokenize_sft
     from alignlab.trainers.common import load_split
-
-    import logging
 
     _, held = load_split(cfg.data, "sft", cfg.train.seed, logging.getLogger("t"))
     ex, _ = tokenize_sft(held, tokenizer, max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
@@ -69,7 +70,11 @@ def test_resume_refuses_a_different_config(tiny_sft_config):
 def test_keep_last_and_tensorboard(tiny_sft_config):
     from pathlib import Path
 
-    summary = train_sft(tiny_sft_config(**{"train.max_steps": 5, "train.save_every": 1, "train.keep_last": 2, "train.tensorboard": True}))
+    summary = train_sft(
+        tiny_sft_config(
+            **{"train.max_steps": 5, "train.save_every": 1, "train.keep_last": 2, "train.tensorboard": True}
+        )
+    )
     ckpts = sorted(p.name for p in (Path(summary["run_dir"]) / "checkpoints").iterdir())
     assert ckpts == ["step-00000004", "step-00000005"]
     events = list((Path(summary["run_dir"]) / "tensorboard").glob("events.out.tfevents.*"))

@@ -4,6 +4,7 @@ A change that moves these numbers changed the maths (or the data order, the init
 tokenisation...). If the change is intended, regenerate with ALIGNLAB_UPDATE_GOLDEN=1 and say why
 in the commit.
 """
+
 import json
 import os
 from pathlib import Path
@@ -58,7 +59,13 @@ def test_ppo_tiny_curve(tmp_path):
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # the same reduction order on every machine of this kind
     try:
-        over = [f"train.output_dir={tmp_path}", "train.max_steps=4", "train.progress=false", "train.num_samples=0", "data.eval_fraction=0"]
+        over = [
+            f"train.output_dir={tmp_path}",
+            "train.max_steps=4",
+            "train.progress=false",
+            "train.num_samples=0",
+            "data.eval_fraction=0",
+        ]
         summary = train_ppo(load_config(PPOConfig, None, over, base=load_profile("tiny")["ppo"]))
     finally:
         torch.set_num_threads(n)

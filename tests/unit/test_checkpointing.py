@@ -1,4 +1,5 @@
 """Activation checkpointing: the same gradients in every mode, and the memory each mode keeps."""
+
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile

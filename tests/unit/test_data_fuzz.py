@@ -1,4 +1,5 @@
 """Fuzz: whatever a data file holds, loading it raises DataError or nothing else."""
+
 from __future__ import annotations
 
 import json
@@ -24,22 +25,49 @@ SETTINGS = settings(
 def fuzz_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
-FIELDS = ["prompt", "response", "completion", "chosen", "rejected", "messages", "system",
-          "instruction", "input", "output", "instances", "responses", "ranking", "label",
-          "role", "content"]
+
+FIELDS = [
+    "prompt",
+    "response",
+    "completion",
+    "chosen",
+    "rejected",
+    "messages",
+    "system",
+    "instruction",
+    "input",
+    "output",
+    "instances",
+    "responses",
+    "ranking",
+    "label",
+    "role",
+    "content",
+]
 text = st.one_of(
     st.text(max_size=12),
-    st.sampled_from(["", " ", "\ud800", "Human: hi", "\n\nHuman: q\n\nAssistant: a",
-                     "\n\nHuman: q\n\nAssistant: b", "\n\nHuman: q", "true", "[1, 2]"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\ud800",
+            "Human: hi",
+            "\n\nHuman: q\n\nAssistant: a",
+            "\n\nHuman: q\n\nAssistant: b",
+            "\n\nHuman: q",
+            "true",
+            "[1, 2]",
+        ]
+    ),
 )
 scalar = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), text)
-message = st.fixed_dictionaries(
-    {"role": st.sampled_from(["user", "assistant", "system", "bot", 3]), "content": scalar}
-)
+message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "bot", 3]), "content": scalar})
 json_value = st.recursive(
     scalar | message,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=5), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=5), children, max_size=4)
+    ),
     max_leaves=12,
 )
 row = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=5), json_value, max_size=6)

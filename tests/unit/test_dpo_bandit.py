@@ -8,6 +8,7 @@ reward r, the KL-regularised RLHF objective max_π E_π[r] - β·KL(π‖π_ref)
 and DPO's loss is minimised by the same π* (Rafailov et al., 2023, sec. 4): its implicit reward
 β·log(π/π_ref) is the maximum-likelihood Bradley–Terry reward, identified up to a constant.
 """
+
 from __future__ import annotations
 
 import torch
@@ -49,9 +50,7 @@ def test_dpo_tabular_policy_reaches_analytic_optimum():
     for _ in range(200):
         logps = torch.log_softmax(logits, -1)  # (N,)
         # a response is one token here, so seq_logps = log π(y)
-        loss, stats = dpo(
-            logps[chosen], logps[rejected], ref_logps[chosen], ref_logps[rejected], beta=BETA
-        )
+        loss, stats = dpo(logps[chosen], logps[rejected], ref_logps[chosen], ref_logps[rejected], beta=BETA)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

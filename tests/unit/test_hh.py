@@ -1,4 +1,5 @@
 """HH-RLHF transcripts: parsing, pair splitting, and the real harmless-base test file."""
+
 from __future__ import annotations
 
 import gzip
@@ -28,8 +29,7 @@ REJECTED = (
 def _hh_file() -> Path | None:
     repo = Path(__file__).resolve().parents[2]
     name = "hh-rlhf-harmless-base-test.jsonl.gz"
-    for folder in (os.environ.get("ALIGNLAB_SHARED_DATA"), repo.parent / "shared" / "data",
-                   "/work/shared/data"):
+    for folder in (os.environ.get("ALIGNLAB_SHARED_DATA"), repo.parent / "shared" / "data", "/work/shared/data"):
         if folder and (Path(folder) / name).is_file():
             return Path(folder) / name
     return None
@@ -57,9 +57,7 @@ def test_parse_maps_speakers_strips_and_keeps_inline_markers():
 
 def test_consecutive_turns_of_one_speaker_are_merged():
     text = "\n\nHuman: q\n\nAssistant: part one\n\nAssistant: part two"
-    assert parse_hh_transcript(text) == [
-        Message("user", "q"), Message("assistant", "part one\n\npart two")
-    ]
+    assert parse_hh_transcript(text) == [Message("user", "q"), Message("assistant", "part one\n\npart two")]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +110,10 @@ def test_real_hh_file_parses_fully():
         assert all(a != b for a, b in zip(roles, roles[1:]))  # alternating after merging
     result = load_records(path, "preference")
     assert result.counts == {
-        "rows": 2312, "records": 2308, "dropped_identical": 0, "dropped_empty_answer": 4,
+        "rows": 2312,
+        "records": 2308,
+        "dropped_identical": 0,
+        "dropped_empty_answer": 4,
         "expanded": 0,
     }
     assert all(r.chosen.strip() and r.rejected.strip() for r in result.records)

@@ -1,4 +1,5 @@
 """Chunked, masked log-probs equal the plain full-logits computation, values and gradients."""
+
 import pytest
 import torch
 

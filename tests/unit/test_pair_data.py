@@ -1,5 +1,6 @@
 """Preference data: pairs share one cut prompt and one response budget; batches put chosen rows
 first and rejected rows after; rankings expand to pairs or stay grouped; KTO examples carry labels."""
+
 import torch
 
 from alignlab.data.collate import collate_pairs, collate_rankings, collate_unpaired
@@ -29,7 +30,12 @@ def test_prompt_is_cut_once_and_both_responses_share_the_budget():
     assert len(ex.chosen_ids) == 20  # cut from the right to max_length - 40; no EOS (it did not end)
     assert ex.chosen_ids[-1] != tok.eos_token_id
     assert ex.rejected_ids == tok.encode("b" * 10, add_special_tokens=False) + [tok.eos_token_id]  # fits: untouched
-    assert stats.as_dict() == {"examples": 1, "prompts_truncated": 1, "responses_truncated": 1, "cut_where": ["p.jsonl:1"]}
+    assert stats.as_dict() == {
+        "examples": 1,
+        "prompts_truncated": 1,
+        "responses_truncated": 1,
+        "cut_where": ["p.jsonl:1"],
+    }
 
 
 def test_collate_pairs_puts_chosen_rows_then_rejected_rows():
@@ -93,7 +99,9 @@ def test_packed_pairs_give_the_same_sequence_logps_as_padded_rows():
     model, tok = build_tiny(seed=3)
     model.eval()
     records = [
-        PreferenceRecord((Message("user", "q%d" % i),), "good " * (i + 1), "bad answer " * (3 - i % 3), where=f"p.jsonl:{i + 1}")
+        PreferenceRecord(
+            (Message("user", f"q{i}"),), "good " * (i + 1), "bad answer " * (3 - i % 3), where=f"p.jsonl:{i + 1}"
+        )
         for i in range(5)
     ]
     pairs, _ = tokenize_pairs(records, tok, max_length=96, max_prompt_length=48)

@@ -1,10 +1,20 @@
 """The pipeline table: per-stage overrides, wiring from upstream outputs, the README's generated table."""
+
 from pathlib import Path
 
 import pytest
 
 from alignlab.errors import ConfigError
-from alignlab.pipeline import README_BEGIN, README_END, STAGES, plan, profile_stages, split_overrides, stage_table_markdown, wire
+from alignlab.pipeline import (
+    README_BEGIN,
+    README_END,
+    STAGES,
+    plan,
+    profile_stages,
+    split_overrides,
+    stage_table_markdown,
+    wire,
+)
 from alignlab.profiles import load_profile
 
 
@@ -31,10 +41,16 @@ def test_bad_overrides_name_the_closest_key(item, message):
 
 
 def test_inputs_are_wired_from_upstream_outputs_unless_the_section_keeps_its_own():
-    section, wired = wire("ppo", {"reward": {"source": "house_style", "kwargs": ["a=1"]}}, {"sft:final": Path("r/sft/final"), "reward:final": Path("r/reward/final")})
+    section, wired = wire(
+        "ppo",
+        {"reward": {"source": "house_style", "kwargs": ["a=1"]}},
+        {"sft:final": Path("r/sft/final"), "reward:final": Path("r/reward/final")},
+    )
     assert wired == {"model.name_or_path": "r/sft/final", "reward.source": "r/reward/final"}
     assert section["reward"] == {"source": "r/reward/final"}  # the rule's own kwargs go with it
-    section, wired = wire("ppo", {"inputs": {"reward": "own"}, "reward": {"source": "house_style"}}, {"reward:final": Path("x")})
+    section, wired = wire(
+        "ppo", {"inputs": {"reward": "own"}, "reward": {"source": "house_style"}}, {"reward:final": Path("x")}
+    )
     assert wired == {} and section["reward"]["source"] == "house_style" and "inputs" not in section
     with pytest.raises(ConfigError, match="did you mean 'reward'"):
         wire("ppo", {"inputs": {"rewrd": "own"}}, {})

@@ -1,5 +1,6 @@
 """RewardConfig and DPOConfig: names validated against the loss registries, options that would be
 ignored are errors, and the CLI's --loss is an alias of loss=."""
+
 import pytest
 
 from alignlab.cli import build_config, make_parser
@@ -77,7 +78,10 @@ def test_each_loss_gets_its_published_defaults_unless_set(loss, expected):
     got = cfg.hyperparameters()
     assert {k: got[k] for k in expected} == expected
     assert load_config(DPOConfig, None, [f"loss={loss}", "beta=0.5"]).hyperparameters()["beta"] == 0.5
-    assert load_config(DPOConfig, None, ["loss=ipo", "length_normalize=false"]).hyperparameters()["length_normalize"] is False
+    assert (
+        load_config(DPOConfig, None, ["loss=ipo", "length_normalize=false"]).hyperparameters()["length_normalize"]
+        is False
+    )
 
 
 def test_help_shows_each_losss_published_defaults(capsys):
@@ -96,7 +100,14 @@ def test_dpo_turns_the_policys_dropout_off_by_default(tmp_path, monkeypatch):
     real = policy.disable_dropout
     monkeypatch.setattr(policy, "disable_dropout", lambda m: (calls.append(m), real(m)))
     base = load_profile("tiny")["dpo"]
-    args = [f"train.output_dir={tmp_path}", "train.max_steps=1", "train.progress=false", "train.num_samples=0", "model.lora.enabled=true", "model.lora.dropout=0.5"]
+    args = [
+        f"train.output_dir={tmp_path}",
+        "train.max_steps=1",
+        "train.progress=false",
+        "train.num_samples=0",
+        "model.lora.enabled=true",
+        "model.lora.dropout=0.5",
+    ]
     train_dpo(load_config(DPOConfig, None, args, base=base))
     assert len(calls) == 1
     drops = [m.p for m in calls[0].modules() if m.__class__.__name__ == "Dropout"]

@@ -1,4 +1,5 @@
 """Row shapes → records, and every kind of bad input → DataError naming file:line and field."""
+
 from __future__ import annotations
 
 import json
@@ -56,12 +57,10 @@ def test_sft_alpaca_and_self_instruct():
     assert rec == SFTRecord((Message("user", "Translate.\n\nhola"),), "hello")
     rec = one({"instruction": "Say hi.", "input": "", "output": "hi"}, "sft")
     assert rec.prompt == (Message("user", "Say hi."),)
-    row = {"instruction": "Add.", "instances": [{"input": "1+1", "output": "2"},
-                                                {"input": "", "output": "0"}]}
+    row = {"instruction": "Add.", "instances": [{"input": "1+1", "output": "2"}, {"input": "", "output": "0"}]}
     records, dropped = records_from_row(row, "sft", "x:1")
     assert dropped is None
-    assert records == [SFTRecord((Message("user", "Add.\n\n1+1"),), "2"),
-                       SFTRecord((Message("user", "Add."),), "0")]
+    assert records == [SFTRecord((Message("user", "Add.\n\n1+1"),), "2"), SFTRecord((Message("user", "Add."),), "0")]
 
 
 def test_preference_row_as_sft_uses_chosen_and_ignores_rejected():
@@ -69,26 +68,23 @@ def test_preference_row_as_sft_uses_chosen_and_ignores_rejected():
 
 
 def test_preference_strings_and_conversation_lists():
-    assert one({"prompt": "Q?", "chosen": "a", "rejected": "b"}, "preference") == \
-        PreferenceRecord((U,), "a", "b")
+    assert one({"prompt": "Q?", "chosen": "a", "rejected": "b"}, "preference") == PreferenceRecord((U,), "a", "b")
     conv = lambda ans: [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": ans}]
     # UltraFeedback style: prompt string and full conversations
-    assert one({"prompt": "Q?", "chosen": conv("a"), "rejected": conv("b")}, "preference") == \
-        PreferenceRecord((U,), "a", "b")
+    assert one({"prompt": "Q?", "chosen": conv("a"), "rejected": conv("b")}, "preference") == PreferenceRecord(
+        (U,), "a", "b"
+    )
     # no prompt: the shared conversation is the prompt
-    assert one({"chosen": conv("a"), "rejected": conv("b")}, "preference") == \
-        PreferenceRecord((U,), "a", "b")
+    assert one({"chosen": conv("a"), "rejected": conv("b")}, "preference") == PreferenceRecord((U,), "a", "b")
 
 
 def test_identical_answers_are_dropped_not_errors():
-    records, dropped = records_from_row({"prompt": "Q", "chosen": " a ", "rejected": "a"},
-                                        "preference", "x:1")
+    records, dropped = records_from_row({"prompt": "Q", "chosen": " a ", "rejected": "a"}, "preference", "x:1")
     assert records == [] and dropped == "dropped_identical"
 
 
 def test_ranking_pairs_cover_all_pairs_best_first():
-    rec = one({"prompt": "Q?", "responses": ["mid", "best", "worst"], "ranking": [2, 1, 3]},
-              "ranking")
+    rec = one({"prompt": "Q?", "responses": ["mid", "best", "worst"], "ranking": [2, 1, 3]}, "ranking")
     assert rec == RankingRecord((U,), ("mid", "best", "worst"), (2, 1, 3))
     assert list(rec.pairs()) == [("best", "mid"), ("best", "worst"), ("mid", "worst")]
     k4 = RankingRecord((U,), ("a", "b", "c", "d"), (4, 3, 2, 1))
@@ -96,8 +92,7 @@ def test_ranking_pairs_cover_all_pairs_best_first():
 
 
 def test_unpaired_labels_and_preference_expansion():
-    assert one({"prompt": "Q?", "completion": "a", "label": True}, "unpaired") == \
-        UnpairedRecord((U,), "a", True)
+    assert one({"prompt": "Q?", "completion": "a", "label": True}, "unpaired") == UnpairedRecord((U,), "a", True)
     assert one({"prompt": "Q?", "response": "a", "label": "false"}, "unpaired").desirable is False
     assert one({"prompt": "Q?", "response": "a", "label": 1}, "unpaired").desirable is True
     records, _ = records_from_row({"prompt": "Q?", "chosen": "a", "rejected": "b"}, "unpaired", "")
@@ -111,8 +106,8 @@ def test_prompt_kind_takes_prompt_of_any_row_and_keeps_extras_in_meta():
     rec = one({"messages": [{"role": "user", "content": "Q?"}]}, "prompt")
     assert rec.prompt == (U,) and rec.meta == {}
     records, _ = records_from_row(
-        {"id": "t1", "instruction": "Add.", "instances": [{"input": "1+1", "output": "2"}]},
-        "prompt", "")
+        {"id": "t1", "instruction": "Add.", "instances": [{"input": "1+1", "output": "2"}]}, "prompt", ""
+    )
     assert records[0].prompt == (Message("user", "Add.\n\n1+1"),)
     assert records[0].meta == {"id": "t1", "output": "2"}
 
@@ -147,8 +142,7 @@ BAD = [
     ("sft", '{"prompt": "Q", "response": }', None, ["not valid JSON", "Expecting value at column 29"]),
     ("sft", "[1, 2]", None, ["expected a JSON object", "got list"]),
     ("sft", '"just text"', None, ["got string"]),
-    ("sft", {"prompt": "Q"}, "response", ["missing field 'response'", "{messages}",
-                                          "{instruction, input?, output}"]),
+    ("sft", {"prompt": "Q"}, "response", ["missing field 'response'", "{messages}", "{instruction, input?, output}"]),
     ("sft", {"question": "Q"}, "prompt", ["missing field 'prompt'", "'question'"]),
     ("sft", {"prompt": "Q", "response": 3}, "response", ["expected a string or a messages list, got int"]),
     ("sft", {"prompt": 7, "response": "A"}, "prompt", ["got int"]),
@@ -157,37 +151,50 @@ BAD = [
     ("sft", {"prompt": "Q", "response": "A", "system": 1}, "system", ["expected a string, got int"]),
     ("sft", {"prompt": "Q", "response": "A", "completion": "B"}, "completion", ["keep one"]),
     ("sft", {"messages": MSG_BAD_ROLE}, "messages[1].role", ["bad role 'bot'", "'assistant'"]),
-    ("sft", {"messages": [{"role": "user", "content": "Q"}]}, "messages[0].role",
-     ["must be the assistant's answer"]),
-    ("sft", {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant"}]},
-     "messages[1]", ["no 'content'"]),
+    ("sft", {"messages": [{"role": "user", "content": "Q"}]}, "messages[0].role", ["must be the assistant's answer"]),
+    ("sft", {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant"}]}, "messages[1]", ["no 'content'"]),
     ("sft", {"messages": "hi"}, "messages", ["expected a list, got string"]),
-    ("sft", {"instruction": "Do", "instances": [{"input": "x", "output": ""}]},
-     "instances[0].output", ["empty"]),
+    ("sft", {"instruction": "Do", "instances": [{"input": "x", "output": ""}]}, "instances[0].output", ["empty"]),
     ("sft", {"instruction": "Do", "input": "x"}, "output", ["missing field 'output'"]),
     ("sft", b'{"prompt": "caf\xe9", "response": "A"}', None, ["invalid UTF-8", "byte offset 15"]),
     ("sft", '{"prompt": "\\ud800", "response": "A"}', "prompt", ["unpaired surrogate"]),
     ("preference", {"prompt": "Q", "chosen": "a"}, "rejected", ["missing field 'rejected'"]),
     ("preference", {"prompt": "Q", "chosen": "", "rejected": "b"}, "chosen", ["empty"]),
     ("preference", {"prompt": "Q", "chosen": "a", "rejected": "\t"}, "rejected", ["empty"]),
-    ("preference", {"prompt": "Q", "chosen": ["a"], "rejected": "b"}, "chosen[0]",
-     ["expected a message object"]),
-    ("preference", {"chosen": "a", "rejected": "b"}, "chosen", ["does not start with 'Human:'",
-                                                                "needs a 'prompt' field"]),
-    ("preference", {"prompt": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
-                    "chosen": "a", "rejected": "b"}, "prompt", ["must end with a user message"]),
-    ("ranking", {"prompt": "Q", "responses": ["a", "b"], "ranking": [1, 1]}, "ranking",
-     ["not a permutation of 1..2"]),
-    ("ranking", {"prompt": "Q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2]}, "ranking",
-     ["not a permutation of 1..3"]),
-    ("ranking", {"prompt": "Q", "responses": ["a", "b"], "ranking": [1]}, "ranking",
-     ["1 ranks for 2 responses"]),
+    ("preference", {"prompt": "Q", "chosen": ["a"], "rejected": "b"}, "chosen[0]", ["expected a message object"]),
+    (
+        "preference",
+        {"chosen": "a", "rejected": "b"},
+        "chosen",
+        ["does not start with 'Human:'", "needs a 'prompt' field"],
+    ),
+    (
+        "preference",
+        {
+            "prompt": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+            "chosen": "a",
+            "rejected": "b",
+        },
+        "prompt",
+        ["must end with a user message"],
+    ),
+    ("ranking", {"prompt": "Q", "responses": ["a", "b"], "ranking": [1, 1]}, "ranking", ["not a permutation of 1..2"]),
+    (
+        "ranking",
+        {"prompt": "Q", "responses": ["a", "b", "c"], "ranking": [0, 1, 2]},
+        "ranking",
+        ["not a permutation of 1..3"],
+    ),
+    ("ranking", {"prompt": "Q", "responses": ["a", "b"], "ranking": [1]}, "ranking", ["1 ranks for 2 responses"]),
     ("ranking", {"prompt": "Q", "responses": ["a"], "ranking": [1]}, "responses", ["at least 2"]),
-    ("ranking", {"prompt": "Q", "responses": ["a", "b"], "ranking": [1, True]}, "ranking[1]",
-     ["expected an int rank, got bool"]),
+    (
+        "ranking",
+        {"prompt": "Q", "responses": ["a", "b"], "ranking": [1, True]},
+        "ranking[1]",
+        ["expected an int rank, got bool"],
+    ),
     ("ranking", {"prompt": "Q", "responses": ["a", "b"]}, "ranking", ["missing field 'ranking'"]),
-    ("unpaired", {"prompt": "Q", "response": "a", "label": "yes"}, "label",
-     ["expected true or false, got 'yes'"]),
+    ("unpaired", {"prompt": "Q", "response": "a", "label": "yes"}, "label", ["expected true or false, got 'yes'"]),
     ("unpaired", {"prompt": "Q", "response": "a"}, "label", ["missing field 'label'"]),
     ("prompt", {"text": "Q"}, "prompt", ["missing field 'prompt'", "{instruction, input?}"]),
     ("prompt", {"prompt": ""}, "prompt", ["empty"]),

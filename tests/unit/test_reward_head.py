@@ -1,5 +1,6 @@
 """The reward head reads the last real token: the same text scores the same padded left or right,
 in a batch or alone; a saved reward model reloads with the same scores."""
+
 import json
 
 import pytest
@@ -39,7 +40,9 @@ def test_scores_do_not_depend_on_padding_side_or_batch(lora):
         for side in ("right", "left"):
             b = pad_examples(ex, tok.pad_token_id, side=side)
             scores[side] = rm(b["input_ids"], b["attention_mask"])  # (3,)
-        alone = torch.stack([rm(*(lambda b: (b["input_ids"], b["attention_mask"]))(pad_examples([e], 0))) for e in ex]).squeeze(-1)
+        alone = torch.stack(
+            [rm(*(lambda b: (b["input_ids"], b["attention_mask"]))(pad_examples([e], 0))) for e in ex]
+        ).squeeze(-1)
     torch.testing.assert_close(scores["right"], scores["left"], atol=1e-5, rtol=0)
     torch.testing.assert_close(scores["right"], alone, atol=1e-5, rtol=0)
     assert scores["right"].std() > 1e-4  # rows really differ: reading one fixed column would not pass
@@ -62,4 +65,6 @@ def test_saved_reward_model_reloads_with_the_same_scores(tmp_path, lora):
     with torch.no_grad():
         want = rm(b["input_ids"], b["attention_mask"])
         torch.testing.assert_close(loaded.model(b["input_ids"], b["attention_mask"]), want, atol=1e-5, rtol=0)
-        torch.testing.assert_close(loaded.model.score(b["input_ids"], b["attention_mask"]), (want - 0.5) / 2.0, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            loaded.model.score(b["input_ids"], b["attention_mask"]), (want - 0.5) / 2.0, atol=1e-5, rtol=0
+        )

@@ -1,4 +1,5 @@
 """Per-pair margins from the data (Llama 2's preference strength) and the centring regulariser, as wired by the reward stage."""
+
 import json
 
 import pytest
@@ -12,8 +13,12 @@ from alignlab.trainers.reward import pair_loss, pair_margins
 
 def test_preference_rows_carry_their_margin_and_a_bad_one_is_named(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": 2}) + "\n"
-                    + json.dumps({"prompt": "q", "chosen": "c", "rejected": "d"}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": 2})
+        + "\n"
+        + json.dumps({"prompt": "q", "chosen": "c", "rejected": "d"})
+        + "\n"
+    )
     recs = load_records(str(path), "preference").records
     assert [r.margin for r in recs] == [2.0, None]
     path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "margin": "high"}) + "\n")
@@ -28,7 +33,10 @@ def test_margin_from_data_uses_each_pairs_margin_and_falls_back_to_the_constant(
     # the BT loss with per-pair margins, by hand: -log σ(Δ - m)
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])  # chosen (1, 0), rejected (0, 0)
     loss, _ = pair_loss(cfg, rewards, 2, data)
-    want = (-torch.nn.functional.logsigmoid(torch.tensor(1.0 - 2.0)) - torch.nn.functional.logsigmoid(torch.tensor(0.0 - 0.5))) / 2
+    want = (
+        -torch.nn.functional.logsigmoid(torch.tensor(1.0 - 2.0))
+        - torch.nn.functional.logsigmoid(torch.tensor(0.0 - 0.5))
+    ) / 2
     assert float(loss) == pytest.approx(float(want))
     off = load_config(RewardConfig, None, ["margin=0.5"])
     assert pair_margins(off, data, torch.zeros(2)) == 0.5  # the data's margins are ignored unless asked for

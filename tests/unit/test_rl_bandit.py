@@ -7,6 +7,7 @@ so every advantage is 0 and a correct estimator converges to π* with no samplin
 Each response is one token, so token tensors are (n, 1) and the KL-penalised reward comes from
 :func:`reward_with_kl` exactly as in a language-model rollout.
 """
+
 import torch
 
 from alignlab.losses.advantages import gae, rloo_advantages

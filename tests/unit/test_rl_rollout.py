@@ -1,4 +1,5 @@
 """Rollout pieces without a model: reward sources, the truncation penalty, engine choice, batch layout, reward normaliser."""
+
 import importlib.util
 import math
 import sys
@@ -11,12 +12,12 @@ from alignlab.errors import ConfigError
 from alignlab.rollout.experience import collate_rollout
 from alignlab.rollout.rewards import (
     FunctionReward,
+    RunningMoments,
     apply_truncation_penalty,
     char_fraction,
     contains_word,
     house_style,
     load_reward_source,
-    RunningMoments,
     parse_kwargs,
 )
 from alignlab.rollout.vllm_engine import choose_engine
@@ -24,7 +25,9 @@ from alignlab.rollout.vllm_engine import choose_engine
 
 # ----------------------------------------------------------------------------- built-in rules
 def test_builtin_rules_by_hand():
-    assert house_style([""] * 4, ["Sure. Hope this helps!", "hope this helps! more", "nothing", "  Hope this helps!  "]) == [1.0, 0.5, 0.0, 1.0]
+    assert house_style(
+        [""] * 4, ["Sure. Hope this helps!", "hope this helps! more", "nothing", "  Hope this helps!  "]
+    ) == [1.0, 0.5, 0.0, 1.0]
     assert contains_word(["", ""], ["Thanks a lot", "thanksgiving"], word="thanks") == [1.0, 0.0]
     # "abca": 2 of 4 characters are 'a'; "" -> 0; "xyz" -> 0
     assert char_fraction(["", "", ""], ["abca", "", "xyz"], chars="a") == [0.5, 0.0, 0.0]
@@ -41,7 +44,8 @@ def test_truncation_penalty_only_hits_responses_without_eos():
 # ----------------------------------------------------------------------------- loading
 @pytest.fixture
 def reward_module(tmp_path, monkeypatch):
-    (tmp_path / "my_rewards.py").write_text(textwrap.dedent("""
+    (tmp_path / "my_rewards.py").write_text(
+        textwrap.dedent("""
         NOT_A_FUNCTION = 3
 
         def length_score(prompts, responses, scale=1.0):
@@ -55,7 +59,8 @@ def reward_module(tmp_path, monkeypatch):
 
         def not_finite(prompts, responses):
             return [float("nan")] * len(responses)
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_rewards"
     sys.modules.pop("my_rewards", None)
@@ -118,7 +123,12 @@ def test_function_reward_passes_last_user_message():
         seen["prompts"] = prompts
         return [0.0] * len(responses)
 
-    prompt = (Message("system", "be kind"), Message("user", "first"), Message("assistant", "ok"), Message("user", "second"))
+    prompt = (
+        Message("system", "be kind"),
+        Message("user", "first"),
+        Message("assistant", "ok"),
+        Message("user", "second"),
+    )
     FunctionReward(fn, "fn").score([prompt, "plain"], ["a", "b"], finished=[True, True], meta=[{}, {}])
     assert seen["prompts"] == ["second", "plain"]
 

@@ -1,4 +1,5 @@
 """Every file format reads the same records; file-level errors; demo data; counts; splits."""
+
 from __future__ import annotations
 
 import csv
@@ -23,13 +24,14 @@ ROWS = [
     {"prompt": CONV, "chosen": "Hello, friend.\nSecond line.", "rejected": "Go away."},
     {"prompt": [{"role": "user", "content": "Ünïcode ✓"}], "chosen": "yes", "rejected": "no"},
     {"prompt": [{"role": "user", "content": "same?"}], "chosen": "x ", "rejected": " x"},
-    {"prompt": [{"role": "user", "content": "Last"}], "chosen": "a, b", "rejected": "\"quoted\""},
+    {"prompt": [{"role": "user", "content": "Last"}], "chosen": "a, b", "rejected": '"quoted"'},
 ]
 EXPECTED = [
-    PreferenceRecord((Message("system", "Be brief."), Message("user", "Hi, there?")),
-                     "Hello, friend.\nSecond line.", "Go away."),
+    PreferenceRecord(
+        (Message("system", "Be brief."), Message("user", "Hi, there?")), "Hello, friend.\nSecond line.", "Go away."
+    ),
     PreferenceRecord((Message("user", "Ünïcode ✓"),), "yes", "no"),
-    PreferenceRecord((Message("user", "Last"),), "a, b", "\"quoted\""),
+    PreferenceRecord((Message("user", "Last"),), "a, b", '"quoted"'),
 ]
 
 
@@ -59,8 +61,9 @@ def write_all_formats(tmp_path, rows):
     paths["dataset"] = tmp_path / "ds"
     datasets.Dataset.from_list(rows).save_to_disk(str(paths["dataset"]))
     dd = tmp_path / "dd"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:1]),
-                          "test": datasets.Dataset.from_list(rows)}).save_to_disk(str(dd))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(rows[:1]), "test": datasets.Dataset.from_list(rows)}
+    ).save_to_disk(str(dd))
     paths["datasetdict"] = f"{dd}::test"
     return paths
 
@@ -70,13 +73,11 @@ def formats(tmp_path_factory):
     return write_all_formats(tmp_path_factory.mktemp("formats"), ROWS)
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "json", "csv", "parquet", "dataset",
-                                 "datasetdict"])
+@pytest.mark.parametrize("fmt", ["jsonl", "jsonl.gz", "json", "csv", "parquet", "dataset", "datasetdict"])
 def test_every_format_gives_the_same_records(formats, fmt):
     result = load_records(formats[fmt], "preference")
     assert result.records == EXPECTED
-    assert result.counts == {"rows": 4, "records": 3, "dropped_identical": 1,
-                             "dropped_empty_answer": 0, "expanded": 0}
+    assert result.counts == {"rows": 4, "records": 3, "dropped_identical": 1, "dropped_empty_answer": 0, "expanded": 0}
     assert result.source == str(formats[fmt])
 
 
@@ -175,8 +176,7 @@ def test_limit_and_expanded_counts(tmp_path):
     row = {"instruction": "Add.", "instances": [{"input": str(i), "output": str(i)} for i in range(3)]}
     path.write_text((json.dumps(row) + "\n") * 3)
     full = load_records(path, "sft")
-    assert full.counts == {"rows": 3, "records": 9, "dropped_identical": 0,
-                           "dropped_empty_answer": 0, "expanded": 6}
+    assert full.counts == {"rows": 3, "records": 9, "dropped_identical": 0, "dropped_empty_answer": 0, "expanded": 6}
     part = load_records(path, "sft", limit=4)
     assert len(part.records) == 4 and part.counts["rows"] == 2 and part.counts["expanded"] == 2
     assert "9 records (6 expanded)" in full.summary()

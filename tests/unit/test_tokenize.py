@@ -1,4 +1,5 @@
 """Masking and truncation, checked label by label on hand-built examples."""
+
 import math
 
 import torch
@@ -49,7 +50,9 @@ def test_collate_masks_padding_and_aligns_loss_mask():
 
 def test_truncation_cuts_prompt_left_response_right_and_counts():
     stats = TokenStats()
-    p, r = fit_lengths(list(range(10)), [100, 101, 102, 103, 2], max_length=9, max_prompt_length=6, stats=stats, where="d.jsonl:7")
+    p, r = fit_lengths(
+        list(range(10)), [100, 101, 102, 103, 2], max_length=9, max_prompt_length=6, stats=stats, where="d.jsonl:7"
+    )
     assert p == [4, 5, 6, 7, 8, 9]  # oldest prompt tokens dropped
     assert r == [100, 101, 102]  # response cut from the right (no EOS: it did not end here)
     assert stats.prompts_truncated == 1 and stats.responses_truncated == 1
@@ -99,7 +102,9 @@ def test_packing_matches_unpacked_logprobs_and_labels():
     from alignlab.models.presets import build_tiny
 
     model, tok = build_tiny(seed=1)
-    exs, _ = tokenize_sft([rec("a", "bcd"), rec("ef", "g"), rec("hij", "klmno")], tok, max_length=64, max_prompt_length=32)
+    exs, _ = tokenize_sft(
+        [rec("a", "bcd"), rec("ef", "g"), rec("hij", "klmno")], tok, max_length=64, max_prompt_length=32
+    )
     groups = pack(exs, max_length=64)
     assert [len(g) for g in groups] == [2, 1]
     packed = pack_rows(groups, tok.pad_token_id)

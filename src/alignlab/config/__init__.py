@@ -11,6 +11,7 @@ knobs). Each field carries a one-line help text (``--help`` prints them) and a d
 may be dotted (``train.lr``) or, when unambiguous, just the leaf (``lr``); unknown keys are a
 :class:`~alignlab.errors.ConfigError` naming the key and the closest valid one.
 """
+
 from alignlab.config.parse import (
     config_diff,
     describe,
@@ -42,8 +43,34 @@ from alignlab.config.stages import (
 )
 
 __all__ = [
-    "BestOfNConfig", "DPOConfig", "EvalConfig", "LabelConfig", "ReportConfig", "DataConfig", "GRPOConfig", "GenerateConfig", "LoraConfig", "ModelConfig",
-    "PPOConfig", "RLOOConfig", "RewardConfig", "RewardSourceConfig", "RolloutConfig", "SFTConfig", "TrainConfig",
-    "config_diff", "describe", "flatten", "from_dict", "has_key", "knob", "leaf_keys", "load_config", "parse_overrides",
-    "read_yaml", "save_config", "to_dict", "validate",
+    "BestOfNConfig",
+    "DPOConfig",
+    "EvalConfig",
+    "LabelConfig",
+    "ReportConfig",
+    "DataConfig",
+    "GRPOConfig",
+    "GenerateConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "PPOConfig",
+    "RLOOConfig",
+    "RewardConfig",
+    "RewardSourceConfig",
+    "RolloutConfig",
+    "SFTConfig",
+    "TrainConfig",
+    "config_diff",
+    "describe",
+    "flatten",
+    "from_dict",
+    "has_key",
+    "knob",
+    "leaf_keys",
+    "load_config",
+    "parse_overrides",
+    "read_yaml",
+    "save_config",
+    "to_dict",
+    "validate",
 ]

@@ -5,6 +5,7 @@
 * Unknown keys are a :class:`ConfigError` naming the key and the closest valid one.
 * Values are parsed as YAML scalars and checked against the field's type.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,6 @@ def knob(default: Any = dataclasses.MISSING, help: str = "", *, factory=None):
     if factory is not None:
         return field(default_factory=factory, metadata={"help": help})
     return field(default=default, metadata={"help": help})
-
 
 
 # ----------------------------------------------------------------------------- machinery
@@ -229,7 +229,9 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None):
+def load_config(
+    cls: type, path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None
+):
     """Defaults <- ``base`` dict <- YAML file <- ``key=value`` overrides, validated into ``cls``."""
     tree: dict = dict(base or {})
     where = ""
@@ -293,4 +295,3 @@ def config_diff(a: Any, b: Any, ignore: tuple[str, ...] = ()) -> list[str]:
     fa, fb = flatten(a if isinstance(a, dict) else to_dict(a)), flatten(b if isinstance(b, dict) else to_dict(b))
     keys = sorted(set(fa) | set(fb))
     return [k for k in keys if k not in ignore and fa.get(k) != fb.get(k)]
-

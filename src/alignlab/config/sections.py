@@ -1,4 +1,5 @@
 """The sections every stage config is built from: model, LoRA, data, the training loop, rollouts, reward source."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,13 +45,20 @@ class ModelConfig:
 class DataConfig:
     """Where the records come from and how they are cut into tokens."""
 
-    train: str = knob("demo:sft", "training data: a file (jsonl, json, csv, parquet), a datasets folder, or demo:<name>")
+    train: str = knob(
+        "demo:sft", "training data: a file (jsonl, json, csv, parquet), a datasets folder, or demo:<name>"
+    )
     eval: str | None = knob(None, "held-out data; when empty, eval_fraction of train is held out")
     eval_fraction: float = knob(0.1, "fraction of train held out for evaluation when eval is empty")
     limit: int | None = knob(None, "use at most this many training records")
-    max_length: int = knob(512, "tokens per example (prompt + response); prompts are cut from the left, responses from the right")
+    max_length: int = knob(
+        512, "tokens per example (prompt + response); prompts are cut from the left, responses from the right"
+    )
     max_prompt_length: int = knob(384, "prompt tokens kept at most (cut from the left, keeping the latest turns)")
-    packing: bool = knob(False, "pack several sequences into one row, no padding (positions restart, attention blocked per sequence): sft and dpo")
+    packing: bool = knob(
+        False,
+        "pack several sequences into one row, no padding (positions restart, attention blocked per sequence): sft and dpo",
+    )
 
 
 @dataclass
@@ -84,20 +92,28 @@ class TrainConfig:
     num_samples: int = knob(4, "responses sampled from held-out prompts after training (0: none)")
 
 
-
 @dataclass
 class RolloutConfig:
     """Sampling responses for RL. The same temperature scales the logits when log-probs are recomputed."""
 
     max_new_tokens: int = knob(64, "tokens generated at most per response")
     temperature: float = knob(1.0, "sampling temperature (> 0); training log-probs use the same temperature")
-    top_p: float = knob(1.0, "nucleus sampling mass (1: off; below 1 samples from a truncated π that the log-probs do not see)")
-    truncation_penalty: float = knob(0.0, "subtracted from the score of a response that hit max_new_tokens without EOS (0: none)")
-    engine: str = knob("auto", "auto (vLLM when installed and a GPU is present, else transformers), transformers or vllm")
+    top_p: float = knob(
+        1.0, "nucleus sampling mass (1: off; below 1 samples from a truncated π that the log-probs do not see)"
+    )
+    truncation_penalty: float = knob(
+        0.0, "subtracted from the score of a response that hit max_new_tokens without EOS (0: none)"
+    )
+    engine: str = knob(
+        "auto", "auto (vLLM when installed and a GPU is present, else transformers), transformers or vllm"
+    )
     generation_batch_size: int = knob(32, "prompts per model.generate call (transformers engine)")
     forward_batch_size: int = knob(16, "rows per no-grad forward pass for old/reference log-probs and values")
     vllm_gpu_memory_utilization: float = knob(0.3, "fraction of GPU memory vLLM may take (vllm engine only)")
-    save_every: int = knob(1, "write the rollout of every N-th step token by token to <stage>/rollouts/ (the web app's inspector; 0: never)")
+    save_every: int = knob(
+        1,
+        "write the rollout of every N-th step token by token to <stage>/rollouts/ (the web app's inspector; 0: never)",
+    )
     save_rows: int = knob(16, "responses written per saved rollout")
 
 
@@ -109,7 +125,7 @@ class RewardSourceConfig:
         "house_style",
         "a reward-model folder, a built-in rule (house_style, contains_word, char_fraction), module:function, or gold",
     )
-    kwargs: list[str] = knob(help="key=value options for a Python or built-in reward function, e.g. word=thanks", factory=list)
+    kwargs: list[str] = knob(
+        help="key=value options for a Python or built-in reward function, e.g. word=thanks", factory=list
+    )
     batch_size: int = knob(16, "responses per reward-model forward pass")
-
-

@@ -1,4 +1,5 @@
 """One config dataclass per stage; the pipeline table (``alignlab.pipeline``) names them."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,6 @@ class GenerateConfig:
     seed: int = knob(0, "sampling seed")
 
 
-
 def _preference_data() -> DataConfig:
     return DataConfig(train="demo:preferences")
 
@@ -50,12 +50,24 @@ class RewardConfig:
     data: DataConfig = knob(help="preference or ranking records", factory=_preference_data)
     train: TrainConfig = knob(help="the training loop", factory=TrainConfig)
     data_kind: str = knob("preference", "preference (chosen/rejected rows) or ranking (K ranked responses per prompt)")
-    loss: str = knob("bradley_terry", "bradley_terry (pairs; a ranking gives all its pairs), kwise or plackett_luce (whole rankings)")
+    loss: str = knob(
+        "bradley_terry", "bradley_terry (pairs; a ranking gives all its pairs), kwise or plackett_luce (whole rankings)"
+    )
     margin: float = knob(0.0, "bradley_terry only: ask r_chosen - r_rejected to exceed this (reward units)")
-    margin_from_data: bool = knob(False, "bradley_terry only: use each pair's own `margin` field (Llama 2 preference strength); pairs without one use `margin`")
-    magnitude_penalty: float = knob(0.0, "coefficient of mean(r^2) added to the loss (pins the rewards' free offset near 0)")
-    center_rewards: float = knob(0.0, "coefficient of mean((r_chosen + r_rejected)^2) added to the loss (centres each pair's rewards on 0; TRL suggests 0.01)")
-    norm_prompts: str = knob("demo:prompts", "prompts whose reference-policy responses set the normalisation (mean 0, std 1)")
+    margin_from_data: bool = knob(
+        False,
+        "bradley_terry only: use each pair's own `margin` field (Llama 2 preference strength); pairs without one use `margin`",
+    )
+    magnitude_penalty: float = knob(
+        0.0, "coefficient of mean(r^2) added to the loss (pins the rewards' free offset near 0)"
+    )
+    center_rewards: float = knob(
+        0.0,
+        "coefficient of mean((r_chosen + r_rejected)^2) added to the loss (centres each pair's rewards on 0; TRL suggests 0.01)",
+    )
+    norm_prompts: str = knob(
+        "demo:prompts", "prompts whose reference-policy responses set the normalisation (mean 0, std 1)"
+    )
     norm_num_prompts: int = knob(64, "prompts used for normalisation (0: no normalisation: shift 0, scale 1)")
     norm_max_new_tokens: int = knob(64, "tokens sampled at most per normalisation response")
 
@@ -79,7 +91,9 @@ class RewardConfig:
         if self.norm_num_prompts < 0 or self.norm_max_new_tokens < 1:
             raise ConfigError("'norm_num_prompts' must be >= 0 and 'norm_max_new_tokens' >= 1")
         if self.data.packing:
-            raise ConfigError("'data.packing' applies to sft and dpo; a reward model scores each response on its own row")
+            raise ConfigError(
+                "'data.packing' applies to sft and dpo; a reward model scores each response on its own row"
+            )
 
 
 @dataclass
@@ -94,19 +108,37 @@ class DPOConfig:
     """
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
-    data: DataConfig = knob(help="preference, ranking or unpaired records (packed by default: no padding)", factory=_dpo_data)
+    data: DataConfig = knob(
+        help="preference, ranking or unpaired records (packed by default: no padding)", factory=_dpo_data
+    )
     train: TrainConfig = knob(help="the training loop", factory=TrainConfig)
     loss: str = knob("dpo", "the preference loss: a name of losses.preference.PREFERENCE_LOSSES (listed above)")
-    data_kind: str = knob("preference", "preference, ranking (all pairs of each ranking) or unpaired (kto; preference rows split into desirable/undesirable)")
-    beta: float | None = knob(None, "β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale); empty: the loss's default")
-    label_smoothing: float | None = knob(None, "ε: assumed label-flip probability (cdpo, robust only); empty: the loss's default")
+    data_kind: str = knob(
+        "preference",
+        "preference, ranking (all pairs of each ranking) or unpaired (kto; preference rows split into desirable/undesirable)",
+    )
+    beta: float | None = knob(
+        None, "β: temperature of the implicit reward β·log(π/π_ref) (SimPO: reward scale); empty: the loss's default"
+    )
+    label_smoothing: float | None = knob(
+        None, "ε: assumed label-flip probability (cdpo, robust only); empty: the loss's default"
+    )
     simpo_gamma: float | None = knob(None, "γ: SimPO's target reward margin; empty: the loss's default")
-    orpo_lambda: float | None = knob(None, "λ: weight of ORPO's odds-ratio term next to the chosen NLL; empty: the loss's default")
-    rpo_alpha: float | None = knob(None, "α: weight of RPO's chosen NLL next to the DPO term; empty: the loss's default")
-    length_normalize: bool | None = knob(None, "reference-based paired losses: mean per-token log-probs instead of sums (IPO's default: true)")
+    orpo_lambda: float | None = knob(
+        None, "λ: weight of ORPO's odds-ratio term next to the chosen NLL; empty: the loss's default"
+    )
+    rpo_alpha: float | None = knob(
+        None, "α: weight of RPO's chosen NLL next to the DPO term; empty: the loss's default"
+    )
+    length_normalize: bool | None = knob(
+        None, "reference-based paired losses: mean per-token log-probs instead of sums (IPO's default: true)"
+    )
     desirable_weight: float = knob(1.0, "λ_D: KTO weight of desirable examples")
     undesirable_weight: float = knob(1.0, "λ_U: KTO weight of undesirable examples")
-    dropout: bool = knob(False, "keep dropout on in the policy's pass (off: π_ref runs without it, so dropout would make the implicit reward noisy)")
+    dropout: bool = knob(
+        False,
+        "keep dropout on in the policy's pass (off: π_ref runs without it, so dropout would make the implicit reward noisy)",
+    )
     reference_cache: bool = knob(True, "keep reference log-probs on disk (<cache>/reflogps) and reuse them across runs")
 
     def hyperparameters(self) -> dict:
@@ -128,13 +160,17 @@ class DPOConfig:
             raise ConfigError(f"'loss': {e}") from None
         kinds = ("preference", "ranking") if spec.paired else ("preference", "unpaired")
         if self.data_kind not in kinds:
-            raise ConfigError(f"'data_kind' must be one of {', '.join(kinds)} for loss '{self.loss}'; got {self.data_kind!r}")
+            raise ConfigError(
+                f"'data_kind' must be one of {', '.join(kinds)} for loss '{self.loss}'; got {self.data_kind!r}"
+            )
         for key in ("label_smoothing", "simpo_gamma", "orpo_lambda", "rpo_alpha"):
             if getattr(self, key) not in (None, 0.0) and key not in spec.hyperparameters:
                 users = ", ".join(sorted(n for n, s in _preference_losses().items() if key in s.hyperparameters))
                 raise ConfigError(f"'{key}' has no effect with loss '{self.loss}' (only {users}); leave it empty")
         if self.length_normalize and not spec.supports_length_normalize:
-            raise ConfigError(f"'length_normalize' applies to reference-based paired losses that take sums, not '{self.loss}'")
+            raise ConfigError(
+                f"'length_normalize' applies to reference-based paired losses that take sums, not '{self.loss}'"
+            )
         beta = self.hyperparameters().get("beta")
         if beta is not None and not beta > 0:
             raise ConfigError(f"'beta' must be > 0; got {beta}")
@@ -167,11 +203,15 @@ def _check_rl(cfg, *, needs_groups: bool) -> None:
     if r.engine not in ("auto", "transformers", "vllm"):
         raise ConfigError(f"'rollout.engine' must be one of auto, transformers, vllm; got {r.engine!r}")
     if cfg.train.grad_accum != 1:
-        raise ConfigError("'train.grad_accum' must be 1 for RL stages: each optimizer step takes one minibatch of mini_batch_size rows")
+        raise ConfigError(
+            "'train.grad_accum' must be 1 for RL stages: each optimizer step takes one minibatch of mini_batch_size rows"
+        )
     if cfg.mini_batch_size < 1 or cfg.ppo_epochs < 1:
         raise ConfigError("'mini_batch_size' and 'ppo_epochs' must be at least 1")
     if needs_groups and cfg.group_size < 2:
-        raise ConfigError(f"'group_size' must be at least 2 (a baseline needs another response to the same prompt); got {cfg.group_size}")
+        raise ConfigError(
+            f"'group_size' must be at least 2 (a baseline needs another response to the same prompt); got {cfg.group_size}"
+        )
 
 
 @dataclass
@@ -188,31 +228,51 @@ class PPOConfig:
     """
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
-    data: DataConfig = knob(help="prompt records (data.max_length is not used: responses get rollout.max_new_tokens)", factory=_prompt_data)
-    train: TrainConfig = knob(help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig)
+    data: DataConfig = knob(
+        help="prompt records (data.max_length is not used: responses get rollout.max_new_tokens)", factory=_prompt_data
+    )
+    train: TrainConfig = knob(
+        help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig
+    )
     rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
     reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
-    advantage_estimator: str = knob("gae", "gae (a value function, GAE(γ, λ)) or reinforce_pp (REINFORCE++: no value model, batch-normalised returns)")
-    value_model: str = knob("head", "head (a value head on the policy's trunk: one network), separate (a second copy of the model with its own head), or none (reinforce_pp)")
+    advantage_estimator: str = knob(
+        "gae",
+        "gae (a value function, GAE(γ, λ)) or reinforce_pp (REINFORCE++: no value model, batch-normalised returns)",
+    )
+    value_model: str = knob(
+        "head",
+        "head (a value head on the policy's trunk: one network), separate (a second copy of the model with its own head), or none (reinforce_pp)",
+    )
     mini_batch_size: int = knob(8, "rollout rows per optimizer step")
     ppo_epochs: int = knob(4, "passes over each rollout")
     cliprange: float = knob(0.2, "ε: clip range of the probability ratio")
     cliprange_value: float = knob(0.2, "ε_v: how far a value prediction may move from the rollout's (reward units)")
     vf_coef: float = knob(0.1, "weight of the value loss next to the policy loss")
     entropy_coef: float = knob(0.0, "weight of the entropy bonus subtracted from the loss (0: none)")
-    target_kl: float = knob(0.0, "stop a rollout's epochs early once the k3 KL between sampling and current policy exceeds this (per token, nats; 0: never)")
+    target_kl: float = knob(
+        0.0,
+        "stop a rollout's epochs early once the k3 KL between sampling and current policy exceeds this (per token, nats; 0: never)",
+    )
     gamma: float = knob(1.0, "γ: discount per token")
     gae_lambda: float = knob(0.95, "λ: GAE's bias/variance trade-off (1: Monte Carlo returns, 0: one-step TD)")
     whiten_advantages: bool = knob(True, "normalise advantages to mean 0, std 1 over the rollout's valid tokens")
-    whiten_rewards: bool = knob(False, "normalise the rollout's scores to mean 0, std 1 before the KL penalty (per rollout; reward_norm is the running form)")
+    whiten_rewards: bool = knob(
+        False,
+        "normalise the rollout's scores to mean 0, std 1 before the KL penalty (per rollout; reward_norm is the running form)",
+    )
     policy_reduction: str = knob("token", "policy loss average: token (per token) or sequence (per sequence)")
-    kl_penalty: str = knob("reward", "where the KL goes: reward (−β·kl_t in each token's reward) or loss (β·k2 added to the loss)")
+    kl_penalty: str = knob(
+        "reward", "where the KL goes: reward (−β·kl_t in each token's reward) or loss (β·k2 added to the loss)"
+    )
     kl_estimator: str = knob("k1", "per-token KL estimator in the reward: k1, k2 or k3 (losses.kl)")
     kl_controller: str = knob("fixed", "fixed β, or adaptive (β steered towards kl_target)")
     beta: float = knob(0.05, "β, the KL penalty's weight (the adaptive controller's initial β)")
     kl_target: float = knob(6.0, "adaptive controller: target KL per response (nats)")
     kl_horizon: float = knob(10000.0, "adaptive controller: horizon in responses")
-    reward_norm: bool = knob(True, "divide scores by a running std and subtract a running mean (state kept in checkpoints)")
+    reward_norm: bool = knob(
+        True, "divide scores by a running std and subtract a running mean (state kept in checkpoints)"
+    )
     reward_clip: float = knob(10.0, "clip (normalised) scores to ±this (0: no clipping)")
 
     def check(self) -> None:
@@ -229,9 +289,13 @@ class PPOConfig:
             ("kl_penalty", ("reward", "loss")),
         ):
             if getattr(self, key) not in valid:
-                raise ConfigError(f"'{key}' must be one of {', '.join(valid)}{did_you_mean(getattr(self, key), valid)}; got {getattr(self, key)!r}")
+                raise ConfigError(
+                    f"'{key}' must be one of {', '.join(valid)}{did_you_mean(getattr(self, key), valid)}; got {getattr(self, key)!r}"
+                )
         if (self.value_model == "none") != (self.advantage_estimator == "reinforce_pp"):
-            raise ConfigError("'value_model' none goes with advantage_estimator=reinforce_pp (no critic), and gae needs a value model (head or separate)")
+            raise ConfigError(
+                "'value_model' none goes with advantage_estimator=reinforce_pp (no critic), and gae needs a value model (head or separate)"
+            )
         if self.beta < 0 or (self.kl_controller == "adaptive" and not self.beta > 0):
             raise ConfigError(f"'beta' must be >= 0 (> 0 for the adaptive controller); got {self.beta}")
         if self.kl_controller == "adaptive" and not (self.kl_target > 0 and self.kl_horizon > 0):
@@ -254,11 +318,16 @@ class RLOOConfig:
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
     data: DataConfig = knob(help="prompt records", factory=_prompt_data)
-    train: TrainConfig = knob(help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig)
+    train: TrainConfig = knob(
+        help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig
+    )
     rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
     reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
     group_size: int = knob(4, "k: responses sampled per prompt")
-    loss: str = knob("reinforce", "reinforce (−ρ·A·Σ_t log π per response, ρ the sequence ratio, detached) or clip (−min(ρA, clip(ρ)A), sequence-level ρ)")
+    loss: str = knob(
+        "reinforce",
+        "reinforce (−ρ·A·Σ_t log π per response, ρ the sequence ratio, detached) or clip (−min(ρA, clip(ρ)A), sequence-level ρ)",
+    )
     beta: float = knob(0.05, "β: weight of the summed per-token KL subtracted from each score")
     kl_estimator: str = knob("k1", "per-token KL estimator: k1, k2 or k3")
     mini_batch_size: int = knob(16, "rollout rows per optimizer step")
@@ -270,7 +339,9 @@ class RLOOConfig:
 
         _check_rl(self, needs_groups=True)
         if self.loss not in ("reinforce", "clip"):
-            raise ConfigError(f"'loss' must be reinforce or clip{did_you_mean(self.loss, ('reinforce', 'clip'))}; got {self.loss!r}")
+            raise ConfigError(
+                f"'loss' must be reinforce or clip{did_you_mean(self.loss, ('reinforce', 'clip'))}; got {self.loss!r}"
+            )
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ConfigError(f"'kl_estimator' must be one of {', '.join(KL_ESTIMATORS)}; got {self.kl_estimator!r}")
         if self.beta < 0:
@@ -295,7 +366,9 @@ class GRPOConfig:
 
     model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
     data: DataConfig = knob(help="prompt records", factory=_prompt_data)
-    train: TrainConfig = knob(help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig)
+    train: TrainConfig = knob(
+        help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig
+    )
     rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
     reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
     group_size: int = knob(4, "G: responses sampled per prompt")
@@ -307,14 +380,21 @@ class GRPOConfig:
     cliprange_low: float | None = knob(None, "ε_low (dapo: 0.2, gspo: 3e-4)")
     cliprange_high: float | None = knob(None, "ε_high (dapo: 0.28, gspo: 4e-4)")
     dynamic_sampling: bool | None = knob(None, "drop groups whose scores are all equal (dapo's default: true)")
-    overlong_cache: int = knob(0, "dapo's soft overlong penalty: the last N tokens of rollout.max_new_tokens ramp the score down to −1 (0: off)")
+    overlong_cache: int = knob(
+        0,
+        "dapo's soft overlong penalty: the last N tokens of rollout.max_new_tokens ramp the score down to −1 (0: off)",
+    )
 
     def hyperparameters(self) -> dict:
         """The loss's knobs: each set value, else its published default."""
         from alignlab.losses.ppo import policy_loss_defaults
 
         base = {"grpo": "grpo", "dr_grpo": "grpo"}.get(self.loss, self.loss)
-        out = {"beta": 0.04 if base == "grpo" else 0.0, "dynamic_sampling": self.loss == "dapo", **policy_loss_defaults(base)}
+        out = {
+            "beta": 0.04 if base == "grpo" else 0.0,
+            "dynamic_sampling": self.loss == "dapo",
+            **policy_loss_defaults(base),
+        }
         for key in ("beta", "cliprange", "cliprange_low", "cliprange_high", "dynamic_sampling"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
@@ -324,12 +404,16 @@ class GRPOConfig:
         _check_rl(self, needs_groups=True)
         losses = ("grpo", "dr_grpo", "dapo", "gspo")
         if self.loss not in losses:
-            raise ConfigError(f"'loss' must be one of {', '.join(losses)}{did_you_mean(self.loss, losses)}; got {self.loss!r}")
+            raise ConfigError(
+                f"'loss' must be one of {', '.join(losses)}{did_you_mean(self.loss, losses)}; got {self.loss!r}"
+            )
         h = self.hyperparameters()
         if h["beta"] < 0:
             raise ConfigError(f"'beta' must be >= 0; got {h['beta']}")
         if self.loss in ("grpo", "dr_grpo") and (self.cliprange_low is not None or self.cliprange_high is not None):
-            raise ConfigError(f"'cliprange_low'/'cliprange_high' apply to dapo and gspo; loss '{self.loss}' takes cliprange")
+            raise ConfigError(
+                f"'cliprange_low'/'cliprange_high' apply to dapo and gspo; loss '{self.loss}' takes cliprange"
+            )
         if self.loss in ("dapo", "gspo") and self.cliprange is not None:
             raise ConfigError(f"loss '{self.loss}' takes cliprange_low and cliprange_high, not cliprange")
         if self.overlong_cache and (self.loss != "dapo" or not 0 < self.overlong_cache <= self.rollout.max_new_tokens):
@@ -357,9 +441,9 @@ class BestOfNConfig:
         if self.n < 1:
             raise ConfigError(f"'n' must be at least 1; got {self.n}")
         if not self.rollout.temperature > 0 and self.n > 1:
-            raise ConfigError("'rollout.temperature' must be > 0 for best-of-n (greedy decoding gives n identical responses)")
-
-
+            raise ConfigError(
+                "'rollout.temperature' must be > 0 for best-of-n (greedy decoding gives n identical responses)"
+            )
 
 
 def _eval_data() -> DataConfig:
@@ -375,7 +459,9 @@ class EvalConfig:
 
     data: DataConfig = knob(help="prompt records the policies answer (data.limit: how many)", factory=_eval_data)
     rollout: RolloutConfig = knob(help="sampling (the same for every policy)", factory=RolloutConfig)
-    policies: list[str] = knob(help="stages of the run to evaluate (empty: every complete stage with a final model)", factory=list)
+    policies: list[str] = knob(
+        help="stages of the run to evaluate (empty: every complete stage with a final model)", factory=list
+    )
     baseline: str = knob("sft", "the policy every other is compared with (and π_ref of the KL estimates)")
     samples: int = knob(2, "responses per prompt and policy")
     bon_samples: int = knob(8, "baseline responses per prompt for the best-of-n curve (0: none)")
@@ -396,7 +482,9 @@ class EvalConfig:
             raise ConfigError("'rollout.temperature' must be > 0: the KL estimates need samples from each policy")
         for p in self.probes:
             if p not in ("sycophancy", "harmlessness"):
-                raise ConfigError(f"'probes': unknown probe '{p}'{did_you_mean(p, ('sycophancy', 'harmlessness'))} (probes: sycophancy, harmlessness)")
+                raise ConfigError(
+                    f"'probes': unknown probe '{p}'{did_you_mean(p, ('sycophancy', 'harmlessness'))} (probes: sycophancy, harmlessness)"
+                )
         if "harmlessness" in self.probes and not self.harmless_data:
             raise ConfigError("'probes' harmlessness needs 'harmless_data' (an HH-RLHF file)")
 
@@ -420,11 +508,18 @@ class LabelConfig:
     """
 
     model: ModelConfig = knob(help="the policy to sample from (wired from the run's sft stage)", factory=ModelConfig)
-    data: DataConfig = knob(help="prompt records (data.limit: how many prompts)", factory=lambda: DataConfig(train="demo:prompts", limit=64))
-    source: str = knob("simulated", "simulated, judge or constitutional (human labelling: `alignlab label --source human` or the web app)")
+    data: DataConfig = knob(
+        help="prompt records (data.limit: how many prompts)", factory=lambda: DataConfig(train="demo:prompts", limit=64)
+    )
+    source: str = knob(
+        "simulated",
+        "simulated, judge or constitutional (human labelling: `alignlab label --source human` or the web app)",
+    )
     k: int = knob(2, "responses sampled per prompt (2: pairs; more: K-wise rankings)")
     gold: str = knob("demo", "the simulated annotator's gold reward (alignlab.gold spec)")
-    tau: float = knob(0.2, "the annotator's Bradley–Terry temperature τ: P(a ≻ b) = σ((g(a) − g(b))/τ) (small: nearly noiseless)")
+    tau: float = knob(
+        0.2, "the annotator's Bradley–Terry temperature τ: P(a ≻ b) = σ((g(a) − g(b))/τ) (small: nearly noiseless)"
+    )
     position_bias: float = knob(0.0, "added to the logit of the response shown first")
     tie_margin: float = knob(0.0, "|g(a) − g(b)| below this is a tie (dropped from pairs)")
     flip_rate: float = knob(0.0, "each annotator of the panel flips a label with this probability")
@@ -438,7 +533,9 @@ class LabelConfig:
 
     def check(self) -> None:
         if self.source not in ("simulated", "judge", "constitutional"):
-            raise ConfigError(f"'source' must be simulated, judge or constitutional{did_you_mean(self.source, ('simulated', 'judge', 'constitutional'))}; got {self.source!r}")
+            raise ConfigError(
+                f"'source' must be simulated, judge or constitutional{did_you_mean(self.source, ('simulated', 'judge', 'constitutional'))}; got {self.source!r}"
+            )
         if self.k < 2:
             raise ConfigError(f"'k' must be at least 2 (a label compares responses); got {self.k}")
         if not self.tau > 0 or not 0 <= self.flip_rate <= 0.5 or self.annotators < 1:

@@ -1,10 +1,11 @@
 """Data: files → validated, typed records (see :mod:`alignlab.data.rows` for row shapes).
 
-    >>> from alignlab.data import load_records
-    >>> result = load_records("demo:sft", "sft")
-    >>> result.records[0].response.endswith("Hope this helps!")
-    True
+>>> from alignlab.data import load_records
+>>> result = load_records("demo:sft", "sft")
+>>> result.records[0].response.endswith("Hope this helps!")
+True
 """
+
 from __future__ import annotations
 
 from alignlab.data.hh import parse_hh_transcript, split_hh_pair, split_hh_transcript

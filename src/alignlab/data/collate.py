@@ -8,6 +8,7 @@ loss averages over (response tokens for SFT, pairs, prompts or examples for the 
 losses): the training loop weighs micro-batches by it, so accumulation gives the mean over the
 whole step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -150,7 +151,9 @@ def collate_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None 
     batch = collate_sequences([p.chosen() for p in pairs] + [p.rejected() for p in pairs], pad_id, pack_width)
     batch["where"] = [p.where for p in pairs]
     batch["n_pairs"] = len(pairs)
-    batch["margins"] = torch.tensor([float("nan") if p.margin is None else p.margin for p in pairs])  # (B,) NaN: none given
+    batch["margins"] = torch.tensor(
+        [float("nan") if p.margin is None else p.margin for p in pairs]
+    )  # (B,) NaN: none given
     batch["loss_weight"] = len(pairs)  # the pairwise losses are per-pair means
     return batch
 
@@ -169,7 +172,9 @@ def collate_rankings(groups: list[RankedExample], pad_id: int) -> dict:
     return batch
 
 
-def collate_unpaired(examples: list[Example], pad_id: int, mismatched: list[Example] | None = None, pack_width: int | None = None) -> dict:
+def collate_unpaired(
+    examples: list[Example], pad_id: int, mismatched: list[Example] | None = None, pack_width: int | None = None
+) -> dict:
     """KTO examples -> rows ``0..B-1`` the examples, then (if given) rows ``B..2B-1`` their mismatched
     (prompt_i, response_j) pairs, all in one right-padded batch.
 

@@ -20,12 +20,13 @@ Parsing rules (decisions, checked against the public harmless-base test split):
 * A final answer may be empty (the public data has a few); the caller decides what to do with it.
   An empty turn inside the shared prompt is an error.
 """
+
 from __future__ import annotations
 
 import re
 
-from alignlab.errors import DataError
 from alignlab.data.records import Message
+from alignlab.errors import DataError
 
 _SPEAKERS = {"Human": "user", "Assistant": "assistant"}
 _TURN_MARK = re.compile(r"\n\n(Human|Assistant):")
@@ -42,9 +43,7 @@ def parse_hh_transcript(text: str, *, where: str = "", field: str | None = None)
     body = text.lstrip()
     if not body.startswith("Human:"):
         head = body[:40].replace("\n", "\\n")
-        raise DataError(
-            where, f"transcript does not start with 'Human:' (it starts {head!r}); {_HINT}", field
-        )
+        raise DataError(where, f"transcript does not start with 'Human:' (it starts {head!r}); {_HINT}", field)
     # Re-insert the blank line so the first turn is found by the same pattern as the others.
     pieces = _TURN_MARK.split("\n\n" + body)
     # pieces = ["", speaker1, text1, speaker2, text2, ...]
@@ -59,9 +58,7 @@ def parse_hh_transcript(text: str, *, where: str = "", field: str | None = None)
     return messages
 
 
-def split_hh_transcript(
-    text: str, *, where: str = "", field: str | None = None
-) -> tuple[tuple[Message, ...], str]:
+def split_hh_transcript(text: str, *, where: str = "", field: str | None = None) -> tuple[tuple[Message, ...], str]:
     """One transcript as ``(prompt_messages, final_answer)``; the answer may be empty."""
     messages = parse_hh_transcript(text, where=where, field=field)
     if messages[-1].role != "assistant":
@@ -76,9 +73,7 @@ def split_hh_transcript(
     return tuple(messages[:-1]), messages[-1].content
 
 
-def split_hh_pair(
-    chosen_text: str, rejected_text: str, *, where: str = ""
-) -> tuple[tuple[Message, ...], str, str]:
+def split_hh_pair(chosen_text: str, rejected_text: str, *, where: str = "") -> tuple[tuple[Message, ...], str, str]:
     """Split an HH-RLHF pair into ``(prompt_messages, chosen, rejected)``.
 
     The prompt is the turns both transcripts share; the answers are their final Assistant turns

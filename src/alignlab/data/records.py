@@ -5,11 +5,12 @@ A record is a frozen dataclass. Its ``prompt`` is a conversation: a tuple of :cl
 row came from (``"file:line"`` or ``"file:row N"``); it is provenance, not content, so it takes no
 part in ``==`` or ``hash``: the same data read from a .jsonl and a .parquet file compare equal.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Union
-
+from typing import Any, Union
 
 ROLES = ("system", "user", "assistant")
 ROLE_HINTS = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant"}
@@ -76,7 +77,7 @@ class RankingRecord:
         """
         ordered = [r for _, r in sorted(zip(self.ranks, self.responses))]
         for i, better in enumerate(ordered):
-            for worse in ordered[i + 1:]:
+            for worse in ordered[i + 1 :]:
                 if better.strip() != worse.strip():
                     yield better, worse
 
@@ -100,4 +101,4 @@ class PromptRecord:
     meta: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
-Record = Union[SFTRecord, PreferenceRecord, RankingRecord, UnpairedRecord, PromptRecord]
+Record = Union[SFTRecord, PreferenceRecord, RankingRecord, UnpairedRecord, PromptRecord]  # noqa: UP007 - a runtime alias

@@ -54,10 +54,12 @@ Validation errors are :class:`~alignlab.errors.DataError` naming ``where`` and t
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Union
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from alignlab.data.hh import split_hh_pair, split_hh_transcript
 from alignlab.data.records import (
+    ROLE_HINTS,
     ROLES,
     Message,
     PreferenceRecord,
@@ -66,10 +68,8 @@ from alignlab.data.records import (
     RankingRecord,
     SFTRecord,
     UnpairedRecord,
-    ROLE_HINTS,
 )
 from alignlab.errors import ConfigError, DataError, did_you_mean
-
 
 # ---------------------------------------------------------------------------------------------
 # Field checks
@@ -79,9 +79,7 @@ def type_name(value: Any) -> str:
     """A user-facing name for a JSON value's type."""
     if value is None:
         return "null"
-    return {str: "string", dict: "object", list: "list", tuple: "list"}.get(
-        type(value), type(value).__name__
-    )
+    return {str: "string", dict: "object", list: "list", tuple: "list"}.get(type(value), type(value).__name__)
 
 
 def _show(value: Any, limit: int = 40) -> str:
@@ -127,14 +125,10 @@ def _messages(value: Any, where: str, field: str) -> list[Message]:
     for i, item in enumerate(items):
         f = f"{field}[{i}]"
         if not isinstance(item, dict):
-            raise DataError(
-                where, f"expected a message object {{role, content}}, got {type_name(item)}", f
-            )
+            raise DataError(where, f"expected a message object {{role, content}}, got {type_name(item)}", f)
         for key in ("role", "content"):
             if key not in item:
-                raise DataError(
-                    where, f"message has no '{key}' (a message is {{role, content}})", f
-                )
+                raise DataError(where, f"message has no '{key}' (a message is {{role, content}})", f)
         role = item["role"]
         if role not in ROLES or not isinstance(role, str):
             shown = _show(role) if isinstance(role, str) else type_name(role)
@@ -142,9 +136,7 @@ def _messages(value: Any, where: str, field: str) -> list[Message]:
             if isinstance(role, str):
                 low = role.strip().lower()
                 did = f"; did you mean '{ROLE_HINTS[low]}'?" if low in ROLE_HINTS else did_you_mean(low, ROLES)
-            raise DataError(
-                where, f"bad role {shown}: a role is one of {', '.join(ROLES)}{did}", f + ".role"
-            )
+            raise DataError(where, f"bad role {shown}: a role is one of {', '.join(ROLES)}{did}", f + ".role")
         content = _string(item["content"], where, f + ".content", allow_empty=True)
         if role == "system":
             if i != 0:
@@ -181,9 +173,7 @@ def _add_system(row: dict, prompt: Prompt, where: str) -> Prompt:
     if not system.strip():
         return prompt
     if prompt and prompt[0].role == "system":
-        raise DataError(
-            where, "both a 'system' field and a system message in the prompt; keep one", "system"
-        )
+        raise DataError(where, "both a 'system' field and a system message in the prompt; keep one", "system")
     return (Message("system", system),) + prompt
 
 
@@ -192,9 +182,7 @@ def _prompt_value(value: Any, where: str, field: str) -> Prompt:
     if isinstance(value, list):
         return _check_prompt(_messages(value, where, field), where, field)
     if not isinstance(value, str):
-        raise DataError(
-            where, f"expected a string or a messages list, got {type_name(value)}", field
-        )
+        raise DataError(where, f"expected a string or a messages list, got {type_name(value)}", field)
     return (Message("user", _string(value, where, field)),)
 
 
@@ -213,15 +201,14 @@ def _answer(value: Any, where: str, field: str) -> tuple[Prompt | None, str]:
         msgs = _messages(value, where, field)
         if msgs[-1].role != "assistant":
             raise DataError(
-                where, f"the last message must be the assistant's answer, not {msgs[-1].role}",
+                where,
+                f"the last message must be the assistant's answer, not {msgs[-1].role}",
                 f"{field}[{len(value) - 1}].role",
             )
         context = _check_prompt(msgs[:-1], where, field) if len(msgs) > 1 else None
         return context, msgs[-1].content
     if not isinstance(value, str):
-        raise DataError(
-            where, f"expected a string or a messages list, got {type_name(value)}", field
-        )
+        raise DataError(where, f"expected a string or a messages list, got {type_name(value)}", field)
     return None, _string(value, where, field)
 
 
@@ -260,12 +247,14 @@ def _messages_row(row: dict, where: str) -> tuple[Prompt, str]:
     msgs = _messages(row["messages"], where, "messages")
     if msgs[-1].role != "assistant":
         raise DataError(
-            where, f"the last message must be the assistant's answer, not {msgs[-1].role}",
+            where,
+            f"the last message must be the assistant's answer, not {msgs[-1].role}",
             f"messages[{len(row['messages']) - 1}].role",
         )
     if len(msgs) == 1:
         raise DataError(
-            where, "messages has only the assistant's answer; it needs the user turn before it",
+            where,
+            "messages has only the assistant's answer; it needs the user turn before it",
             "messages",
         )
     return _add_system(row, _check_prompt(msgs[:-1], where, "messages"), where), msgs[-1].content
@@ -281,9 +270,7 @@ def _self_instruct(row: dict, where: str) -> Iterator[tuple[Prompt, str | None, 
     for i, inst in enumerate(instances):
         f = f"instances[{i}]"
         if not isinstance(inst, dict):
-            raise DataError(
-                where, f"expected an object {{input, output}}, got {type_name(inst)}", f
-            )
+            raise DataError(where, f"expected an object {{input, output}}, got {type_name(inst)}", f)
         text = _instruction_prompt(instruction, inst.get("input"), where, f + ".input")
         prompt = _add_system(row, (Message("user", text),), where)
         output = inst.get("output")
@@ -296,14 +283,10 @@ def _alpaca_prompt(row: dict, where: str) -> Prompt:
     return _add_system(row, (Message("user", text),), where)
 
 
-def _reconcile(
-    prompt: Prompt | None, context: Prompt | None, where: str, field: str
-) -> Prompt | None:
+def _reconcile(prompt: Prompt | None, context: Prompt | None, where: str, field: str) -> Prompt | None:
     """An answer given as a full conversation must repeat the row's prompt exactly."""
     if prompt is not None and context is not None and context != prompt:
-        raise DataError(
-            where, "this conversation's messages before the answer differ from 'prompt'", field
-        )
+        raise DataError(where, "this conversation's messages before the answer differ from 'prompt'", field)
     return prompt if prompt is not None else context
 
 
@@ -312,7 +295,6 @@ def _pair(row: dict, where: str, accepted: str) -> tuple[Prompt, str, str, bool]
     chosen_v = _require(row, "chosen", where, accepted)
     rejected_v = _require(row, "rejected", where, accepted)
     if not _has(row, "prompt") and isinstance(chosen_v, str) and isinstance(rejected_v, str):
-
         _string(chosen_v, where, "chosen", allow_empty=True)
         _string(rejected_v, where, "rejected", allow_empty=True)
         prompt, chosen, rejected = split_hh_pair(chosen_v, rejected_v, where=where)
@@ -335,7 +317,6 @@ def _chosen_only(row: dict, where: str, accepted: str) -> tuple[Prompt, str, boo
     """The (prompt, chosen, is_hh) of a preference row, without looking at ``rejected``."""
     chosen_v = _require(row, "chosen", where, accepted)
     if not _has(row, "prompt") and isinstance(chosen_v, str):
-
         _string(chosen_v, where, "chosen", allow_empty=True)
         prompt, chosen = split_hh_transcript(chosen_v, where=where, field="chosen")
         return _add_system(row, prompt, where), chosen, True
@@ -350,7 +331,7 @@ def _chosen_only(row: dict, where: str, accepted: str) -> tuple[Prompt, str, boo
 # ---------------------------------------------------------------------------------------------
 # One parser per kind: row → (records, dropped-counter-name or None)
 
-Outcome = tuple[list, Union[str, None]]
+Outcome = tuple[list, str | None]
 
 ACCEPTED = {
     "sft": "an sft row is {prompt, response (or completion), system?}, {messages}, "
@@ -369,9 +350,7 @@ ACCEPTED = {
 
 def _nothing_usable(row: dict, kind: str, where: str, field: str) -> DataError:
     found = ", ".join(repr(k) for k in list(row)[:8]) or "none"
-    return DataError(
-        where, f"missing field {field!r} (the row has fields: {found}); {ACCEPTED[kind]}", field
-    )
+    return DataError(where, f"missing field {field!r} (the row has fields: {found}); {ACCEPTED[kind]}", field)
 
 
 def _sft(row: dict, where: str) -> Outcome:
@@ -413,7 +392,9 @@ def _preference(row: dict, where: str) -> Outcome:
         return [], "dropped_identical"
     margin = row.get("margin")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or margin != margin):
-        raise DataError(where, f"a preference margin is a number (how strongly chosen is preferred), got {_show(margin)}", "margin")
+        raise DataError(
+            where, f"a preference margin is a number (how strongly chosen is preferred), got {_show(margin)}", "margin"
+        )
     return [PreferenceRecord(prompt, chosen, rejected, where, None if margin is None else float(margin))], None
 
 
@@ -425,9 +406,7 @@ def _ranking(row: dict, where: str) -> Outcome:
     responses = _list(_require(row, "responses", where, acc), where, "responses")
     ranking = _list(_require(row, "ranking", where, acc), where, "ranking")
     if len(responses) < 2:
-        raise DataError(
-            where, f"needs at least 2 responses to rank, got {len(responses)}", "responses"
-        )
+        raise DataError(where, f"needs at least 2 responses to rank, got {len(responses)}", "responses")
     texts = tuple(_string(r, where, f"responses[{i}]") for i, r in enumerate(responses))
     for i, r in enumerate(ranking):
         if not isinstance(r, int) or isinstance(r, bool):
@@ -435,7 +414,8 @@ def _ranking(row: dict, where: str) -> Outcome:
     k = len(texts)
     if len(ranking) != k:
         raise DataError(
-            where, f"has {len(ranking)} ranks for {k} responses; give one rank per response",
+            where,
+            f"has {len(ranking)} ranks for {k} responses; give one rank per response",
             "ranking",
         )
     if sorted(ranking) != list(range(1, k + 1)):
@@ -503,7 +483,7 @@ def _prompt_kind(row: dict, where: str) -> Outcome:
     if _has(row, "instances"):
         base = _meta(row, ("instruction", "instances", "system"))
         records = []
-        for prompt, output, i in _self_instruct(row, where):
+        for prompt, _output, i in _self_instruct(row, where):
             meta = dict(base)
             inst = row["instances"][i]
             meta.update({k: v for k, v in inst.items() if k != "input"})
@@ -547,7 +527,5 @@ def records_from_row(row: Any, kind: str, where: str = "") -> Outcome:
     """
     parse = PARSERS[check_kind(kind)]
     if not isinstance(row, dict):
-        raise DataError(
-            where, f"expected an object (a row with named fields), got {type_name(row)}"
-        )
+        raise DataError(where, f"expected an object (a row with named fields), got {type_name(row)}")
     return parse(row, where)

@@ -15,6 +15,7 @@ Every row carries ``where``: ``"file:N"`` for line-based formats (.jsonl and .cs
 the row starts on, so an editor can jump to it) and ``"file:row N"`` for .json, .parquet and
 datasets folders (N counts rows from 1). What a row must contain is in :mod:`alignlab.data.rows`.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -25,10 +26,11 @@ import json
 import os
 import random
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from alignlab.data.rows import check_kind, records_from_row, type_name
 from alignlab.errors import ConfigError, DataError, did_you_mean
@@ -45,10 +47,8 @@ FORMATS = (
 # Text helpers
 
 
-def _invalid_utf8(
-    e: UnicodeDecodeError, data: bytes, display: str, line: int | None = None
-) -> DataError:
-    bad = data[e.start:e.end].hex(" ")
+def _invalid_utf8(e: UnicodeDecodeError, data: bytes, display: str, line: int | None = None) -> DataError:
+    bad = data[e.start : e.end].hex(" ")
     if line is None:  # whole-file decode: find the line of the bad byte
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1)
@@ -82,7 +82,7 @@ def _read_bytes(path: Path, display: str) -> bytes:
 def _read_text(path: Path, display: str) -> str:
     data = _read_bytes(path, display)
     if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
+        data = data[len(codecs.BOM_UTF8) :]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -107,7 +107,7 @@ def _read_jsonl(path: Path, display: str) -> Iterator[tuple[str, dict]]:
     for lineno, raw in enumerate(_binary_lines(path, display), 1):
         where = f"{display}:{lineno}"
         if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8):]
+            raw = raw[len(codecs.BOM_UTF8) :]
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -131,9 +131,7 @@ def _read_json(path: Path, display: str) -> Iterator[tuple[str, dict]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         hint = " (one object per line? name the file .jsonl)" if e.msg == "Extra data" else ""
-        raise DataError(
-            f"{display}:{e.lineno}", f"not valid JSON: {e.msg} at column {e.colno}{hint}"
-        ) from None
+        raise DataError(f"{display}:{e.lineno}", f"not valid JSON: {e.msg} at column {e.colno}{hint}") from None
     except (ValueError, RecursionError) as e:
         raise DataError(display, f"not valid JSON: {str(e)[:200]}") from None
     if isinstance(data, dict):
@@ -237,8 +235,7 @@ def _read_datasets(folder: Path, split: str | None, display: str) -> Iterator[tu
         if split not in loaded:
             raise DataError(
                 display,
-                f"has no split {split!r}; it has {', '.join(map(repr, loaded))}: "
-                f"choose one with '{display}::<split>'",
+                f"has no split {split!r}; it has {', '.join(map(repr, loaded))}: choose one with '{display}::<split>'",
             )
         loaded, display = loaded[split], f"{display}::{split}"
     for i, row in enumerate(loaded, 1):
@@ -268,10 +265,12 @@ def read_rows(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     """
     spec = os.fspath(path)
     if spec.startswith("demo:"):
-        name = spec[len("demo:"):]
+        name = spec[len("demo:") :]
         if name not in DEMOS:
             choices = ["demo:" + d for d in DEMOS]
-            raise DataError(spec, f"no such demo data set{did_you_mean(spec, choices)} (choose one of: {', '.join(choices)})")
+            raise DataError(
+                spec, f"no such demo data set{did_you_mean(spec, choices)} (choose one of: {', '.join(choices)})"
+            )
         resource = resources.files("alignlab").joinpath("demo_data", DEMOS[name])
         with resources.as_file(resource) as real:
             yield from _read_jsonl(Path(real), spec)
@@ -319,8 +318,7 @@ class LoadResult:
     def summary(self) -> str:
         """One line for a log: ``demo:sft: 160 rows -> 160 records``, plus any drops."""
         c = self.counts
-        extra = [f"{v} {k.replace('_', ' ')}" for k, v in c.items()
-                 if k not in ("rows", "records") and v]
+        extra = [f"{v} {k.replace('_', ' ')}" for k, v in c.items() if k not in ("rows", "records") and v]
         tail = f" ({', '.join(extra)})" if extra else ""
         return f"{self.source}: {c['rows']} rows -> {c['records']} records{tail}"
 
@@ -337,8 +335,7 @@ def load_records(spec: str | os.PathLike, kind: str, *, limit: int | None = None
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise ConfigError(f"limit must be None or an int >= 0, got {limit!r}")
     source = os.fspath(spec)
-    counts = {"rows": 0, "records": 0, "dropped_identical": 0, "dropped_empty_answer": 0,
-              "expanded": 0}
+    counts = {"rows": 0, "records": 0, "dropped_identical": 0, "dropped_empty_answer": 0, "expanded": 0}
     records: list = []
     for where, row in read_rows(spec):
         if limit is not None and len(records) >= limit:
@@ -356,9 +353,7 @@ def load_records(spec: str | os.PathLike, kind: str, *, limit: int | None = None
     if not records and limit != 0:
         if counts["rows"] == 0:
             raise DataError(source, "has no rows; check that it is the file you meant")
-        raise DataError(
-            source, f"no usable {kind} records: all {counts['rows']} rows were dropped ({counts})"
-        )
+        raise DataError(source, f"no usable {kind} records: all {counts['rows']} rows were dropped ({counts})")
     return LoadResult(records, counts, source)
 
 

@@ -10,6 +10,7 @@
   ``max_prompt_length``; then the response is cut from the **right** to fit ``max_length``.
   Nothing is dropped silently: :class:`TokenStats` counts every cut for the log.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -60,7 +61,9 @@ def messages_of(prompt) -> list[dict]:
 
 
 def encode_prompt(tokenizer, prompt) -> list[int]:
-    ids = tokenizer.apply_chat_template(messages_of(prompt), add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tokenizer.apply_chat_template(
+        messages_of(prompt), add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     return list(ids)
 
 
@@ -69,7 +72,14 @@ def encode_response(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False)) + [tokenizer.eos_token_id]
 
 
-def fit_lengths(prompt_ids: list[int], response_ids: list[int], max_length: int, max_prompt_length: int, stats: TokenStats, where: str = ""):
+def fit_lengths(
+    prompt_ids: list[int],
+    response_ids: list[int],
+    max_length: int,
+    max_prompt_length: int,
+    stats: TokenStats,
+    where: str = "",
+):
     """Cut the prompt from the left and the response from the right; count each cut (and say where)."""
     if len(prompt_ids) > max_prompt_length:
         prompt_ids = prompt_ids[-max_prompt_length:]
@@ -83,9 +93,16 @@ def fit_lengths(prompt_ids: list[int], response_ids: list[int], max_length: int,
     return prompt_ids, response_ids
 
 
-def tokenize_pair(tokenizer, prompt, response: str, *, max_length: int, max_prompt_length: int, stats: TokenStats, where: str = "") -> Example:
+def tokenize_pair(
+    tokenizer, prompt, response: str, *, max_length: int, max_prompt_length: int, stats: TokenStats, where: str = ""
+) -> Example:
     prompt_ids, response_ids = fit_lengths(
-        encode_prompt(tokenizer, prompt), encode_response(tokenizer, response), max_length, max_prompt_length, stats, where
+        encode_prompt(tokenizer, prompt),
+        encode_response(tokenizer, response),
+        max_length,
+        max_prompt_length,
+        stats,
+        where,
     )
     stats.examples += 1
     return Example(prompt_ids, response_ids, where)
@@ -95,7 +112,15 @@ def tokenize_sft(records, tokenizer, *, max_length: int, max_prompt_length: int)
     """SFT records -> examples (prompt masked, response + EOS)."""
     stats = TokenStats()
     out = [
-        tokenize_pair(tokenizer, r.prompt, r.response, max_length=max_length, max_prompt_length=max_prompt_length, stats=stats, where=r.where)
+        tokenize_pair(
+            tokenizer,
+            r.prompt,
+            r.response,
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            stats=stats,
+            where=r.where,
+        )
         for r in records
     ]
     return out, stats
@@ -153,13 +178,17 @@ class RankedExample:
         return [Example(self.prompt_ids, r, self.where) for r in self.responses_ids]
 
 
-def _fit_responses(tokenizer, prompt, responses, max_length: int, max_prompt_length: int, stats: TokenStats, where: str = ""):
+def _fit_responses(
+    tokenizer, prompt, responses, max_length: int, max_prompt_length: int, stats: TokenStats, where: str = ""
+):
     """(prompt_ids, [response_ids, ...]): the prompt cut once, each response cut to the same room."""
     prompt_ids = encode_prompt(tokenizer, prompt)
     out = []
     for text in responses:
         # the first call may cut the prompt; later calls see it already short enough
-        prompt_ids, ids = fit_lengths(prompt_ids, encode_response(tokenizer, text), max_length, max_prompt_length, stats, where)
+        prompt_ids, ids = fit_lengths(
+            prompt_ids, encode_response(tokenizer, text), max_length, max_prompt_length, stats, where
+        )
         out.append(ids)
     stats.examples += 1
     return prompt_ids, out
@@ -176,7 +205,9 @@ def preference_pairs(records) -> list[tuple]:
     return out
 
 
-def tokenize_pairs(records, tokenizer, *, max_length: int, max_prompt_length: int) -> tuple[list[PairExample], TokenStats]:
+def tokenize_pairs(
+    records, tokenizer, *, max_length: int, max_prompt_length: int
+) -> tuple[list[PairExample], TokenStats]:
     """Preference (or ranking, expanded to pairs) records -> :class:`PairExample`.
 
     ``stats.examples`` counts pairs; ``prompts_truncated`` counts each pair's prompt at most once;
@@ -185,12 +216,16 @@ def tokenize_pairs(records, tokenizer, *, max_length: int, max_prompt_length: in
     stats = TokenStats()
     out = []
     for prompt, chosen, rejected, where, margin in preference_pairs(records):
-        prompt_ids, (c, j) = _fit_responses(tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length, stats, where)
+        prompt_ids, (c, j) = _fit_responses(
+            tokenizer, prompt, (chosen, rejected), max_length, max_prompt_length, stats, where
+        )
         out.append(PairExample(prompt_ids, c, j, where, margin))
     return out, stats
 
 
-def tokenize_rankings(records, tokenizer, *, max_length: int, max_prompt_length: int) -> tuple[list[RankedExample], TokenStats]:
+def tokenize_rankings(
+    records, tokenizer, *, max_length: int, max_prompt_length: int
+) -> tuple[list[RankedExample], TokenStats]:
     """Records -> :class:`RankedExample` groups (for K-wise / Plackett–Luce losses).
 
     A ranking record keeps its K responses together; a preference record is a group of K = 2
@@ -208,12 +243,22 @@ def tokenize_rankings(records, tokenizer, *, max_length: int, max_prompt_length:
     return out, stats
 
 
-def tokenize_unpaired(records, tokenizer, *, max_length: int, max_prompt_length: int) -> tuple[list[Example], TokenStats]:
+def tokenize_unpaired(
+    records, tokenizer, *, max_length: int, max_prompt_length: int
+) -> tuple[list[Example], TokenStats]:
     """Unpaired (KTO) records -> examples with ``meta["desirable"]`` (bool)."""
     stats = TokenStats()
     out = []
     for r in records:
-        ex = tokenize_pair(tokenizer, r.prompt, r.response, max_length=max_length, max_prompt_length=max_prompt_length, stats=stats, where=r.where)
+        ex = tokenize_pair(
+            tokenizer,
+            r.prompt,
+            r.response,
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            stats=stats,
+            where=r.where,
+        )
         ex.meta["desirable"] = bool(r.desirable)
         out.append(ex)
     return out, stats

@@ -8,6 +8,7 @@ per-token log-probs of each response under the policy and under the baseline (π
 estimates are of KL(π‖π_ref) on samples from π. The baseline also gives ``bon_samples``
 responses per prompt for the best-of-n curve.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,23 +56,29 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
     with torch.no_grad():
         for s in range(0, len(exp), rollout.forward_batch_size):
             part = exp.select(torch.arange(s, min(s + rollout.forward_batch_size, len(exp))))
-            logps.append(response_logprobs(model, part, temperature=rollout.temperature, device=device)[0].float().cpu())
+            logps.append(
+                response_logprobs(model, part, temperature=rollout.temperature, device=device)[0].float().cpu()
+            )
             if ref_model is not None:
-                refs.append(response_logprobs(ref_model, part, temperature=rollout.temperature, device=device)[0].float().cpu())
+                refs.append(
+                    response_logprobs(ref_model, part, temperature=rollout.temperature, device=device)[0].float().cpu()
+                )
     logp = torch.cat(logps)
     ref = torch.cat(refs) if refs else None
     rows = []
     for i, g in enumerate(gens):
         n = int(exp.response_mask[i].sum())
         rec = records[i // k]
-        rows.append({
-            "prompt": messages_of(rec.prompt),
-            "response": g.text,
-            "finished": g.finished,
-            "length": len(g.response_ids),
-            "logprobs": logp[i, :n].tolist(),
-            "ref_logprobs": None if ref is None else ref[i, :n].tolist(),
-        })
+        rows.append(
+            {
+                "prompt": messages_of(rec.prompt),
+                "response": g.text,
+                "finished": g.finished,
+                "length": len(g.response_ids),
+                "logprobs": logp[i, :n].tolist(),
+                "ref_logprobs": None if ref is None else ref[i, :n].tolist(),
+            }
+        )
     return rows
 
 
@@ -93,7 +100,9 @@ def run_eval(cfg) -> dict:
     if cfg.baseline not in folders:
         from alignlab.errors import ConfigError
 
-        raise ConfigError(f"eval: the baseline '{cfg.baseline}' has no complete stage with a final model in {run} (found: {', '.join(folders) or 'none'})")
+        raise ConfigError(
+            f"eval: the baseline '{cfg.baseline}' has no complete stage with a final model in {run} (found: {', '.join(folders) or 'none'})"
+        )
     with open_stage(cfg, "eval") as stage:
         seed_everything(cfg.seed)
         stage.consumed = {name: str(path) for name, path in folders.items()}
@@ -108,21 +117,37 @@ def run_eval(cfg) -> dict:
             loaded = ref if name == cfg.baseline else _load(path, cfg.model, cfg.seed)
             # the baseline's extra samples per prompt give the best-of-n curve (evaluate_run's bon_source)
             k = max(cfg.samples, cfg.bon_samples) if name == cfg.baseline else cfg.samples
-            rows = sample_policy(loaded.model, loaded.tokenizer, records, ids, k=k, rollout=cfg.rollout, seed=cfg.seed, ref_model=ref.model)
+            rows = sample_policy(
+                loaded.model,
+                loaded.tokenizer,
+                records,
+                ids,
+                k=k,
+                rollout=cfg.rollout,
+                seed=cfg.seed,
+                ref_model=ref.model,
+            )
             prompts = [last_user_message(r["prompt"]) for r in rows]
             responses = [r["response"] for r in rows]
             for r, g in zip(rows, gold_fn(prompts, responses)):
                 r["gold"] = float(g)
             if proxy is not None:
                 recs = [records[i // k] for i in range(len(rows))]
-                scores = proxy.score([r.prompt for r in recs], responses, finished=[r["finished"] for r in rows], meta=[r.meta for r in recs])
+                scores = proxy.score(
+                    [r.prompt for r in recs],
+                    responses,
+                    finished=[r["finished"] for r in rows],
+                    meta=[r.meta for r in recs],
+                )
                 for r, sc in zip(rows, scores.tolist()):
                     r["score"] = float(sc)
             policies[name] = rows
             del loaded
         probes = _probes(cfg, folders, ref) if cfg.probes else None
         bon = cfg.baseline if max(cfg.samples, cfg.bon_samples) >= 2 else None
-        result = evaluate_run(run, policies=policies, gold_fn=gold_fn, baseline=cfg.baseline, bon_source=bon, probes=probes, seed=cfg.seed)
+        result = evaluate_run(
+            run, policies=policies, gold_fn=gold_fn, baseline=cfg.baseline, bon_source=bon, probes=probes, seed=cfg.seed
+        )
         summary = {"stage": "eval", "policies": list(folders), "prompts": len(records), "baseline": cfg.baseline}
         for name, p in result["policies"].items():
             summary[f"gold/{name}"] = p["gold"]["mean"]
@@ -143,11 +168,18 @@ def _probes(cfg, folders: dict[str, Path], ref) -> dict:
     if "sycophancy" in cfg.probes:
         jobs.append(("sycophancy", P.sycophancy_prompts(), None))
     if "harmlessness" in cfg.probes:
-        jobs.append(("harmlessness", P.harmlessness_prompts(cfg.harmless_data, limit=cfg.harmless_limit, seed=cfg.seed), None))
+        jobs.append(
+            ("harmlessness", P.harmlessness_prompts(cfg.harmless_data, limit=cfg.harmless_limit, seed=cfg.seed), None)
+        )
     for name, path in folders.items():
         loaded = ref if name == cfg.baseline else _load(path, cfg.model, cfg.seed)
         for probe, prompts, _ in jobs:
-            recs = [PromptRecord(tuple(Message(m["role"], m["content"]) for m in p) if isinstance(p, list) else (Message("user", p),)) for p in prompts]
+            recs = [
+                PromptRecord(
+                    tuple(Message(m["role"], m["content"]) for m in p) if isinstance(p, list) else (Message("user", p),)
+                )
+                for p in prompts
+            ]
             ids = tokenize_prompts(recs, loaded.tokenizer, cfg.data.max_prompt_length)
             rows = sample_policy(loaded.model, loaded.tokenizer, recs, ids, k=1, rollout=cfg.rollout, seed=cfg.seed)
             responses = [r["response"] for r in rows]
@@ -168,4 +200,6 @@ def run_report(cfg) -> dict:
 
     with open_stage(cfg, "report") as stage:
         html = build_report(run_path(cfg.output_dir, cfg.run_name), save_pngs=cfg.figures)
-        return stage.complete({"stage": "report", "report": str(html), "summary": str(Path(html).parent / "summary.json")})
+        return stage.complete(
+            {"stage": "report", "report": str(html), "summary": str(Path(html).parent / "summary.json")}
+        )

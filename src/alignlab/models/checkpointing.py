@@ -16,6 +16,7 @@ per token in the MLP alone).
 The results are the same in all three modes (the recomputed ops are deterministic; dropout's RNG
 state is replayed by ``torch.utils.checkpoint``).
 """
+
 from __future__ import annotations
 
 import functools

@@ -19,6 +19,7 @@ A saved reward model is a folder::
     reward_head.safetensors                                            {"weight": (1, H), "bias": (1,)}
     reward_norm.json                                                   {"shift", "scale", ...}
 """
+
 from __future__ import annotations
 
 import json
@@ -68,7 +69,9 @@ class RewardModel(torch.nn.Module):
         self.head.to(device)
         self.shift, self.scale = float(shift), float(scale)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Raw (unnormalised) rewards: (B, T) ids -> (B,) float32."""
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
@@ -91,7 +94,9 @@ class RewardModel(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------- save / load
-def save_reward_model(rm: RewardModel, tokenizer, folder: Path, *, base: str | None, seed: int = 0, norm: dict | None = None) -> None:
+def save_reward_model(
+    rm: RewardModel, tokenizer, folder: Path, *, base: str | None, seed: int = 0, norm: dict | None = None
+) -> None:
     """Backbone via ``models.load.save_pretrained`` (adapter or full), the head, and (if given) the normalisation."""
     from safetensors.torch import save_file
 
@@ -99,7 +104,10 @@ def save_reward_model(rm: RewardModel, tokenizer, folder: Path, *, base: str | N
 
     folder = Path(folder)
     save_pretrained(rm.backbone, tokenizer, folder, base=base, seed=seed)
-    head = {"weight": rm.head.weight.detach().float().cpu().contiguous(), "bias": rm.head.bias.detach().float().cpu().contiguous()}
+    head = {
+        "weight": rm.head.weight.detach().float().cpu().contiguous(),
+        "bias": rm.head.bias.detach().float().cpu().contiguous(),
+    }
     save_file(head, str(folder / HEAD_FILE))
     if norm is not None:
         (folder / NORM_FILE).write_text(json.dumps(norm, indent=1), encoding="utf-8")
@@ -134,7 +142,9 @@ class LoadedReward:
     norm: dict
 
 
-def load_reward_model(folder: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False) -> LoadedReward:
+def load_reward_model(
+    folder: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+) -> LoadedReward:
     """A trained reward model for scoring (eval mode; a LoRA backbone is merged into its base)."""
     from alignlab.config import ModelConfig, from_dict
     from alignlab.models.load import load_model
@@ -142,7 +152,10 @@ def load_reward_model(folder: str | Path, *, device: str = "auto", dtype: str = 
     folder = Path(folder).expanduser()
     if not (folder / HEAD_FILE).is_file():
         raise ModelLoadError(f"{folder}: not a reward model folder (no {HEAD_FILE}); give a reward run's final/ folder")
-    cfg = from_dict(ModelConfig, {"name_or_path": str(folder), "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code})
+    cfg = from_dict(
+        ModelConfig,
+        {"name_or_path": str(folder), "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code},
+    )
     loaded = load_model(cfg, for_training=False)
     norm = json.loads((folder / NORM_FILE).read_text(encoding="utf-8")) if (folder / NORM_FILE).is_file() else {}
     rm = RewardModel(loaded.model, shift=norm.get("shift", 0.0), scale=norm.get("scale", 1.0))
@@ -152,7 +165,9 @@ def load_reward_model(folder: str | Path, *, device: str = "auto", dtype: str = 
 
 
 @torch.no_grad()
-def score_examples(rm: RewardModel, examples: list, pad_id: int, *, batch_size: int = 16, normalised: bool = False) -> torch.Tensor:
+def score_examples(
+    rm: RewardModel, examples: list, pad_id: int, *, batch_size: int = 16, normalised: bool = False
+) -> torch.Tensor:
     """Scores of tokenised (prompt, response) examples (``data.tokenize.Example``), (N,) float32 on CPU; eval mode, no grad."""
     from alignlab.data.collate import pad_examples
 

@@ -5,6 +5,7 @@ transformers enforces); ``trust_remote_code`` stays off unless the config turns 
 never contacted (``local_files_only=True``): a hub id that is not already cached is an error that
 says so.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -93,7 +94,9 @@ def _resolve_source(name_or_path: str) -> str:
         _check_folder_is_safe(p)
         return str(p)
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelLoadError(f"{name_or_path}: model folder not found; give an existing folder or a preset ({', '.join(presets.PRESETS)})")
+        raise ModelLoadError(
+            f"{name_or_path}: model folder not found; give an existing folder or a preset ({', '.join(presets.PRESETS)})"
+        )
     return name_or_path  # a hub id: only the local cache is consulted below
 
 
@@ -150,7 +153,11 @@ def apply_lora(model, lora_cfg):
             f"linear layers here include {sorted(n for n in present if 'proj' in n)[:8]}"
         )
     config = LoraConfig(
-        r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout, target_modules=targets, task_type="CAUSAL_LM"
+        r=lora_cfg.r,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
     )
     with quiet_hf():
         return get_peft_model(model, config)
@@ -171,7 +178,9 @@ def save_pretrained(model, tokenizer, folder: Path, *, base: str | None = None, 
     with quiet_hf():
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
-    (folder / INFO_FILE).write_text(json.dumps({"base": base, "seed": seed, "adapter": is_peft(model)}), encoding="utf-8")
+    (folder / INFO_FILE).write_text(
+        json.dumps({"base": base, "seed": seed, "adapter": is_peft(model)}), encoding="utf-8"
+    )
 
 
 def restore_weights(model, folder: Path, *, pattern: str = "*.safetensors") -> None:
@@ -196,7 +205,9 @@ def restore_weights(model, folder: Path, *, pattern: str = "*.safetensors") -> N
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k or "embed" in k}
     if unexpected or set(missing) - tied:
-        raise ModelLoadError(f"{folder}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+        raise ModelLoadError(
+            f"{folder}: weights do not match the model (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 def _is_adapter_folder(name: str) -> bool:
@@ -227,7 +238,9 @@ def _load_adapter_folder(folder: Path, dtype, trust_remote_code: bool, seed: int
         adapter_cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
         base_name = adapter_cfg.get("base_model_name_or_path")
     if not base_name:
-        raise ModelLoadError(f"{folder}: LoRA adapter without a recorded base model; add {INFO_FILE} with {{\"base\": ...}}")
+        raise ModelLoadError(
+            f'{folder}: LoRA adapter without a recorded base model; add {INFO_FILE} with {{"base": ...}}'
+        )
     model, tokenizer = _load_any(base_name, dtype, trust_remote_code, info.get("seed", seed))
     with quiet_hf():
         model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()

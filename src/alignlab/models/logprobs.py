@@ -10,6 +10,7 @@ live and the head's matmul is recomputed in backward.
 Alignment: ``logprobs[:, t]`` is ``log π(input_ids[:, t+1] | input_ids[:, :t+1])``, so the result
 is ``(B, T-1)`` and lines up with ``labels[:, 1:]``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -101,16 +102,28 @@ def selected_logprobs(head, hidden, targets, *, temperature: float = 1.0, chunk_
     """
     n = hidden.shape[0]
     if n <= chunk_size or not (torch.is_grad_enabled() and hidden.requires_grad):
-        pieces = [_chunk_logprobs(head, hidden[s : s + chunk_size], targets[s : s + chunk_size], temperature) for s in range(0, max(n, 1), chunk_size)]
+        pieces = [
+            _chunk_logprobs(head, hidden[s : s + chunk_size], targets[s : s + chunk_size], temperature)
+            for s in range(0, max(n, 1), chunk_size)
+        ]
     else:
         pieces = [
-            checkpoint(_chunk_logprobs, head, hidden[s : s + chunk_size], targets[s : s + chunk_size], temperature, use_reentrant=False)
+            checkpoint(
+                _chunk_logprobs,
+                head,
+                hidden[s : s + chunk_size],
+                targets[s : s + chunk_size],
+                temperature,
+                use_reentrant=False,
+            )
             for s in range(0, n, chunk_size)
         ]
     return torch.cat(pieces)
 
 
-def logprobs_from_hidden(head, hidden, targets, *, mask=None, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK):
+def logprobs_from_hidden(
+    head, hidden, targets, *, mask=None, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK
+):
     """Log-probs of ``targets`` at the positions ``mask`` selects: (B, L, H), (B, L) -> (B, L) float32.
 
     The LM head runs only where ``mask`` is true (all positions when None): prompt and padding
@@ -141,7 +154,9 @@ def token_logprobs(
     """
     _, head = trunk_and_head(model)
     hidden = hidden_states(model, input_ids, attention_mask, position_ids)  # (B, T, H)
-    return logprobs_from_hidden(head, hidden[:, :-1], input_ids[:, 1:], mask=mask, temperature=temperature, chunk_size=chunk_size)
+    return logprobs_from_hidden(
+        head, hidden[:, :-1], input_ids[:, 1:], mask=mask, temperature=temperature, chunk_size=chunk_size
+    )
 
 
 def entropy_chunks(head, hidden, mask, *, temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:

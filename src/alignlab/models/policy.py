@@ -6,6 +6,7 @@ adapter disabled; with full fine-tuning a frozen deep copy of the initial weight
 copy of the weights — about 0.54 GB for SmolLM2-135M in float32 — but no gradients or optimizer
 state for it).
 """
+
 from __future__ import annotations
 
 import copy

@@ -9,6 +9,7 @@ safetensors folder under the user cache directory and loads that afterwards (abo
 conversion writes to a temporary folder, fsyncs it and renames it into place, so an interrupted
 conversion never leaves a half-written cache.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,8 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from alignlab.runs import fsync_tree
 from alignlab.errors import ModelLoadError
+from alignlab.runs import fsync_tree
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

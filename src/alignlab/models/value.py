@@ -11,6 +11,7 @@ Two ways to hold it (``PPOConfig.value_model``):
 The head starts at zero (V = 0 everywhere, and no gradient reaches the trunk through the value
 loss until the head has learnt something) and computes in float32 whatever the trunk's dtype.
 """
+
 from __future__ import annotations
 
 import torch

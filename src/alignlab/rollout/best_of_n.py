@@ -9,6 +9,7 @@ A stage like the others (a row of the pipeline table, opened with ``open_stage``
 shared schema: one row per prompt with the best response and its score, plus ``scores``, all n
 scores) and ``COMPLETE`` with the summary.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,26 +37,42 @@ def run_best_of_n(cfg) -> dict:
     from alignlab.rollout.vllm_engine import make_engine
     from alignlab.trainers.run import open_stage
 
-    reward = load_reward_source(cfg.reward.source, cfg.reward.kwargs, device=cfg.model.device, batch_size=cfg.reward.batch_size)
+    reward = load_reward_source(
+        cfg.reward.source, cfg.reward.kwargs, device=cfg.model.device, batch_size=cfg.reward.batch_size
+    )
     with open_stage(cfg, "best-of-n") as run:
         loaded = load_records(cfg.data.train, "prompt", limit=cfg.data.limit)
         run.log.info("data %s: %s", loaded.source, loaded.counts)
         records = loaded.records
         model = load_model(cfg.model, seed=cfg.seed, for_training=False)
-        engine = make_engine(cfg.rollout.engine, model.model, model.tokenizer, batch_size=cfg.rollout.generation_batch_size,
-                             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=cfg.seed)
+        engine = make_engine(
+            cfg.rollout.engine,
+            model.model,
+            model.tokenizer,
+            batch_size=cfg.rollout.generation_batch_size,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            seed=cfg.seed,
+        )
         ids = tokenize_prompts(records, model.tokenizer, cfg.data.max_prompt_length, run.log)
         _, gens = sample_rollout(engine, model.tokenizer, ids, sampling_params(cfg.rollout, seed=cfg.seed), k=cfg.n)
-        scores = score_rollout(reward, records, gens, truncation_penalty=cfg.rollout.truncation_penalty, k=cfg.n)  # (P·n,)
+        scores = score_rollout(
+            reward, records, gens, truncation_penalty=cfg.rollout.truncation_penalty, k=cfg.n
+        )  # (P·n,)
         index, best = pick_best(scores, cfg.n)
         grouped = scores.reshape(-1, cfg.n)  # (P, n)
         rows = []
         for p, rec in enumerate(records):
             g = gens[p * cfg.n + int(index[p])]
-            rows.append({
-                "prompt": messages_of(rec.prompt), "response": g.text, "finished": g.finished,
-                "length": len(g.response_ids), "score": float(best[p]), "scores": grouped[p].tolist(),
-            })
+            rows.append(
+                {
+                    "prompt": messages_of(rec.prompt),
+                    "response": g.text,
+                    "finished": g.finished,
+                    "length": len(g.response_ids),
+                    "score": float(best[p]),
+                    "scores": grouped[p].tolist(),
+                }
+            )
         run.write_samples(rows)
         summary = {
             "stage": "best-of-n",

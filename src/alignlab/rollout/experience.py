@@ -15,6 +15,7 @@ left padding does not shift positions and a row computes what it would compute a
 (the policy must learn to stop). Rows of a group method are stored contiguously,
 ``[prompt0 × k, prompt1 × k, ...]``, as the group advantage estimators expect.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,10 +34,14 @@ class Experience:
     response_mask: torch.Tensor  # (B, R) float, 1 on valid response tokens (EOS included)
     finished: torch.Tensor  # (B,) bool, the response ended with EOS (False: cut at max_new_tokens)
     scores: torch.Tensor | None = None  # (B,) reward-source scores after the truncation penalty, before normalisation
-    old_logprobs: torch.Tensor | None = None  # (B, R) log π_old(y_t) of the policy that sampled, at the sampling temperature
+    old_logprobs: torch.Tensor | None = (
+        None  # (B, R) log π_old(y_t) of the policy that sampled, at the sampling temperature
+    )
     ref_logprobs: torch.Tensor | None = None  # (B, R) log π_ref(y_t), same temperature
     values: torch.Tensor | None = None  # (B, R) V(s_t) before token t (PPO only)
-    rewards: torch.Tensor | None = None  # (B, R) per token (PPO: −β·kl + score at the last token) or (B,) per sequence (RLOO)
+    rewards: torch.Tensor | None = (
+        None  # (B, R) per token (PPO: −β·kl + score at the last token) or (B,) per sequence (RLOO)
+    )
     advantages: torch.Tensor | None = None  # (B, R) per token (PPO, GAE) or (B,) per sequence (RLOO, GRPO)
     returns: torch.Tensor | None = None  # (B, R) value targets A + V (PPO only)
     keep: torch.Tensor | None = None  # (B,) bool: rows that carry a learning signal (DAPO's dynamic sampling)
@@ -66,7 +71,7 @@ class Experience:
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
-    def select(self, index: torch.Tensor) -> "Experience":
+    def select(self, index: torch.Tensor) -> Experience:
         """The rows ``index`` (a minibatch): every tensor field indexed along dim 0."""
         out = {}
         for f in dataclasses.fields(self):
@@ -79,19 +84,23 @@ class Experience:
                 out[f.name] = value
         return Experience(**out)
 
-    def minibatches(self, size: int, generator: torch.Generator) -> list["Experience"]:
+    def minibatches(self, size: int, generator: torch.Generator) -> list[Experience]:
         """The rows in a random order cut into minibatches of ``size`` rows (the last may be smaller)."""
         order = torch.randperm(len(self), generator=generator)
         return [self.select(order[i : i + size]) for i in range(0, len(self), size)]
 
 
-def collate_rollout(prompts: list[list[int]], responses: list[list[int]], finished: list[bool], pad_id: int) -> Experience:
+def collate_rollout(
+    prompts: list[list[int]], responses: list[list[int]], finished: list[bool], pad_id: int
+) -> Experience:
     """Token id lists -> an :class:`Experience` with the layout of the module docstring.
 
     Every response must hold at least one token (an engine always returns one: at least EOS).
     """
     if not (len(prompts) == len(responses) == len(finished)) or not prompts:
-        raise ValueError(f"need as many prompts, responses and flags (got {len(prompts)}, {len(responses)}, {len(finished)}), at least one")
+        raise ValueError(
+            f"need as many prompts, responses and flags (got {len(prompts)}, {len(responses)}, {len(finished)}), at least one"
+        )
     B = len(prompts)
     P = max(len(p) for p in prompts)
     R = max(1, max(len(r) for r in responses))

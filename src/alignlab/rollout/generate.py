@@ -5,6 +5,7 @@ An engine turns a batch of tokenised prompts into responses. :class:`Transformer
 same two methods. Each result keeps the response token ids (ending at EOS when one was produced)
 and whether the response finished with EOS or hit ``max_new_tokens``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -2,6 +2,7 @@
 
 Shapes: B responses, P prompt columns (left-padded), R response columns (right-padded).
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,9 @@ from alignlab.rollout.experience import Experience
 def response_hidden(model, exp: Experience, device) -> torch.Tensor:
     """Hidden states at the positions that predict each response token: ``(B, R, H)``."""
     P = exp.prompt_width
-    hidden = hidden_states(model, exp.input_ids.to(device), exp.attention_mask.to(device), exp.position_ids.to(device))  # (B, P+R, H)
+    hidden = hidden_states(
+        model, exp.input_ids.to(device), exp.attention_mask.to(device), exp.position_ids.to(device)
+    )  # (B, P+R, H)
     return hidden[:, P - 1 : -1]  # (B, R, H): position P-1+t predicts response token t
 
 
@@ -28,7 +31,9 @@ def response_logprobs(model, exp: Experience, *, temperature: float, device) -> 
     return logprobs_from_hidden(head, h, exp.response_ids.to(device), mask=mask, temperature=temperature), h
 
 
-def policy_forward(models: RLModels, exp: Experience, *, temperature: float, with_values: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def policy_forward(
+    models: RLModels, exp: Experience, *, temperature: float, with_values: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(logprobs ``(B, R)``, values ``(B, R)`` or None, policy hidden states ``(B, R, H)``), with grad."""
     logprobs, h = response_logprobs(models.model, exp, temperature=temperature, device=models.device)
     values = None

@@ -3,6 +3,7 @@
 Used by the RL stages (``trainers.rl``) and best-of-n. Rows are ``[prompt0 × k, prompt1 × k, ...]``
 (see :mod:`alignlab.rollout.experience` for the tensor layout).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,12 @@ def tokenize_prompts(records, tokenizer, max_prompt_length: int, log=None) -> li
 def sampling_params(rollout_cfg, seed: int | None = None):
     from alignlab.rollout.generate import SamplingParams
 
-    return SamplingParams(max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature, top_p=rollout_cfg.top_p, seed=seed)
+    return SamplingParams(
+        max_new_tokens=rollout_cfg.max_new_tokens,
+        temperature=rollout_cfg.temperature,
+        top_p=rollout_cfg.top_p,
+        seed=seed,
+    )
 
 
 def sample_rollout(engine, tokenizer, prompt_ids: list[list[int]], params, *, k: int = 1) -> tuple[Experience, list]:
@@ -46,5 +52,10 @@ def score_rollout(source, records, gens, *, truncation_penalty: float, k: int = 
 
     rows = [r for r in records for _ in range(k)]
     finished = torch.tensor([g.finished for g in gens], dtype=torch.bool)
-    scores = source.score([r.prompt for r in rows], [g.text for g in gens], finished=finished.tolist(), meta=[getattr(r, "meta", {}) for r in rows])
+    scores = source.score(
+        [r.prompt for r in rows],
+        [g.text for g in gens],
+        finished=finished.tolist(),
+        meta=[getattr(r, "meta", {}) for r in rows],
+    )
     return apply_truncation_penalty(scores, finished, truncation_penalty)

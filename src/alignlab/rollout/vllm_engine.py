@@ -12,6 +12,7 @@ stages call after every policy update — copies the current weights (LoRA merge
 inside this class. NOTE: this engine is not exercised by alignlab's tests (they run on CPU
 without vLLM); the transformers engine is the tested path.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -42,14 +43,20 @@ def choose_engine(requested: str, *, vllm_available: bool, gpu: bool) -> str:
         return "transformers"
     if requested == "vllm":
         if not vllm_available:
-            raise ConfigError("rollout.engine=vllm needs the vllm package: pip install 'alignlab[vllm]' (GPU only), or use rollout.engine=transformers")
+            raise ConfigError(
+                "rollout.engine=vllm needs the vllm package: pip install 'alignlab[vllm]' (GPU only), or use rollout.engine=transformers"
+            )
         if not gpu:
-            raise ConfigError("rollout.engine=vllm needs a CUDA GPU; none is visible. Use rollout.engine=transformers (or auto)")
+            raise ConfigError(
+                "rollout.engine=vllm needs a CUDA GPU; none is visible. Use rollout.engine=transformers (or auto)"
+            )
         return "vllm"
     return "vllm" if (vllm_available and gpu) else "transformers"
 
 
-def make_engine(requested: str, model, tokenizer, *, batch_size: int = 16, gpu_memory_utilization: float = 0.3, seed: int = 0) -> GenerationEngine:
+def make_engine(
+    requested: str, model, tokenizer, *, batch_size: int = 16, gpu_memory_utilization: float = 0.3, seed: int = 0
+) -> GenerationEngine:
     """The engine for ``rollout.engine`` (see :func:`choose_engine`) sampling from ``model``."""
     kind = choose_engine(requested, vllm_available=vllm_installed(), gpu=gpu_present())
     if kind == "vllm":

@@ -15,14 +15,15 @@ and the parent folder fsynced. A crash at any moment leaves either the previous 
 untouched, or a ``.tmp-`` folder that is ignored and removed at the next start. Older checkpoints
 are deleted only after a newer one is complete (``keep_last``).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -127,7 +128,9 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         last = latest_complete(ckpt_dir)
         keep = f"; the last good checkpoint is kept: {last}" if last else ""
-        raise CheckpointError(f"{final}: could not write the checkpoint ({e.strerror or e}){keep}. Free disk space and resume.") from None
+        raise CheckpointError(
+            f"{final}: could not write the checkpoint ({e.strerror or e}){keep}. Free disk space and resume."
+        ) from None
     for old in list_complete(ckpt_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -137,10 +140,14 @@ def _load_pt(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
 
 
-def load_checkpoint(folder: Path, *, load_model: Callable[[Path], None], optimizer=None, scheduler=None) -> tuple[dict, dict]:
+def load_checkpoint(
+    folder: Path, *, load_model: Callable[[Path], None], optimizer=None, scheduler=None
+) -> tuple[dict, dict]:
     """Restore model, optimizer, scheduler and RNG from ``folder``; returns (state, extra)."""
     if not (folder / MARKER).is_file():
         raise CheckpointError(f"{folder}: not a complete checkpoint (no {MARKER} marker)")

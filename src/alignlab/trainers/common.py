@@ -2,6 +2,7 @@
 
 Trainers call these functions (composition); none of them subclasses another trainer.
 """
+
 from __future__ import annotations
 
 import random

@@ -17,12 +17,20 @@ example i has a fixed partner j with another prompt (``mismatch_partners``, seed
 rows' reference log-probs are cached like the others. Rows ``0..B-1`` are the examples, rows
 ``B..2B-1`` their mismatched pairs, again in one forward pass.
 """
+
 from __future__ import annotations
 
 import torch
 
 from alignlab.data.collate import collate_pairs, collate_unpaired
-from alignlab.data.tokenize import Example, TokenStats, fit_lengths, mismatch_partners, tokenize_pairs, tokenize_unpaired
+from alignlab.data.tokenize import (
+    Example,
+    TokenStats,
+    fit_lengths,
+    mismatch_partners,
+    tokenize_pairs,
+    tokenize_unpaired,
+)
 from alignlab.losses.preference import get_preference_loss, kto, kto_kl_ref_point, preference_loss
 from alignlab.models.load import load_model
 from alignlab.trainers.common import load_split, model_io, sample_responses, seed_everything
@@ -38,7 +46,9 @@ class PairSet:
     names = ("chosen", "rejected")
 
     def __init__(self, records, tokenizer, max_length: int, max_prompt_length: int, pack_width: int | None = None):
-        self.examples, self.stats = tokenize_pairs(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+        self.examples, self.stats = tokenize_pairs(
+            records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length
+        )
         self.pad_id, self.pack_width = tokenizer.pad_token_id, pack_width
 
     def __len__(self) -> int:
@@ -58,27 +68,36 @@ class UnpairedSet:
 
     names = ("logps", "mismatched")
 
-    def __init__(self, records, tokenizer, max_length: int, max_prompt_length: int, seed: int, pack_width: int | None = None):
-        self.examples, self.stats = tokenize_unpaired(records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length)
+    def __init__(
+        self, records, tokenizer, max_length: int, max_prompt_length: int, seed: int, pack_width: int | None = None
+    ):
+        self.examples, self.stats = tokenize_unpaired(
+            records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length
+        )
         self.pad_id, self.pack_width = tokenizer.pad_token_id, pack_width
         self.partners = mismatch_partners(self.examples, seed)
         cut = TokenStats()  # mismatched rows are cut to fit too; not counted as data truncation
         self.mismatched = []
         for ex, j in zip(self.examples, self.partners):
-            prompt_ids, response_ids = fit_lengths(ex.prompt_ids, self.examples[j].response_ids, max_length, max_prompt_length, cut)
+            prompt_ids, response_ids = fit_lengths(
+                ex.prompt_ids, self.examples[j].response_ids, max_length, max_prompt_length, cut
+            )
             self.mismatched.append(Example(prompt_ids, response_ids, ex.where))
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def batch(self, indices: list[int]) -> dict:
-        batch = collate_unpaired([self.examples[i] for i in indices], self.pad_id, [self.mismatched[i] for i in indices], self.pack_width)
+        batch = collate_unpaired(
+            [self.examples[i] for i in indices], self.pad_id, [self.mismatched[i] for i in indices], self.pack_width
+        )
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
     def fingerprint(self) -> str:
         return data_fingerprint(
-            (e.prompt_ids, e.response_ids, m.response_ids, [int(e.meta["desirable"])]) for e, m in zip(self.examples, self.mismatched)
+            (e.prompt_ids, e.response_ids, m.response_ids, [int(e.meta["desirable"])])
+            for e, m in zip(self.examples, self.mismatched)
         )
 
 
@@ -116,7 +135,9 @@ def direct_loss(cfg, model, batch: dict, ref) -> tuple[torch.Tensor, dict]:
         inputs["ref_chosen_logps"] = ref.take("chosen", idx, device)
         inputs["ref_rejected_logps"] = ref.take("rejected", idx, device)
     hyper = cfg.hyperparameters()
-    return preference_loss(cfg.loss, **inputs, **{k: v for k, v in hyper.items() if k in (*spec.hyperparameters, "length_normalize")})
+    return preference_loss(
+        cfg.loss, **inputs, **{k: v for k, v in hyper.items() if k in (*spec.hyperparameters, "length_normalize")}
+    )
 
 
 def evaluate(cfg, model, data, ref, batch_size: int, max_batches: int = 0) -> dict:
@@ -215,7 +236,9 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
             return summary  # stopped early on purpose (a simulated crash): not complete
         run.replace_final(save_fn)
         if cfg.train.num_samples:
-            run.write_samples(sample_responses(model, tokenizer, eval_records or train_records, n=cfg.train.num_samples, seed=seed))
+            run.write_samples(
+                sample_responses(model, tokenizer, eval_records or train_records, n=cfg.train.num_samples, seed=seed)
+            )
         return run.complete(summary)
 
 

@@ -16,6 +16,7 @@ differ in two places, each a small function picked from a dict:
   DAPO: clip (ε_low, ε_high), token-level mean over the minibatch; GSPO: sequence ratio
   exp(mean_t log π/π_old) clipped at sequence level; see ``losses.ppo``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -80,11 +81,20 @@ def _grpo(logprobs, mb, mask, cfg):
     d, h = logprobs.device, cfg.hyperparameters()
     if cfg.loss in ("grpo", "dr_grpo"):
         return grpo_loss(
-            logprobs, mb.old_logprobs.to(d), mb.ref_logprobs.to(d), mb.advantages.to(d), mask,
-            h["cliprange"], h["beta"], cfg.loss, max_len=cfg.rollout.max_new_tokens,
+            logprobs,
+            mb.old_logprobs.to(d),
+            mb.ref_logprobs.to(d),
+            mb.advantages.to(d),
+            mask,
+            h["cliprange"],
+            h["beta"],
+            cfg.loss,
+            max_len=cfg.rollout.max_new_tokens,
         )
     fn = {"dapo": dapo_loss, "gspo": gspo_loss}[cfg.loss]
-    loss, stats = fn(logprobs, mb.old_logprobs.to(d), mb.advantages.to(d), mask, h["cliprange_low"], h["cliprange_high"])
+    loss, stats = fn(
+        logprobs, mb.old_logprobs.to(d), mb.advantages.to(d), mask, h["cliprange_low"], h["cliprange_high"]
+    )
     return _with_kl(loss, stats, logprobs, mb, mask, h["beta"])
 
 
@@ -111,9 +121,13 @@ def build_group(ctx: RLContext, targets, loss_fn) -> RLAlgorithm:
 
 def train_rloo(cfg, *, stop_after: int | None = None) -> dict:
     """Train the RLOO stage (:class:`~alignlab.config.RLOOConfig`) into ``<output_dir>/<run_name>/rloo``."""
-    return run_rl_stage(cfg, "rloo", lambda ctx: build_group(ctx, rloo_targets, RLOO_LOSSES[cfg.loss]), stop_after=stop_after)
+    return run_rl_stage(
+        cfg, "rloo", lambda ctx: build_group(ctx, rloo_targets, RLOO_LOSSES[cfg.loss]), stop_after=stop_after
+    )
 
 
 def train_grpo(cfg, *, stop_after: int | None = None) -> dict:
     """Train the GRPO stage (:class:`~alignlab.config.GRPOConfig`: grpo, dr_grpo, dapo, gspo) into ``<output_dir>/<run_name>/grpo``."""
-    return run_rl_stage(cfg, "grpo", lambda ctx: build_group(ctx, grpo_targets, GROUP_LOSSES[cfg.loss]), stop_after=stop_after)
+    return run_rl_stage(
+        cfg, "grpo", lambda ctx: build_group(ctx, grpo_targets, GROUP_LOSSES[cfg.loss]), stop_after=stop_after
+    )

@@ -14,12 +14,14 @@ Exact resume: the data order is a pure function of (seed, micro-batch index); th
 weights, optimizer, scheduler, RNG states, the micro-batch position and each stage's extra state,
 so N steps + resume + N steps equals 2N steps straight.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -121,7 +123,9 @@ def clip_and_step(params, optimizer, max_grad_norm: float, *, finite: bool = Tru
     return norm, stepped
 
 
-def resume_latest(run: RunDir, *, load_model, optimizer=None, scheduler=None, extra_state: dict | None = None) -> tuple[dict | None, str | None]:
+def resume_latest(
+    run: RunDir, *, load_model, optimizer=None, scheduler=None, extra_state: dict | None = None
+) -> tuple[dict | None, str | None]:
     """Restore the newest complete checkpoint of ``run`` into the given objects.
 
     Partial checkpoints left by a crash are removed first. Restores the model (``load_model``),
@@ -237,7 +241,9 @@ def train_loop(
     step, resumed_from = 0, None
     torch.manual_seed(cfg.seed + 1)  # dropout and any sampling inside steps
     if cfg.resume:
-        state, resumed_from = resume_latest(run, load_model=load_model, optimizer=optimizer, scheduler=scheduler, extra_state=extra_state)
+        state, resumed_from = resume_latest(
+            run, load_model=load_model, optimizer=optimizer, scheduler=scheduler, extra_state=extra_state
+        )
         if state is not None:
             step = state["step"]
             restore_position(state)
@@ -282,7 +288,9 @@ def train_loop(
             step += 1
             if outcome.halt:  # the weights are those of the last good update: save them, then stop
                 save(step)
-                raise NumericalError(f"{outcome.halt}; halted. The last good state is saved in {run.ckpt_dir}; lower train.lr, check the data, then resume")
+                raise NumericalError(
+                    f"{outcome.halt}; halted. The last good state is saved in {run.ckpt_dir}; lower train.lr, check the data, then resume"
+                )
             stats = dict(outcome.stats, lr=lr)
             if step % cfg.log_every == 0 or step == total:
                 metrics.write(step, "train", stats)
@@ -363,9 +371,14 @@ def fit(
             acc.append((w, {"loss": loss.detach(), **stats}))
         norm, stepped = loop.apply(finite)
         if not stepped:
-            run.log.warning("step %d: non-finite loss or gradient; step skipped; batch: %s", step + 1, ", ".join(wheres[:16]))
+            run.log.warning(
+                "step %d: non-finite loss or gradient; step skipped; batch: %s", step + 1, ", ".join(wheres[:16])
+            )
             if loop.guard.bad():
-                return StepOutcome({}, halt=f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (last batch: {', '.join(wheres[:4])})")
+                return StepOutcome(
+                    {},
+                    halt=f"{cfg.max_bad_steps} steps in a row had a non-finite loss or gradient (last batch: {', '.join(wheres[:4])})",
+                )
         if acc:  # a skipped step keeps showing the last stats
             last.clear()
             last.update(weighted_mean_stats(acc))
@@ -374,9 +387,18 @@ def fit(
 
     last: dict = {}
     return train_loop(
-        cfg=cfg, run=run, model=model, params=params, total=total, update=update,
-        save_model=save_model, load_model=load_model, eval_fn=eval_fn, extra_state=extra_state,
-        position=lambda: dict(pos), restore_position=lambda state: pos.update(micro=state["micro"]),
+        cfg=cfg,
+        run=run,
+        model=model,
+        params=params,
+        total=total,
+        update=update,
+        save_model=save_model,
+        load_model=load_model,
+        eval_fn=eval_fn,
+        extra_state=extra_state,
+        position=lambda: dict(pos),
+        restore_position=lambda state: pos.update(micro=state["micro"]),
         postfix=lambda st: {"loss": f"{st.get('loss', float('nan')):.4f}", "tok_s": f"{st.get('tokens_per_s', 0):.0f}"},
         stop_after=stop_after,
     )

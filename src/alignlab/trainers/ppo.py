@@ -16,6 +16,7 @@ every checkpoint (extra state) and, at the end, in ``<stage>/value.safetensors``
 ``final/`` as for every stage. The KL controller and the reward normaliser are saved in every
 checkpoint, so a resumed run continues exactly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,11 +24,11 @@ import torch
 from alignlab.losses.advantages import gae, reinforce_pp_advantages, whiten_advantages
 from alignlab.losses.kl import kl_loss_term, make_kl_controller, reward_with_kl
 from alignlab.losses.ppo import entropy_bonus, explained_variance, ppo_policy_loss, ppo_value_loss
-from alignlab.models.logprobs import trunk_and_head
 from alignlab.losses.reduce import masked_sum
+from alignlab.models.logprobs import trunk_and_head
 from alignlab.rollout.experience import Experience
-from alignlab.rollout.rewards import RunningMoments
 from alignlab.rollout.passes import policy_forward, sequence_kl
+from alignlab.rollout.rewards import RunningMoments
 from alignlab.trainers.rl import RLAlgorithm, RLContext, run_rl_stage, sample_and_score
 
 
@@ -49,7 +50,9 @@ def ppo_targets(exp: Experience, scores: torch.Tensor, *, beta: float, cfg) -> d
     rewards, _ = reward_with_kl(scores, exp.old_logprobs, exp.ref_logprobs, mask, beta_r, cfg.kl_estimator)  # (B, R)
     stats = {"reward": float(masked_sum(rewards, mask, dim=-1).mean())}  # per response: score − β Σ_t kl_t
     if cfg.advantage_estimator == "reinforce_pp":
-        advantages, returns = reinforce_pp_advantages(scores, exp.old_logprobs, exp.ref_logprobs, mask, beta_r, cfg.kl_estimator, cfg.gamma)
+        advantages, returns = reinforce_pp_advantages(
+            scores, exp.old_logprobs, exp.ref_logprobs, mask, beta_r, cfg.kl_estimator, cfg.gamma
+        )
     else:
         advantages, returns = gae(rewards, exp.values, mask, cfg.gamma, cfg.gae_lambda)  # (B, R) each
         if cfg.whiten_advantages:
@@ -90,14 +93,18 @@ def build_ppo(ctx: RLContext) -> RLAlgorithm:
             logprobs, mb.old_logprobs.to(device), mb.advantages.to(device), mask, cfg.cliprange, cfg.policy_reduction
         )
         if with_values:
-            value_loss, vstats = ppo_value_loss(values, mb.values.to(device), mb.returns.to(device), mask, cfg.cliprange_value)
+            value_loss, vstats = ppo_value_loss(
+                values, mb.values.to(device), mb.returns.to(device), mask, cfg.cliprange_value
+            )
             total, stats = total + cfg.vf_coef * value_loss, {**stats, **vstats}
         if cfg.kl_penalty == "loss" and controller.beta:
             kl, kstats = kl_loss_term(logprobs, mb.ref_logprobs.to(device), mask)  # k2: its gradient is ∇KL(π‖π_ref)
             total, stats = total + controller.beta * kl, {**stats, **kstats}
         if cfg.entropy_coef:
             _, head = trunk_and_head(ctx.models.model)
-            entropy, estats = entropy_bonus(head(h).float() / temperature, mask)  # (B, R, V) logits of the response positions
+            entropy, estats = entropy_bonus(
+                head(h).float() / temperature, mask
+            )  # (B, R, V) logits of the response positions
             total, stats = total - cfg.entropy_coef * entropy, {**stats, **estats}
         return total, stats
 
@@ -105,7 +112,9 @@ def build_ppo(ctx: RLContext) -> RLAlgorithm:
         controller.update(stats["kl"], len(exp))
         return {}
 
-    return RLAlgorithm(make_experience, loss, after_step, extra_state={"kl_controller": controller, "reward_norm": moments})
+    return RLAlgorithm(
+        make_experience, loss, after_step, extra_state={"kl_controller": controller, "reward_norm": moments}
+    )
 
 
 def train_ppo(cfg, *, stop_after: int | None = None) -> dict:

@@ -17,14 +17,15 @@ is restored, so even a cache miss then gives the same numbers). The file is writ
 name, fsynced and renamed into place, so a reader never sees half a file. Values are float32 and
 read back bit-for-bit: a run that computed them and a run that read them train identically.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -47,7 +48,11 @@ class ReferenceLogps:
 
 # ----------------------------------------------------------------------------- identity and key
 def _files_identity(folder: Path) -> list:
-    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".")
+    )
 
 
 def _weights_hash(model) -> str:
@@ -105,7 +110,9 @@ def data_fingerprint(rows: Iterable[Iterable[list[int]]]) -> str:
 
 
 def cache_key(identity: dict, fingerprint: str, settings: dict) -> str:
-    blob = json.dumps({"format": FORMAT, "model": identity, "data": fingerprint, "settings": settings}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"format": FORMAT, "model": identity, "data": fingerprint, "settings": settings}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
 
@@ -130,7 +137,15 @@ def seq_logps(model, batch: dict) -> torch.Tensor:
     return masked_sum(logprobs, batch["loss_mask"].to(logprobs.device), dim=-1)  # (N,)
 
 
-def compute_reference_logps(model, n_items: int, make_batch: Callable[[list[int]], dict], names: tuple[str, ...], *, batch_size: int, progress: bool = True) -> dict[str, torch.Tensor]:
+def compute_reference_logps(
+    model,
+    n_items: int,
+    make_batch: Callable[[list[int]], dict],
+    names: tuple[str, ...],
+    *,
+    batch_size: int,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
     """One pass over items ``0..n_items-1`` under :func:`reference_mode`.
 
     ``make_batch(indices)`` must put its rows name-major: rows ``0..B-1`` for ``names[0]``, then
@@ -196,7 +211,9 @@ def reference_logps(
             log.warning("reference log-probs: %s is unreadable or stale; recomputing", path)
     tensors = compute_reference_logps(model, n_items, make_batch, names, batch_size=batch_size, progress=progress)
     if path is not None:
-        _write_atomic(path, tensors, {"format": FORMAT, "n_items": n_items, "settings": json.dumps(settings, default=str)})
+        _write_atomic(
+            path, tensors, {"format": FORMAT, "n_items": n_items, "settings": json.dumps(settings, default=str)}
+        )
         if log:
             log.info("reference log-probs: computed %d items, cached in %s", n_items, path)
     return ReferenceLogps(tensors, path, hit=False)

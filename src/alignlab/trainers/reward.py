@@ -13,15 +13,22 @@ so after training they are fixed against the *reference policy*: the backbone as
 mean 0, std 1. Held-out eval (accuracy, mean margin, ECE) uses the raw scores: the ones the
 Bradley–Terry probability σ(r_w − r_l) was trained on.
 """
+
 from __future__ import annotations
 
 import json
 
 import torch
 
-from alignlab.data.collate import collate_pairs, collate_rankings, pad_examples
+from alignlab.data.collate import collate_pairs, collate_rankings
 from alignlab.data.tokenize import Example, encode_prompt, tokenize_pairs, tokenize_rankings
-from alignlab.losses.reward import bradley_terry, calibration, get_reward_loss, reward_centering_penalty, reward_magnitude_penalty
+from alignlab.losses.reward import (
+    bradley_terry,
+    calibration,
+    get_reward_loss,
+    reward_centering_penalty,
+    reward_magnitude_penalty,
+)
 from alignlab.models.heads import RewardModel, restore_reward_model, save_reward_model, score_examples
 from alignlab.models.load import load_model
 from alignlab.trainers.common import base_name, load_split, seed_everything
@@ -48,7 +55,9 @@ def pair_margins(cfg, data_margins: torch.Tensor | None, like: torch.Tensor) -> 
     return cfg.margin or None
 
 
-def pair_loss(cfg, rewards: torch.Tensor, n_pairs: int, data_margins: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+def pair_loss(
+    cfg, rewards: torch.Tensor, n_pairs: int, data_margins: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict]:
     """Bradley–Terry on rows (chosen 0..B-1, rejected B..2B-1), per-pair mean, plus the penalties."""
     chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]  # (B,), (B,)
     loss, stats = bradley_terry(chosen, rejected, pair_margins(cfg, data_margins, chosen))
@@ -95,7 +104,12 @@ def heldout_stats(rm: RewardModel, pairs, pad_id: int, batch_size: int) -> dict:
     chosen = score_examples(rm, [p.chosen() for p in pairs], pad_id, batch_size=batch_size)
     rejected = score_examples(rm, [p.rejected() for p in pairs], pad_id, batch_size=batch_size)
     cal = calibration(chosen, rejected)
-    return {"accuracy": float(cal["accuracy"]), "margin": float(cal["margin"]), "ece": float(cal["ece"]), "pairs": len(pairs)}
+    return {
+        "accuracy": float(cal["accuracy"]),
+        "margin": float(cal["margin"]),
+        "ece": float(cal["ece"]),
+        "pairs": len(pairs),
+    }
 
 
 def reference_samples(run: RunDir, rm: RewardModel, tokenizer, cfg) -> list[Example]:
@@ -113,11 +127,18 @@ def reference_samples(run: RunDir, rm: RewardModel, tokenizer, cfg) -> list[Exam
     prompts = [encode_prompt(tokenizer, r.prompt)[-cfg.data.max_prompt_length :] for r in records]
     params = SamplingParams(max_new_tokens=cfg.norm_max_new_tokens, temperature=1.0, top_p=1.0, seed=cfg.train.seed)
     gens = TransformersEngine(rm.backbone, tokenizer).generate(prompts, params)
-    examples = [Example(g.prompt_ids, g.response_ids or [tokenizer.eos_token_id], r.where) for g, r in zip(gens, records)]
+    examples = [
+        Example(g.prompt_ids, g.response_ids or [tokenizer.eos_token_id], r.where) for g, r in zip(gens, records)
+    ]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for e, g in zip(examples, gens):
-            fh.write(json.dumps({"where": e.where, "prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "response": g.text}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"where": e.where, "prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "response": g.text}
+                )
+                + "\n"
+            )
     tmp.replace(path)
     return examples
 
@@ -209,7 +230,9 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
         norm = normalisation(rm, samples, pad_id, cfg.train.batch_size, cfg.norm_prompts)
         norm.update(lengths)  # the truncation the model was trained with, for `alignlab score`
         rm.shift, rm.scale = norm["shift"], norm["scale"]
-        run.log.info("normalisation on %d reference responses: shift %.4g, scale %.4g", norm["n"], norm["shift"], norm["scale"])
+        run.log.info(
+            "normalisation on %d reference responses: shift %.4g, scale %.4g", norm["n"], norm["shift"], norm["scale"]
+        )
         run.replace_final(lambda folder: save_reward_model(rm, tokenizer, folder, base=base, seed=seed, norm=norm))
         summary["normalisation"] = norm
         return run.complete(summary)

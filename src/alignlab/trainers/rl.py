@@ -21,19 +21,21 @@ the RNG states (so the next rollout samples the same tokens), and the stage's ex
 adaptive KL controller, the reward normaliser); minibatch orders come from a generator seeded by
 (seed, step, epoch).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from alignlab.models.policy import RLModels, TrainableState, build_models
-from alignlab.rollout.passes import rollout_pass
 from alignlab.rollout.experience import Experience
+from alignlab.rollout.passes import rollout_pass
 from alignlab.rollout.rewards import last_user_text
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
 from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
@@ -50,7 +52,7 @@ def timed(timings: dict, name: str):
         timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + time.perf_counter() - t0
 
 
-def sample_and_score(ctx: "RLContext", records, prompt_ids, *, k: int, with_values: bool) -> tuple[Experience, dict]:
+def sample_and_score(ctx: RLContext, records, prompt_ids, *, k: int, with_values: bool) -> tuple[Experience, dict]:
     """The part of making experience every RL stage shares: sample, score, no-grad pass. Returns (exp, stats)."""
     cfg = ctx.cfg
     stats: dict = {}
@@ -60,7 +62,15 @@ def sample_and_score(ctx: "RLContext", records, prompt_ids, *, k: int, with_valu
         exp.scores = score_rollout(ctx.reward, records, gens, truncation_penalty=cfg.rollout.truncation_penalty, k=k)
     exp.prompt_texts = [last_user_text(r.prompt) for r in records for _ in range(k)]
     with timed(stats, "logprobs"):
-        stats.update(rollout_pass(ctx.models, exp, temperature=cfg.rollout.temperature, with_values=with_values, batch_size=cfg.rollout.forward_batch_size))
+        stats.update(
+            rollout_pass(
+                ctx.models,
+                exp,
+                temperature=cfg.rollout.temperature,
+                with_values=with_values,
+                batch_size=cfg.rollout.forward_batch_size,
+            )
+        )
     lengths = exp.response_lengths
     stats.update(
         {
@@ -122,18 +132,20 @@ def write_rollout(ctx: RLContext, exp: Experience, step: int) -> None:
         reward = None
         if exp.rewards is not None:
             reward = float(exp.rewards[i, :n].sum()) if exp.rewards.dim() == 2 else float(exp.rewards[i])
-        rows.append({
-            "step": step,
-            "prompt": exp.prompt_texts[i] if exp.prompt_texts else "",
-            "response": tok.decode(ids, skip_special_tokens=True),
-            "tokens": [tok.decode([t]) for t in ids],
-            "logprobs": exp.old_logprobs[i, :n].tolist(),
-            "ref_logprobs": exp.ref_logprobs[i, :n].tolist(),
-            "kl": kl[i, :n].tolist(),
-            "advantages": per_token,
-            "score": float(exp.scores[i]),
-            "reward": reward,
-        })
+        rows.append(
+            {
+                "step": step,
+                "prompt": exp.prompt_texts[i] if exp.prompt_texts else "",
+                "response": tok.decode(ids, skip_special_tokens=True),
+                "tokens": [tok.decode([t]) for t in ids],
+                "logprobs": exp.old_logprobs[i, :n].tolist(),
+                "ref_logprobs": exp.ref_logprobs[i, :n].tolist(),
+                "kl": kl[i, :n].tolist(),
+                "advantages": per_token,
+                "score": float(exp.scores[i]),
+                "reward": reward,
+            }
+        )
     atomic_write_jsonl(ctx.run.folder.rollout_path(step), rows)
 
 
@@ -174,7 +186,9 @@ def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop) -
     return out, False
 
 
-def rl_fit(ctx: RLContext, algo: RLAlgorithm, *, save_model, load_model, eval_fn=None, stop_after: int | None = None) -> FitResult:
+def rl_fit(
+    ctx: RLContext, algo: RLAlgorithm, *, save_model, load_model, eval_fn=None, stop_after: int | None = None
+) -> FitResult:
     """The RL stages' part of :func:`~alignlab.trainers.loop.train_loop`: one step = one rollout
     (``algo.make_experience``) and its updates (``algo.loss`` on minibatches), for ``train.max_steps``
     rollouts (or ``train.epochs`` passes over the prompts)."""
@@ -194,18 +208,30 @@ def rl_fit(ctx: RLContext, algo: RLAlgorithm, *, save_model, load_model, eval_fn
         stats.update(train_stats)
         stats["time/training"] = time.perf_counter() - t1
         if halt:
-            return StepOutcome(stats, halt=f"{tcfg.max_bad_steps} updates in a row had a non-finite loss or gradient (check the reward source)")
+            return StepOutcome(
+                stats,
+                halt=f"{tcfg.max_bad_steps} updates in a row had a non-finite loss or gradient (check the reward source)",
+            )
         stats.update(algo.after_step(exp, stats))
         ctx.engine.sync_weights()
         stats["time/step"] = time.perf_counter() - t0
         return StepOutcome(stats)
 
     return train_loop(
-        cfg=tcfg, run=ctx.run, model=ctx.models.model, params=ctx.models.trainable_parameters(), total=total,
-        update=update, save_model=save_model, load_model=load_model, eval_fn=eval_fn,
-        extra_state=dict(algo.extra_state), after_resume=ctx.engine.sync_weights,
+        cfg=tcfg,
+        run=ctx.run,
+        model=ctx.models.model,
+        params=ctx.models.trainable_parameters(),
+        total=total,
+        update=update,
+        save_model=save_model,
+        load_model=load_model,
+        eval_fn=eval_fn,
+        extra_state=dict(algo.extra_state),
+        after_resume=ctx.engine.sync_weights,
         postfix=lambda st: {"score": f"{st.get('score', float('nan')):.3f}", "kl": f"{st.get('kl', float('nan')):.3f}"},
-        eval_mode=False, stop_after=stop_after,
+        eval_mode=False,
+        stop_after=stop_after,
     )
 
 
@@ -219,7 +245,13 @@ def sample_scored(ctx: RLContext, records, prompt_ids, *, seed: int) -> list[dic
     _, gens = sample_rollout(ctx.engine, ctx.models.tokenizer, prompt_ids, sampling_params(ctx.cfg.rollout, seed=seed))
     scores = score_rollout(ctx.reward, records, gens, truncation_penalty=ctx.cfg.rollout.truncation_penalty)
     return [
-        {"prompt": messages_of(r.prompt), "response": g.text, "score": float(s), "finished": g.finished, "length": len(g.response_ids)}
+        {
+            "prompt": messages_of(r.prompt),
+            "response": g.text,
+            "score": float(s),
+            "finished": g.finished,
+            "length": len(g.response_ids),
+        }
         for r, g, s in zip(records, gens, scores.tolist())
     ]
 
@@ -230,7 +262,14 @@ def eval_prompts(ctx: RLContext) -> tuple[list, list[list[int]]]:
     return ctx.eval_records[:n], ctx.eval_ids[:n]
 
 
-def run_rl_stage(cfg, stage: str, build_algo: Callable[[RLContext], RLAlgorithm], *, value: str | None = None, stop_after: int | None = None) -> dict:
+def run_rl_stage(
+    cfg,
+    stage: str,
+    build_algo: Callable[[RLContext], RLAlgorithm],
+    *,
+    value: str | None = None,
+    stop_after: int | None = None,
+) -> dict:
     """Set up a stage (run folder, prompts, models, engine, reward source), run :func:`rl_fit`, write outputs.
 
     ``build_algo(ctx)`` returns the stage's :class:`RLAlgorithm`; ``value`` is ``"head"``,
@@ -241,22 +280,38 @@ def run_rl_stage(cfg, stage: str, build_algo: Callable[[RLContext], RLAlgorithm]
     from alignlab.trainers.common import load_split, model_io, seed_everything
 
     # the reward source first: a wrong module:function fails before the run folder exists
-    reward = load_reward_source(cfg.reward.source, cfg.reward.kwargs, device=cfg.model.device, batch_size=cfg.reward.batch_size)
+    reward = load_reward_source(
+        cfg.reward.source, cfg.reward.kwargs, device=cfg.model.device, batch_size=cfg.reward.batch_size
+    )
     with open_stage(cfg, stage) as run:
         seed_everything(cfg.train.seed)
         train_records, eval_records = load_split(cfg.data, "prompt", cfg.train.seed, run.log)
         models = build_models(cfg.model, seed=cfg.train.seed, value=value)
         tok = models.tokenizer
         engine = make_engine(
-            cfg.rollout.engine, models.model, tok, batch_size=cfg.rollout.generation_batch_size,
-            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization, seed=cfg.train.seed,
+            cfg.rollout.engine,
+            models.model,
+            tok,
+            batch_size=cfg.rollout.generation_batch_size,
+            gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+            seed=cfg.train.seed,
         )
-        run.log.info("engine %s, reward source %s, reference: %s", type(engine).__name__, reward.name,
-                     "frozen copy" if models.ref_model is not None else "adapter disabled")
+        run.log.info(
+            "engine %s, reward source %s, reference: %s",
+            type(engine).__name__,
+            reward.name,
+            "frozen copy" if models.ref_model is not None else "adapter disabled",
+        )
         ctx = RLContext(
-            cfg, run, models, engine, reward,
-            train_records, tokenize_prompts(train_records, tok, cfg.data.max_prompt_length, run.log),
-            eval_records, tokenize_prompts(eval_records, tok, cfg.data.max_prompt_length),
+            cfg,
+            run,
+            models,
+            engine,
+            reward,
+            train_records,
+            tokenize_prompts(train_records, tok, cfg.data.max_prompt_length, run.log),
+            eval_records,
+            tokenize_prompts(eval_records, tok, cfg.data.max_prompt_length),
         )
         algo = build_algo(ctx)
         save_policy, load_policy = model_io(models.model, tok, cfg.model, cfg.train.seed)
@@ -266,11 +321,18 @@ def run_rl_stage(cfg, stage: str, build_algo: Callable[[RLContext], RLAlgorithm]
 
         def eval_fn() -> dict:
             rows = sample_scored(ctx, *eval_prompts(ctx), seed=cfg.train.seed)
-            return {"score": sum(r["score"] for r in rows) / len(rows), "response_length": sum(r["length"] for r in rows) / len(rows)}
+            return {
+                "score": sum(r["score"] for r in rows) / len(rows),
+                "response_length": sum(r["length"] for r in rows) / len(rows),
+            }
 
         result = rl_fit(
-            ctx, algo, save_model=save_policy, load_model=load_policy,
-            eval_fn=eval_fn if ctx.eval_records else None, stop_after=stop_after,
+            ctx,
+            algo,
+            save_model=save_policy,
+            load_model=load_policy,
+            eval_fn=eval_fn if ctx.eval_records else None,
+            stop_after=stop_after,
         )
         summary = {
             "stage": stage,
@@ -288,10 +350,14 @@ def run_rl_stage(cfg, stage: str, build_algo: Callable[[RLContext], RLAlgorithm]
         if len(values):
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in TrainableState(values).state_dict().items()}, str(run.path / "value.safetensors"))
+            save_file(
+                {k: v.contiguous() for k, v in TrainableState(values).state_dict().items()},
+                str(run.path / "value.safetensors"),
+            )
         if cfg.train.num_samples:
-            pool_records, pool_ids = (ctx.eval_records, ctx.eval_ids) if ctx.eval_records else (train_records, ctx.train_ids)
+            pool_records, pool_ids = (
+                (ctx.eval_records, ctx.eval_ids) if ctx.eval_records else (train_records, ctx.train_ids)
+            )
             n = cfg.train.num_samples
             run.write_samples(sample_scored(ctx, pool_records[:n], pool_ids[:n], seed=cfg.train.seed))
         return run.complete(summary)
-

@@ -3,6 +3,7 @@
 The layout and the file shapes are :mod:`alignlab.runs` (the contract, torch-free); this module
 is what a training stage uses to write them.
 """
+
 from __future__ import annotations
 
 import json
@@ -143,7 +144,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from e
+                raise ConfigError(
+                    "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
+                ) from e
             self._tb = SummaryWriter(str(path.parent / "tensorboard"))
 
     def write(self, step: int, split: str, stats: dict) -> None:

@@ -1,7 +1,6 @@
 """Stage 1: supervised fine-tuning on (prompt, response) records, loss on response tokens only."""
-from __future__ import annotations
 
-import torch
+from __future__ import annotations
 
 from alignlab.data.collate import pack_rows, pad_examples
 from alignlab.data.tokenize import pack, tokenize_sft
@@ -59,7 +58,8 @@ def train_sft(cfg, *, stop_after: int | None = None) -> dict:
             return loss, {k: v for k, v in stats.items() if k != "loss"}
 
         eval_batches = [
-            pad_examples(eval_ex[i : i + cfg.train.batch_size], pad_id) for i in range(0, len(eval_ex), cfg.train.batch_size)
+            pad_examples(eval_ex[i : i + cfg.train.batch_size], pad_id)
+            for i in range(0, len(eval_ex), cfg.train.batch_size)
         ]
         if cfg.train.eval_batches:
             eval_batches = eval_batches[: cfg.train.eval_batches]
@@ -90,5 +90,9 @@ def train_sft(cfg, *, stop_after: int | None = None) -> dict:
             return summary  # stopped early on purpose (a simulated crash): not complete
         run.replace_final(save_fn)
         if cfg.train.num_samples:
-            run.write_samples(sample_responses(model, tokenizer, eval_records or train_records, n=cfg.train.num_samples, seed=cfg.train.seed))
+            run.write_samples(
+                sample_responses(
+                    model, tokenizer, eval_records or train_records, n=cfg.train.num_samples, seed=cfg.train.seed
+                )
+            )
         return run.complete(summary)
