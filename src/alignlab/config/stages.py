@@ -186,6 +186,21 @@ def _prompt_data() -> DataConfig:
     return DataConfig(train="demo:prompts", eval_fraction=0.05, max_prompt_length=128, max_length=512)
 
 
+@dataclass
+class RLSections:
+    """The sections every RL-from-a-reward stage has (a stage's own knobs follow them)."""
+
+    model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
+    data: DataConfig = knob(
+        help="prompt records (data.max_length is not used: responses get rollout.max_new_tokens)", factory=_prompt_data
+    )
+    train: TrainConfig = knob(
+        help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig
+    )
+    rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
+    reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
+
+
 def _check_rl(cfg, *, needs_groups: bool) -> None:
     """Checks shared by the RL stages (ppo, rloo, grpo)."""
     r = cfg.rollout
@@ -215,7 +230,7 @@ def _check_rl(cfg, *, needs_groups: bool) -> None:
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(RLSections):
     """PPO with a KL penalty (Ziegler et al. 2019; Stiennon et al. 2020; Ouyang et al. 2022).
 
     One step = one rollout of train.batch_size prompts, then ppo_epochs passes over it in
@@ -227,15 +242,6 @@ class PPOConfig:
     model, returns normalised over the whole rollout's tokens.
     """
 
-    model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
-    data: DataConfig = knob(
-        help="prompt records (data.max_length is not used: responses get rollout.max_new_tokens)", factory=_prompt_data
-    )
-    train: TrainConfig = knob(
-        help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig
-    )
-    rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
-    reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
     advantage_estimator: str = knob(
         "gae",
         "gae (a value function, GAE(γ, λ)) or reinforce_pp (REINFORCE++: no value model, batch-normalised returns)",
@@ -306,7 +312,7 @@ class PPOConfig:
 
 
 @dataclass
-class RLOOConfig:
+class RLOOConfig(RLSections):
     """RLOO: REINFORCE with a leave-one-out baseline over k responses per prompt (Ahmadian et al. 2024).
 
     Each score is penalised by β times the response's summed KL to π_ref before the baseline (the
@@ -316,13 +322,6 @@ class RLOOConfig:
     each response is weighted by its sequence ratio exp(Σ log π − Σ log π_old) (clipped for clip).
     """
 
-    model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
-    data: DataConfig = knob(help="prompt records", factory=_prompt_data)
-    train: TrainConfig = knob(
-        help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig
-    )
-    rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
-    reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
     group_size: int = knob(4, "k: responses sampled per prompt")
     loss: str = knob(
         "reinforce",
@@ -352,7 +351,7 @@ GROUP_LOSS_HELP = "grpo (advantages / group std, per-sequence loss), dr_grpo (no
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(RLSections):
     """GRPO and its successors: group-normalised advantages, no value model (Shao et al. 2024).
 
     loss dr_grpo (Liu et al. 2025) drops the division by the group std and normalises the loss by a
@@ -364,13 +363,6 @@ class GRPOConfig:
     empty take the loss's published default (losses.ppo.POLICY_LOSSES).
     """
 
-    model: ModelConfig = knob(help="the policy (and, as loaded, the reference)", factory=ModelConfig)
-    data: DataConfig = knob(help="prompt records", factory=_prompt_data)
-    train: TrainConfig = knob(
-        help="the loop: batch_size = prompts per rollout, max_steps = rollouts", factory=TrainConfig
-    )
-    rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
-    reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
     group_size: int = knob(4, "G: responses sampled per prompt")
     loss: str = knob("grpo", GROUP_LOSS_HELP)
     beta: float | None = knob(None, "β: weight of the k3 KL to π_ref in the loss (grpo, dr_grpo: 0.04; dapo, gspo: 0)")

@@ -31,6 +31,7 @@ from alignlab.losses.reward import (
 )
 from alignlab.models.heads import RewardModel, restore_reward_model, save_reward_model, score_examples
 from alignlab.models.load import load_model
+from alignlab.runs import atomic_write_jsonl
 from alignlab.trainers.common import base_name, load_split, seed_everything
 from alignlab.trainers.loop import fit
 from alignlab.trainers.run import RunDir, open_stage
@@ -130,16 +131,11 @@ def reference_samples(run: RunDir, rm: RewardModel, tokenizer, cfg) -> list[Exam
     examples = [
         Example(g.prompt_ids, g.response_ids or [tokenizer.eos_token_id], r.where) for g, r in zip(gens, records)
     ]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for e, g in zip(examples, gens):
-            fh.write(
-                json.dumps(
-                    {"where": e.where, "prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "response": g.text}
-                )
-                + "\n"
-            )
-    tmp.replace(path)
+    rows = [
+        {"where": e.where, "prompt_ids": e.prompt_ids, "response_ids": e.response_ids, "response": g.text}
+        for e, g in zip(examples, gens)
+    ]
+    atomic_write_jsonl(path, rows)
     return examples
 
 
