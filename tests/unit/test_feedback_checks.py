@@ -175,19 +175,30 @@ def test_bad_rows_are_reported_with_file_and_line(tmp_path):
 
 def test_near_duplicates_of_long_rows_are_found_among_many(tmp_path):
     rng = random.Random(1)
-    rows = [
-        {
-            "prompt": sentence(rng, 12),
-            "chosen": sentence(rng, 40) + " " + sentence(rng, 40),
-            "rejected": sentence(rng, 30),
-        }
-        for _ in range(300)
-    ]
+    words = [f"{w}{i}" for w in VOCAB for i in range(40)]  # a vocabulary large enough that rows differ
+
+    def text(n):
+        return " ".join(rng.choices(words, k=n)) + "."
+
+    rows = [{"prompt": text(12), "chosen": text(80), "rejected": text(30)} for _ in range(300)]
     copy = dict(rows[123])
-    words = copy["chosen"].split()
-    words[5] = "changed"
-    copy["chosen"] = " ".join(words)  # one word of ~80 replaced
+    changed = copy["chosen"].split()
+    changed[5] = "changed"
+    copy["chosen"] = " ".join(changed)  # one word of 80 replaced
     rows.append(copy)
     path = write(tmp_path / "big.jsonl", rows)
     du = check_preferences(path)["checks"]["duplicates"]
     assert du["exact"] == 0 and du["where"] == [[f"{path}:124", f"{path}:301"]]
+
+
+def test_rows_sharing_one_small_vocabulary_are_checked_quickly(tmp_path):
+    import time
+
+    rng = random.Random(2)
+    rows = [
+        {"prompt": sentence(rng, 12), "chosen": sentence(rng, 40), "rejected": sentence(rng, 30)} for _ in range(120)
+    ]
+    start = time.perf_counter()
+    report = check_preferences(write(tmp_path / "v.jsonl", rows))
+    assert report["checks"]["duplicates"]["near"] == 0
+    assert time.perf_counter() - start < 30  # every pair is a MinHash candidate; the word-order filter keeps it cheap

@@ -186,6 +186,8 @@ def _duplicates(rows, threshold: float) -> dict:
     for i, j in sorted(_candidates(tokens)):
         if len(tokens[i] & tokens[j]) < 0.75 * len(tokens[i] | tokens[j]):
             continue
+        if _word_diff(texts[i][1], texts[j][1])[1] < 0.5:  # same words in another order: not a copy
+            continue
         m = difflib.SequenceMatcher(None, texts[i][1], texts[j][1], autojunk=False)
         if m.real_quick_ratio() < threshold or m.quick_ratio() < threshold:
             continue
