@@ -96,3 +96,21 @@ def test_listwise_loss_on_rankings(tiny_reward_config, tmp_path):
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
     assert summary["eval"]["accuracy"] > 0.9  # eval sees every pair of the held-out rankings
     assert summary["train_items"] == 18  # groups, not pairs
+
+
+def test_an_ensemble_of_heads_learns_logs_its_disagreement_and_reloads(tiny_reward_config):
+    import torch
+
+    summary = train_reward(tiny_reward_config(**{"heads": 3, "train.max_steps": 12}))
+    rows = [r for r in read_metrics(summary["run_dir"]) if r["split"] == "train"]
+    assert all(r["rm/disagreement"] > 0 for r in rows)  # three heads, three initialisations
+    assert summary["eval"]["accuracy"] > 0.8
+    loaded = load_reward_model(summary["final"])
+    rm = loaded.model
+    assert rm.n_heads == 3
+    ids = torch.tensor([loaded.tokenizer.encode("Hello there, friend.")])
+    attn = torch.ones_like(ids)
+    with torch.no_grad():
+        heads = rm.forward_heads(ids, attn)  # (1, 3)
+        assert torch.allclose(rm(ids, attn), heads.mean(-1))  # the reward is the heads' mean
+        assert float(rm.disagreement(ids, attn)[0]) == pytest.approx(float((heads / rm.scale).std(-1)[0]), rel=1e-5)

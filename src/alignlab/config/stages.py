@@ -54,6 +54,10 @@ class RewardConfig:
         "bradley_terry", "bradley_terry (pairs; a ranking gives all its pairs), kwise or plackett_luce (whole rankings)"
     )
     margin: float = knob(0.0, "bradley_terry only: ask r_chosen - r_rejected to exceed this (reward units)")
+    heads: int = knob(
+        1,
+        "reward heads on the trunk: K > 1 is an ensemble (each head its own init and loss; the reward is their mean, their std is logged as rm/disagreement)",
+    )
     margin_from_data: bool = knob(
         False,
         "bradley_terry only: use each pair's own `margin` field (Llama 2 preference strength); pairs without one use `margin`",
@@ -82,6 +86,12 @@ class RewardConfig:
             raise ConfigError(f"'data_kind' must be preference or ranking for a reward model; got {self.data_kind!r}")
         if (self.margin != 0.0 or self.margin_from_data) and self.loss != "bradley_terry":
             raise ConfigError(f"'margin' and 'margin_from_data' apply to loss bradley_terry only, not '{self.loss}'")
+        if self.heads < 1:
+            raise ConfigError(f"'heads' must be at least 1; got {self.heads}")
+        if self.heads > 1 and self.loss != "bradley_terry":
+            raise ConfigError(
+                f"'heads' > 1 (an ensemble) trains each head with bradley_terry; not with loss '{self.loss}'"
+            )
         if self.center_rewards < 0:
             raise ConfigError(f"'center_rewards' must be >= 0; got {self.center_rewards}")
         if self.center_rewards and self.data_kind != "preference" and self.loss != "bradley_terry":

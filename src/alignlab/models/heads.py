@@ -16,7 +16,11 @@ reference policy's responses on a prompt set score mean 0, std 1 (see ``trainers
 A saved reward model is a folder::
 
     model.safetensors | adapter_model.safetensors, config, tokenizer   the backbone, HF format
-    reward_head.safetensors                                            {"weight": (1, H), "bias": (1,)}
+    reward_head.safetensors                                            {"weight": (K, H), "bias": (K,)}
+
+``K > 1`` heads make an ensemble on one trunk (each head its own initialisation and its own
+Bradley–Terry loss): the reward is their mean, and their spread (:meth:`RewardModel.disagreement`)
+is an over-optimisation signal — it grows where the policy leaves the data the heads agree on.
     reward_norm.json                                                   {"shift", "scale", ...}
 """
 
@@ -56,29 +60,46 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 class RewardModel(torch.nn.Module):
     """r(x, y): a causal LM trunk and a scalar head at the last real token."""
 
-    def __init__(self, backbone, *, seed: int = 0, shift: float = 0.0, scale: float = 1.0):
+    def __init__(self, backbone, *, seed: int = 0, shift: float = 0.0, scale: float = 1.0, heads: int = 1):
         super().__init__()
         self.backbone = backbone
         hidden = unwrap(backbone).config.hidden_size
-        self.head = torch.nn.Linear(hidden, 1, dtype=torch.float32)
+        self.head = torch.nn.Linear(hidden, heads, dtype=torch.float32)
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # small random init: a zero head would give the trunk no gradient
-            self.head.weight.copy_(torch.randn(1, hidden, generator=g) / (hidden + 1) ** 0.5)
+            self.head.weight.copy_(torch.randn(heads, hidden, generator=g) / (hidden + 1) ** 0.5)
             self.head.bias.zero_()
         device = next(backbone.parameters()).device
         self.head.to(device)
         self.shift, self.scale = float(shift), float(scale)
 
-    def forward(
+    @property
+    def n_heads(self) -> int:
+        return self.head.out_features
+
+    def forward_heads(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Raw (unnormalised) rewards: (B, T) ids -> (B,) float32."""
+        """Raw rewards of every head: (B, T) ids -> (B, K) float32."""
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)
         hidden = hidden_states(self.backbone, input_ids, attention_mask, position_ids)  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
-        return self.head(picked.float()).squeeze(-1)  # (B,)
+        return self.head(picked.float())  # (B, K)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw (unnormalised) rewards, the mean over heads: (B, T) ids -> (B,) float32."""
+        return self.forward_heads(input_ids, attention_mask, position_ids).mean(-1)  # (B,)
+
+    @torch.no_grad()
+    def disagreement(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
+        """Std over heads of the normalised rewards (B,); 0 with one head."""
+        if self.n_heads == 1:
+            return torch.zeros(input_ids.shape[0])
+        return (self.forward_heads(input_ids, attention_mask, position_ids) / self.scale).std(-1)
 
     def score(self, input_ids, attention_mask, position_ids=None) -> torch.Tensor:
         """Normalised rewards ``(raw - shift) / scale``, (B,)."""
@@ -158,7 +179,11 @@ def load_reward_model(
     )
     loaded = load_model(cfg, for_training=False)
     norm = json.loads((folder / NORM_FILE).read_text(encoding="utf-8")) if (folder / NORM_FILE).is_file() else {}
-    rm = RewardModel(loaded.model, shift=norm.get("shift", 0.0), scale=norm.get("scale", 1.0))
+    from safetensors import safe_open
+
+    with safe_open(str(folder / HEAD_FILE), framework="pt") as f:
+        heads = f.get_slice("weight").get_shape()[0]
+    rm = RewardModel(loaded.model, shift=norm.get("shift", 0.0), scale=norm.get("scale", 1.0), heads=heads)
     _load_head(rm, folder)
     rm.eval()
     return LoadedReward(rm, loaded.tokenizer, norm)

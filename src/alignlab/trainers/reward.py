@@ -42,9 +42,9 @@ def _device(rm) -> torch.device:
 
 
 def batch_rewards(rm: RewardModel, batch: dict) -> torch.Tensor:
-    """Raw rewards of every row of a collated batch: (N,) float32."""
+    """Raw rewards of every row of a collated batch and every head: (N, K) float32."""
     device = _device(rm)
-    return rm(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    return rm.forward_heads(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
 
 # ----------------------------------------------------------------------------- losses per batch
@@ -59,7 +59,19 @@ def pair_margins(cfg, data_margins: torch.Tensor | None, like: torch.Tensor) -> 
 def pair_loss(
     cfg, rewards: torch.Tensor, n_pairs: int, data_margins: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict]:
-    """Bradley–Terry on rows (chosen 0..B-1, rejected B..2B-1), per-pair mean, plus the penalties."""
+    """Bradley–Terry on rows (chosen 0..B-1, rejected B..2B-1), per-pair mean, plus the penalties.
+
+    ``rewards`` (2B,) or (2B, K): with K > 1 heads (an ensemble) each head has its own loss and the
+    loss is their mean; the stats are those of the mean reward, plus ``rm/disagreement`` (the mean
+    over rows of the heads' std).
+    """
+    if rewards.dim() == 2 and rewards.shape[1] > 1:
+        K = rewards.shape[1]
+        loss = sum(pair_loss(cfg, rewards[:, k], n_pairs, data_margins)[0] for k in range(K)) / K
+        _, stats = pair_loss(cfg, rewards.detach().mean(-1), n_pairs, data_margins)
+        stats["rm/disagreement"] = rewards.detach().std(-1).mean()
+        return loss, stats
+    rewards = rewards.reshape(-1)  # (2B,)
     chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]  # (B,), (B,)
     loss, stats = bradley_terry(chosen, rejected, pair_margins(cfg, data_margins, chosen))
     if cfg.center_rewards:
@@ -162,7 +174,7 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
         train_records, eval_records = load_split(cfg.data, cfg.data_kind, seed, run.log)
         loaded = load_model(cfg.model, seed=seed)
         tokenizer, pad_id = loaded.tokenizer, loaded.tokenizer.pad_token_id
-        rm = RewardModel(loaded.model, seed=seed)
+        rm = RewardModel(loaded.model, seed=seed, heads=cfg.heads)
         lengths = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
         if spec.listwise:
             items, stats = tokenize_rankings(train_records, tokenizer, **lengths)
@@ -171,7 +183,7 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
                 return collate_rankings(groups, pad_id)
 
             def step_fn(batch):
-                return group_loss(cfg, batch_rewards(rm, batch), batch["group_sizes"], batch["ranks"])
+                return group_loss(cfg, batch_rewards(rm, batch).mean(-1), batch["group_sizes"], batch["ranks"])
 
         else:
             items, stats = tokenize_pairs(train_records, tokenizer, **lengths)
