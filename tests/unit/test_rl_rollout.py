@@ -1,6 +1,5 @@
 """Rollout pieces without a model: reward sources, the truncation penalty, engine choice, batch layout, reward normaliser."""
 
-import importlib.util
 import math
 import sys
 import textwrap
@@ -85,12 +84,10 @@ def test_python_function_source_with_kwargs_and_optional_inputs(reward_module):
         ("my_rewards:lenght_score", "has no function 'lenght_score'; did you mean 'my_rewards:length_score'"),
         ("my_rewards:NOT_A_FUNCTION", "'NOT_A_FUNCTION' in 'my_rewards' is a int, not a function"),
         ("house_styel", "did you mean 'house_style'"),
-        ("gold", "simulated annotator"),
+        ("gold:sentimnt", "did you mean 'sentiment'"),
     ],
 )
 def test_loading_errors_name_the_source(reward_module, spec, message):
-    if spec == "gold" and importlib.util.find_spec("alignlab.feedback.annotator") is not None:
-        pytest.skip("the simulated annotator exists now: 'gold' is no longer an empty slot")
     with pytest.raises(ConfigError) as e:
         load_reward_source(spec)
     assert message in str(e.value)
@@ -187,3 +184,14 @@ def test_running_moments_match_the_concatenation_and_round_trip():
     m2.load_state_dict(m.state_dict())
     x = torch.tensor([0.0, 2.0])
     assert torch.equal(m2.normalize(x), m.normalize(x))
+
+
+def test_vllm_responses_never_train_on_an_invented_eos():
+    from alignlab.rollout.vllm_engine import response_tokens
+
+    EOS = 2
+    assert response_tokens([5, 6, EOS], "stop", None, EOS) == ([5, 6, EOS], True)  # EOS sampled and kept
+    assert response_tokens([5, 6], "stop", 9, EOS) == ([5, 6, 9], True)  # a stop token vLLM left out: it was sampled
+    assert response_tokens([5, 6], "stop", "###", EOS) == ([5, 6], False)  # a stop string: no EOS was sampled
+    assert response_tokens([5, 6], "length", None, EOS) == ([5, 6], False)
+    assert response_tokens([5, EOS, 7], "length", None, EOS) == ([5, EOS], True)

@@ -92,6 +92,30 @@ def merged_weights(model) -> dict[str, torch.Tensor]:
     return merged
 
 
+def response_tokens(token_ids, finish_reason: str | None, stop_reason, eos: int) -> tuple[list[int], bool]:
+    """The tokens to train on and whether the response finished, from a vLLM output.
+
+    Only tokens the policy sampled are kept: a response that stopped on a stop *token* that vLLM
+    left out of ``token_ids`` gets that token back (``stop_reason`` is its id); one that stopped
+    for any other reason (a stop string, an unknown cause) is **not** given an invented EOS — it
+    counts as unfinished, so neither its log-probs nor its reward see a token nobody sampled.
+    Anything after the first EOS is dropped.
+    """
+    toks = list(token_ids)
+    finished = finish_reason == "stop"
+    if finished and (not toks or toks[-1] != eos):
+        if isinstance(stop_reason, int) and not isinstance(stop_reason, bool):
+            toks.append(stop_reason)  # the sampled stop token, left out of the output by vLLM
+        else:
+            finished = False
+    if eos in toks[:-1]:
+        toks = toks[: toks.index(eos) + 1]
+        finished = True
+    if not toks:  # an engine returns at least one token; an empty cut response trains on nothing real
+        toks, finished = [eos], False
+    return toks, finished
+
+
 class VLLMEngine:
     """Sampling with vLLM on a GPU; its weights follow the policy through :meth:`sync_weights`."""
 
@@ -142,6 +166,7 @@ class VLLMEngine:
             self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """One :class:`Generation` per prompt; the response's tokens are those the policy sampled (:func:`response_tokens`)."""
         vllm = self._vllm
         eos = self.tokenizer.eos_token_id
         sp = vllm.SamplingParams(
@@ -157,12 +182,7 @@ class VLLMEngine:
         result = []
         for prompt, out in zip(prompts, outs):
             o = out.outputs[0]
-            toks = list(o.token_ids)
-            finished = o.finish_reason == "stop"
-            if finished and (not toks or toks[-1] != eos):
-                toks.append(eos)  # keep the EOS in the response, as the transformers engine does
-            if eos in toks[:-1]:
-                toks = toks[: toks.index(eos) + 1]
+            toks, finished = response_tokens(o.token_ids, o.finish_reason, getattr(o, "stop_reason", None), eos)
             text = self.tokenizer.decode(toks, skip_special_tokens=True)
             result.append(Generation(list(prompt), toks, text, finished))
         return result
