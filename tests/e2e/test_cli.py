@@ -70,6 +70,17 @@ def test_run_tiny_profile_end_to_end_then_skip_then_generate(tmp_path):
     assert dpo["consumed"]["model"] == "runs/tiny/sft/final"  # wired from the upstream stage
     ppo = json.loads((run_dir / "ppo" / "COMPLETE").read_text())
     assert ppo["consumed"] == {"model": "runs/tiny/sft/final", "reward": "runs/tiny/reward/final"}
+    assert dpo["consumed"]["data"] == "runs/tiny/label/preferences.jsonl"  # DPO trained on the label stage's pairs
+    assert ppo["cost"]["wall_s"] > 0 and ppo["cost"]["peak_rss_mb"] > 0
+    evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert set(evaluation["policies"]) >= {"sft", "dpo", "ppo"} and evaluation["baseline"] == "sft"
+    assert (run_dir / "report" / "report.html").is_file()
+    summary_json = json.loads((run_dir / "report" / "summary.json").read_text())
+    rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
+    reported = next(s for s in summary_json["stages"] if s["name"] == "sft")["metrics"]["train"]["loss"]["values"]
+    assert reported == [r["loss"] for r in rows if r["split"] == "train"]  # every number comes from the run folder
+    assert next(s for s in summary_json["stages"] if s["name"] == "ppo")["cost"]["wall_s"] > 0
+    _serve_views(tmp_path / "runs")
     again = alignlab("run", "--profile", "tiny", "train.max_steps=6", cwd=tmp_path)
     assert again.returncode == 0 and again.stdout.count("is complete; skipping") == len(names), again.stdout
     gen = alignlab("generate", "--model", str(stage / "final"), "--prompt", "Hi", "--max-new-tokens", "5", cwd=tmp_path)
@@ -97,3 +108,20 @@ def test_interrupted_stage_is_resumed_by_run(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     log = (tmp_path / "runs" / "tiny" / "sft" / "log.txt").read_text()
     assert "resumed from" in log and "step-00000003" in log
+
+
+def _serve_views(runs_dir):
+    """The web app opens every view of a run that `alignlab run --profile tiny` produced."""
+    from fastapi.testclient import TestClient
+
+    from alignlab.web.app import create_app
+
+    client = TestClient(create_app(runs_dir, store_path=runs_dir / "labels.sqlite"))
+    for url in ("/", "/runs/tiny", "/runs/tiny/ppo/rollouts?step=1", "/simulator?run=tiny", "/label"):
+        r = client.get(url)
+        assert r.status_code == 200, (url, r.status_code)
+    metrics = client.get("/api/runs/tiny/metrics").json()
+    assert metrics, "the dashboard's metrics endpoint has the run's curves"
+    rollout = client.get("/api/runs/tiny/ppo/rollouts/1").json()
+    assert rollout
+    assert client.get("/runs/..%2F..%2Fetc").status_code == 404

@@ -114,3 +114,8 @@ def test_an_ensemble_of_heads_learns_logs_its_disagreement_and_reloads(tiny_rewa
         heads = rm.forward_heads(ids, attn)  # (1, 3)
         assert torch.allclose(rm(ids, attn), heads.mean(-1))  # the reward is the heads' mean
         assert float(rm.disagreement(ids, attn)[0]) == pytest.approx(float((heads / rm.scale).std(-1)[0]), rel=1e-5)
+    from alignlab.rollout.rewards import load_reward_source
+
+    source = load_reward_source(summary["final"])  # as PPO scores with it: the spread is kept for the step's metrics
+    source.score(["Hello"], ["there, friend."], finished=[True], meta=[{}])
+    assert source.last_disagreement is not None and source.last_disagreement > 0

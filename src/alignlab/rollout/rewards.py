@@ -26,6 +26,7 @@ names the source.
 Also here: :func:`apply_truncation_penalty` and :class:`RunningMoments` (PPO's running
 normalisation of scores, saved in checkpoints).
 """
+
 from __future__ import annotations
 
 import difflib
@@ -62,7 +63,9 @@ class RewardSource(Protocol):
 
     name: str
 
-    def score(self, prompts: Sequence[Any], responses: Sequence[str], *, finished: Sequence[bool], meta: Sequence[dict]) -> torch.Tensor:
+    def score(
+        self, prompts: Sequence[Any], responses: Sequence[str], *, finished: Sequence[bool], meta: Sequence[dict]
+    ) -> torch.Tensor:
         """``(B,)`` float32 scores, one per (prompt, response)."""
         ...
 
@@ -84,12 +87,18 @@ def _check_scores(values, n: int, name: str) -> torch.Tensor:
     try:
         scores = torch.as_tensor([float(v) for v in values], dtype=torch.float32)
     except (TypeError, ValueError):
-        raise ConfigError(f"reward source '{name}' must return a list of numbers; got {type(values).__name__}") from None
+        raise ConfigError(
+            f"reward source '{name}' must return a list of numbers; got {type(values).__name__}"
+        ) from None
     if scores.shape != (n,):
-        raise ConfigError(f"reward source '{name}' returned {scores.numel()} scores for {n} responses; return one per response")
+        raise ConfigError(
+            f"reward source '{name}' returned {scores.numel()} scores for {n} responses; return one per response"
+        )
     if not torch.isfinite(scores).all():
         bad = int((~torch.isfinite(scores)).nonzero()[0])
-        raise ConfigError(f"reward source '{name}' returned a non-finite score ({float(scores[bad])}) for response {bad}")
+        raise ConfigError(
+            f"reward source '{name}' returned a non-finite score ({float(scores[bad])}) for response {bad}"
+        )
     return scores
 
 
@@ -133,6 +142,7 @@ class RewardModelSource:
         except ImportError as e:  # pragma: no cover - heads ships with alignlab
             raise ConfigError(f"reward.source '{folder}': reward models need alignlab.models.heads ({e})") from None
         self.name = str(folder)
+        self.last_disagreement: float | None = None  # mean std over an ensemble's heads in the last score() call
         self.loaded = load_reward_model(folder, device=device)
         self.batch_size = batch_size
 
@@ -147,7 +157,7 @@ class RewardModelSource:
             ids = list(tok.encode(r, add_special_tokens=False)) + ([tok.eos_token_id] if f else [])
             rows.append(encode_prompt(tok, p) + ids)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        out = []
+        out, spread = [], []
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             width = max(len(c) for c in chunk)
@@ -156,7 +166,11 @@ class RewardModelSource:
             for i, c in enumerate(chunk):  # left padding: the last real token is the last column
                 ids[i, width - len(c) :] = torch.tensor(c, dtype=torch.long)
                 attn[i, width - len(c) :] = 1
-            out.append(rm.score(ids.to(device), attn.to(device)).float().cpu())  # (b,)
+            heads = rm.forward_heads(ids.to(device), attn.to(device)).float().cpu()  # (b, K) raw
+            out.append((heads.mean(-1) - rm.shift) / rm.scale)  # (b,) normalised, as rm.score
+            if heads.shape[1] > 1:
+                spread.append((heads / rm.scale).std(-1))  # (b,): the ensemble's disagreement
+        self.last_disagreement = float(torch.cat(spread).mean()) if spread else None
         return torch.cat(out)
 
 
@@ -182,7 +196,9 @@ def import_function(spec: str) -> Callable:
     """``"package.module:function"`` -> the function; a ConfigError naming what is missing."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ConfigError(f"reward.source '{spec}': a Python reward is written module:function (e.g. mypkg.rewards:score)")
+        raise ConfigError(
+            f"reward.source '{spec}': a Python reward is written module:function (e.g. mypkg.rewards:score)"
+        )
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
@@ -190,7 +206,9 @@ def import_function(spec: str) -> Callable:
             f"reward.source '{spec}': module '{module_name}' not found ({e}); check the name and that it is importable (on PYTHONPATH)"
         ) from None
     except Exception as e:  # noqa: BLE001 - the user's module failed while importing
-        raise ConfigError(f"reward.source '{spec}': importing module '{module_name}' failed: {type(e).__name__}: {e}") from None
+        raise ConfigError(
+            f"reward.source '{spec}': importing module '{module_name}' failed: {type(e).__name__}: {e}"
+        ) from None
     fn = module
     for part in attr.split("."):
         if not hasattr(fn, part):
@@ -200,24 +218,32 @@ def import_function(spec: str) -> Callable:
             raise ConfigError(f"reward.source '{spec}': module '{module_name}' has no function '{attr}'{hint}")
         fn = getattr(fn, part)
     if not callable(fn):
-        raise ConfigError(f"reward.source '{spec}': '{attr}' in '{module_name}' is a {type(fn).__name__}, not a function")
+        raise ConfigError(
+            f"reward.source '{spec}': '{attr}' in '{module_name}' is a {type(fn).__name__}, not a function"
+        )
     return fn
 
 
-def load_reward_source(spec: str, kwargs: Sequence[str] | dict = (), *, device: str = "auto", batch_size: int = 16) -> RewardSource:
+def load_reward_source(
+    spec: str, kwargs: Sequence[str] | dict = (), *, device: str = "auto", batch_size: int = 16
+) -> RewardSource:
     """Build the reward source named by ``spec`` (see the module docstring for the forms)."""
     options = dict(kwargs) if isinstance(kwargs, dict) else parse_kwargs(kwargs)
     if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError("reward.source is empty: give a reward-model folder, a built-in rule "
-                          f"({', '.join(BUILTIN_REWARDS)}), module:function or gold:<spec>")
+        raise ConfigError(
+            "reward.source is empty: give a reward-model folder, a built-in rule "
+            f"({', '.join(BUILTIN_REWARDS)}), module:function or gold:<spec>"
+        )
     spec = spec.strip()
     if spec == "gold" or spec.startswith("gold:"):
-        gold_spec = spec[len("gold:"):].strip() if spec != "gold" else "demo"
+        gold_spec = spec[len("gold:") :].strip() if spec != "gold" else "demo"
         return FunctionReward(get_gold(gold_spec), spec, options)
     path = Path(spec).expanduser()
     if path.is_dir():
         if options:
-            raise ConfigError(f"reward.kwargs apply to Python reward functions, not to the reward-model folder '{spec}'")
+            raise ConfigError(
+                f"reward.kwargs apply to Python reward functions, not to the reward-model folder '{spec}'"
+            )
         return RewardModelSource(path, device=device, batch_size=batch_size)
     if spec in GOLD_REWARDS:
         return FunctionReward(get_gold(spec), spec, options)

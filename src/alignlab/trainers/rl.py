@@ -61,6 +61,8 @@ def sample_and_score(ctx: RLContext, records, prompt_ids, *, k: int, with_values
     with timed(stats, "scoring"):
         exp.scores = score_rollout(ctx.reward, records, gens, truncation_penalty=cfg.rollout.truncation_penalty, k=k)
     exp.prompt_texts = [last_user_text(r.prompt) for r in records for _ in range(k)]
+    if getattr(ctx.reward, "last_disagreement", None) is not None:  # a reward-model ensemble's spread
+        stats["rm/disagreement"] = ctx.reward.last_disagreement
     with timed(stats, "logprobs"):
         stats.update(
             rollout_pass(

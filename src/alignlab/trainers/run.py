@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,6 +30,22 @@ RESUMABLE_CHANGES = (
     "train.num_samples",
     "model.device",
 )
+
+
+def stage_cost(started: float | None) -> dict:
+    """Wall time of this process's run of the stage, and peak memory so far: the process's peak RSS
+    (over every stage it ran before, too) and, on a GPU, torch's peak allocation."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_mb": round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)}
+    if started is not None:
+        out["wall_s"] = round(time.perf_counter() - started, 2)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 class RunDir:
@@ -70,6 +87,7 @@ class RunDir:
                         f"{saved}: cannot resume: the config differs from the run's in {', '.join(diff[:6])}; "
                         "resume with the same settings, or start a new run_name"
                     )
+        self.started = time.perf_counter()
         self.path.mkdir(parents=True, exist_ok=True)
         self.folder.marker.unlink(missing_ok=True)
         save_config(cfg, saved)
@@ -90,7 +108,8 @@ class RunDir:
             self.log.removeHandler(h)
 
     def complete(self, summary: dict) -> dict:
-        """Write the COMPLETE marker (last, with what the stage consumed); return the summary with paths added."""
+        """Write the COMPLETE marker (last, with what the stage consumed and its cost); return the summary with paths added."""
+        summary = {**summary, "cost": {**stage_cost(getattr(self, "started", None)), **summary.get("cost", {})}}
         self.folder.write_complete(summary, self.consumed)
         out = dict(summary, run_dir=str(self.path))
         if self.final_dir.exists():
