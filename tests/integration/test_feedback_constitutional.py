@@ -61,3 +61,26 @@ def test_rlaif_preferences_load_as_preference_data(tiny, tmp_path):
     pairs = [("Wrap them in a damp towel.", "Ignore them."), ("Fried rice.", "Nothing.")]
     rows, _ = ai_preferences(sampler, judge, PROMPTS[:2], load_principles(), seed=1, responses=pairs)
     assert len(rows) == 2 and all({r["chosen"], r["rejected"]} == set(p) for r, p in zip(rows, pairs))
+
+
+def test_constitutional_labels_train_through_the_sft_and_dpo_stages(tmp_path, monkeypatch):
+    """`alignlab label --source constitutional` output goes straight into `alignlab sft` (revisions) and `alignlab dpo` (RLAIF pairs)."""
+    import json
+
+    from alignlab.cli import main
+
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
+    out, sft_out = tmp_path / "cai.jsonl", tmp_path / "cai.sft.jsonl"
+    args = ["label", "--source", "constitutional", "--policy", "tiny", "--judge-model", "tiny", "--limit", "6"]
+    assert main([*args, "--max-new-tokens", "8", "--out", str(out), "--sft-out", str(sft_out)]) == 0
+    assert out.stat().st_size and sft_out.stat().st_size
+    common = [
+        f"train.output_dir={tmp_path / 'runs'}",
+        "train.max_steps=1",
+        "train.progress=false",
+        "train.num_samples=0",
+    ]
+    assert main(["sft", "--profile", "tiny", f"data.train={sft_out}", "data.eval_fraction=0", *common]) == 0
+    assert main(["dpo", "--profile", "tiny", f"data.train={out}", "data.eval_fraction=0", *common]) == 0
+    done = json.loads((tmp_path / "runs" / "tiny" / "dpo" / "COMPLETE").read_text())
+    assert done["train_examples"] >= 1 and done["steps"] == 1
