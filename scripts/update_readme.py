@@ -1,4 +1,5 @@
 """Write the README's stage table from the pipeline table and the loss registries (the test suite checks it is current)."""
+
 import sys
 from pathlib import Path
 
