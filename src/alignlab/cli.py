@@ -53,9 +53,9 @@ def _help_epilog(stage: Stage) -> str:
 
 def _variant_defaults(stage: Stage) -> dict[str, dict]:
     """Each variant's published defaults, where its registry records them."""
-    from alignlab.pipeline import _resolve
+    from alignlab.pipeline import resolve
 
-    registry = _resolve(stage.variants)
+    registry = resolve(stage.variants)
     out = {}
     for name in sorted(registry):
         d = getattr(registry[name], "defaults", None)

@@ -53,13 +53,13 @@ class Stage:
     command: bool = True  # False: the stage has a richer command of its own (alignlab label), not the generic one
 
     def config_class(self) -> type:
-        return _resolve(self.config)
+        return resolve(self.config)
 
     def function(self):
-        return _resolve(self.run)
+        return resolve(self.run)
 
     def variant_names(self) -> list[str]:
-        return sorted(_resolve(self.variants)) if self.variants else []
+        return sorted(resolve(self.variants)) if self.variants else []
 
 
 _SFT_MODEL = Input("model.name_or_path", (("sft", "final"),))
@@ -159,7 +159,7 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def _resolve(ref: str):
+def resolve(ref: str):
     module, name = ref.split(":")
     return getattr(importlib.import_module(module), name)
 

@@ -86,7 +86,7 @@ def load_principles(path: str | os.PathLike | None = None) -> list[Principle]:
     return out
 
 
-def _conversation(prompt, *turns: str):
+def conversation(prompt, *turns: str):
     """The prompt (a string or messages) followed by alternating assistant / user turns."""
     from alignlab.data.records import Message
 
@@ -149,10 +149,10 @@ def critique_and_revise(
 ) -> tuple[list[dict], dict]:
     """SL-CAI rows for ``prompts`` (see the module docstring) and counts ``{prompts, rows, dropped_empty}``."""
     drawn = _draw(principles, len(prompts), seed)
-    originals = sampler([_conversation(p) for p in prompts], seed)
-    critiques = sampler([_conversation(p, o, pr.critique) for p, o, pr in zip(prompts, originals, drawn)], seed + 1)
+    originals = sampler([conversation(p) for p in prompts], seed)
+    critiques = sampler([conversation(p, o, pr.critique) for p, o, pr in zip(prompts, originals, drawn)], seed + 1)
     revisions = sampler(
-        [_conversation(p, o, pr.critique, c, pr.revision) for p, o, pr, c in zip(prompts, originals, drawn, critiques)],
+        [conversation(p, o, pr.critique, c, pr.revision) for p, o, pr, c in zip(prompts, originals, drawn, critiques)],
         seed + 2,
     )
     rows, dropped = [], 0
@@ -191,7 +191,7 @@ def ai_preferences(
     ``{prompts, rows, dropped, position_consistency}`` (dropped: a pair with an empty or repeated answer)."""
     drawn = _draw(principles, len(prompts), seed)
     if responses is None:
-        conv = [_conversation(p) for p in prompts]
+        conv = [conversation(p) for p in prompts]
         first, second = sampler(conv, seed + 10), sampler(conv, seed + 11)
     else:
         first, second = [r[0] for r in responses], [r[1] for r in responses]

@@ -70,12 +70,12 @@ def sample_responses(
 ) -> list[list[str]]:
     """``k`` sampled responses per prompt (``[prompt][j]``), one seeded generation call."""
     from alignlab.data.tokenize import encode_prompt
-    from alignlab.feedback.constitutional import _conversation
+    from alignlab.feedback.constitutional import conversation
     from alignlab.rollout.generate import SamplingParams, TransformersEngine
 
     if k < 1:
         raise ConfigError(f"--k must be at least 1, got {k}")
-    ids = [encode_prompt(loaded.tokenizer, _conversation(p)) for p in prompts for _ in range(k)]
+    ids = [encode_prompt(loaded.tokenizer, conversation(p)) for p in prompts for _ in range(k)]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     texts = [
         g.text.strip()
