@@ -88,13 +88,13 @@ def test_run_tiny_profile_end_to_end_then_skip_then_generate(tmp_path):
 
 
 @pytest.mark.slow
-def test_interrupted_stage_is_resumed_by_run(tmp_path):
+def test_interrupted_stage_is_resumed_by_run(tmp_path, monkeypatch):
     """`alignlab run` continues a stage whose folder exists but is not complete."""
     from alignlab.config import SFTConfig, load_config
     from alignlab.profiles import load_profile
     from alignlab.trainers.sft import train_sft
 
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # restored afterwards: later tests must not see this run folder
     cfg = load_config(
         SFTConfig,
         None,
@@ -116,7 +116,7 @@ def _serve_views(runs_dir):
 
     from alignlab.web.app import create_app
 
-    client = TestClient(create_app(runs_dir, store_path=runs_dir / "labels.sqlite"))
+    client = TestClient(create_app(runs_dir, store_path=runs_dir / "labels.sqlite"), base_url="http://127.0.0.1")
     for url in ("/", "/runs/tiny", "/runs/tiny/ppo/rollouts?step=1", "/simulator?run=tiny", "/label"):
         r = client.get(url)
         assert r.status_code == 200, (url, r.status_code)

@@ -159,7 +159,7 @@ KILL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "point,nth", [("torch.save", 7), ("torch.save", 9), ("fsync", 12), ("os.replace", 2), ("rmtree", 2)]
+    "point,nth", [("torch.save", 7), ("torch.save", 9), ("fsync", 12), ("os.replace", 3), ("rmtree", 2)]
 )
 def test_sigkill_during_save_leaves_a_loadable_checkpoint_and_resume_continues(tmp_path, point, nth):
     tests_dir = str(Path(__file__).resolve().parents[1])
