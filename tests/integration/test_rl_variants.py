@@ -110,5 +110,7 @@ def test_rl_stages_write_their_rollouts_token_by_token(tmp_path, stage):
     for r in rows:
         n = len(r["tokens"])
         assert n == len(r["logprobs"]) == len(r["ref_logprobs"]) == len(r["kl"]) == len(r["advantages"]) > 0
-        assert all(isinstance(t, str) for t in r["tokens"])  # the tiny byte-level tokenizer's pieces need not be valid UTF-8 alone
+        assert all(
+            isinstance(t, str) for t in r["tokens"]
+        )  # the tiny byte-level tokenizer's pieces need not be valid UTF-8 alone
         assert all(abs(k - (a - b)) < 1e-5 for k, a, b in zip(r["kl"], r["logprobs"], r["ref_logprobs"]))  # k1
