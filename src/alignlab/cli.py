@@ -64,13 +64,15 @@ def _variant_defaults(stage: Stage) -> dict[str, dict]:
     return out
 
 
-def _stage_parser(sub, name: str, stage: Stage):
+def _stage_parser(sub, name: str, stage: Stage, detailed: bool = True):
     cls = stage.config_class()
     p = sub.add_parser(
         name,
         help=stage.help,
         description=f"alignlab {name}: {stage.help}.\n\n{(cls.__doc__ or '').strip()}",
-        epilog=_help_epilog(stage),
+        # the epilog lists the loss registries' variants: built only when this stage's --help is asked
+        # for, so `alignlab <command>` does not import torch just to parse its arguments
+        epilog=_help_epilog(stage) if detailed else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML file with this stage's settings (sections model/data/train/...)")
@@ -203,7 +205,7 @@ def cmd_score(args) -> int:
     return 0
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignlab",
         description="Align language models with human preferences: SFT, reward models, PPO and the DPO family.",
@@ -234,7 +236,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     for name, stage in STAGES.items():
         if stage.command:
-            _stage_parser(sub, name, stage)
+            asked = argv is None or ({"-h", "--help"} & set(argv) and name in argv)
+            _stage_parser(sub, name, stage, detailed=bool(asked))
     gen = sub.add_parser("generate", help="sample responses from a preset, a model folder or a checkpoint")
     gen.add_argument(
         "--model", default="smollm2-135m", help="preset, model folder, or a run's final/ or checkpoint model/ folder"
@@ -269,7 +272,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
+    parser = make_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
