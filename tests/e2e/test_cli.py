@@ -74,6 +74,14 @@ def test_run_tiny_profile_end_to_end_then_skip_then_generate(tmp_path):
     assert ppo["cost"]["wall_s"] > 0 and ppo["cost"]["peak_rss_mb"] > 0
     evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert set(evaluation["policies"]) >= {"sft", "dpo", "ppo"} and evaluation["baseline"] == "sft"
+    import math
+
+    bon = evaluation["frontier"]["best_of_n"]["by_gold"]  # from the baseline's 4 samples per prompt
+    assert [b["n"] for b in bon][:2] == [1, 2] and len(bon) >= 3
+    for b in bon:  # the best-of-n KL the report draws is the analytic one
+        assert b["kl"] == pytest.approx(math.log(b["n"]) - (b["n"] - 1) / b["n"], abs=1e-9)
+    golds = [b["gold"] for b in bon]
+    assert all(a <= b + 1e-12 for a, b in zip(golds, golds[1:]))  # the empirical E[max of n] grows with n
     assert (run_dir / "report" / "report.html").is_file()
     summary_json = json.loads((run_dir / "report" / "summary.json").read_text())
     rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
