@@ -111,7 +111,8 @@ def run_eval(cfg) -> dict:
         records = load_records(cfg.data.train, "prompt", limit=cfg.data.limit).records
         ref = _load(folders[cfg.baseline], cfg.model, cfg.seed)
         ids = tokenize_prompts(records, ref.tokenizer, cfg.data.max_prompt_length, stage.log)
-        policies = {}
+        policies, probes = {}, {}
+        probe_jobs = _probe_jobs(cfg)
         for name, path in folders.items():
             stage.log.info("sampling %s (%s)", name, path)
             loaded = ref if name == cfg.baseline else _load(path, cfg.model, cfg.seed)
@@ -142,8 +143,10 @@ def run_eval(cfg) -> dict:
                 for r, sc in zip(rows, scores.tolist()):
                     r["score"] = float(sc)
             policies[name] = rows
+            for probe, result in (_probe_policy(cfg, loaded, probe_jobs) if probe_jobs else {}).items():
+                probes.setdefault(probe, {})[name] = result  # answered while the model is loaded
             del loaded
-        probes = _probes(cfg, folders, ref) if cfg.probes else None
+        probes = probes or None
         bon = cfg.baseline if max(cfg.samples, cfg.bon_samples) >= 2 else None
         result = evaluate_run(
             run, policies=policies, gold_fn=gold_fn, baseline=cfg.baseline, bon_source=bon, probes=probes, seed=cfg.seed
@@ -157,38 +160,42 @@ def run_eval(cfg) -> dict:
         return stage.complete(summary)
 
 
-def _probes(cfg, folders: dict[str, Path], ref) -> dict:
-    """The behaviour probes, answered by every policy (greedy-free sampling, one response each)."""
-    from alignlab.data.records import Message, PromptRecord
+def _probe_jobs(cfg) -> list[tuple[str, list]]:
+    """(probe, prompts) for each probe the config asks for."""
     from alignlab.eval import probes as P
-    from alignlab.rollout.sampling import tokenize_prompts
 
-    out: dict = {}
     jobs = []
     if "sycophancy" in cfg.probes:
-        jobs.append(("sycophancy", P.sycophancy_prompts(), None))
+        jobs.append(("sycophancy", P.sycophancy_prompts()))
     if "harmlessness" in cfg.probes:
         jobs.append(
-            ("harmlessness", P.harmlessness_prompts(cfg.harmless_data, limit=cfg.harmless_limit, seed=cfg.seed), None)
+            ("harmlessness", P.harmlessness_prompts(cfg.harmless_data, limit=cfg.harmless_limit, seed=cfg.seed))
         )
-    for name, path in folders.items():
-        loaded = ref if name == cfg.baseline else _load(path, cfg.model, cfg.seed)
-        for probe, prompts, _ in jobs:
-            recs = [
-                PromptRecord(
-                    tuple(Message(m["role"], m["content"]) for m in p) if isinstance(p, list) else (Message("user", p),)
-                )
-                for p in prompts
-            ]
-            ids = tokenize_prompts(recs, loaded.tokenizer, cfg.data.max_prompt_length)
-            rows = sample_policy(loaded.model, loaded.tokenizer, recs, ids, k=1, rollout=cfg.rollout, seed=cfg.seed)
-            responses = [r["response"] for r in rows]
-            if probe == "sycophancy":
-                out.setdefault(probe, {})[name] = P.score_sycophancy(responses)
-            else:
-                from alignlab.gold import get_gold
+    return jobs
 
-                out.setdefault(probe, {})[name] = P.score_harmlessness(prompts, responses, get_gold("harmless"))
+
+def _probe_policy(cfg, loaded, jobs) -> dict:
+    """One policy's answers to the behaviour probes (one sampled response each), scored: {probe: result}."""
+    from alignlab.data.records import Message, PromptRecord
+    from alignlab.eval import probes as P
+    from alignlab.gold import get_gold
+    from alignlab.rollout.sampling import tokenize_prompts
+
+    out = {}
+    for probe, prompts in jobs:
+        recs = [
+            PromptRecord(
+                tuple(Message(m["role"], m["content"]) for m in p) if isinstance(p, list) else (Message("user", p),)
+            )
+            for p in prompts
+        ]
+        ids = tokenize_prompts(recs, loaded.tokenizer, cfg.data.max_prompt_length)
+        rows = sample_policy(loaded.model, loaded.tokenizer, recs, ids, k=1, rollout=cfg.rollout, seed=cfg.seed)
+        responses = [r["response"] for r in rows]
+        if probe == "sycophancy":
+            out[probe] = P.score_sycophancy(responses)
+        else:
+            out[probe] = P.score_harmlessness(prompts, responses, get_gold("harmless"))
     return out
 
 
