@@ -74,6 +74,8 @@ def test_run_tiny_profile_end_to_end_then_skip_then_generate(tmp_path):
     assert ppo["cost"]["wall_s"] > 0 and ppo["cost"]["peak_rss_mb"] > 0
     evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
     assert set(evaluation["policies"]) >= {"sft", "dpo", "ppo"} and evaluation["baseline"] == "sft"
+    assert evaluation["policies"]["sft"]["kl"]["k1"]["mean"] == 0.0  # the baseline is its own π_ref
+    assert evaluation["policies"]["dpo"]["kl"]["k3"]["mean"] > 0.0
     import math
 
     bon = evaluation["frontier"]["best_of_n"]["by_gold"]  # from the baseline's 4 samples per prompt

@@ -59,12 +59,12 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
             logps.append(
                 response_logprobs(model, part, temperature=rollout.temperature, device=device)[0].float().cpu()
             )
-            if ref_model is not None:
+            if ref_model is not None and ref_model is not model:  # the baseline is its own π_ref: one pass
                 refs.append(
                     response_logprobs(ref_model, part, temperature=rollout.temperature, device=device)[0].float().cpu()
                 )
     logp = torch.cat(logps)
-    ref = torch.cat(refs) if refs else None
+    ref = torch.cat(refs) if refs else (logp if ref_model is model else None)
     rows = []
     for i, g in enumerate(gens):
         n = int(exp.response_mask[i].sum())
