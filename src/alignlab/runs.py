@@ -15,6 +15,10 @@ through this module, so the layout is written down once::
             rollouts/step-XXXXXXXX.jsonl    RL stages: the rollout of a step, token by token (ROLLOUT_FIELDS)
             COMPLETE                        written last (atomically): the summary, with "consumed"
 
+Iterated RLHF (a profile's ``rounds: N``) keeps this layout: round r ≥ 2 of a stage is the sibling
+folder ``<stage>@<r>`` (``label@2``, ``reward@2``, ``ppo@2``, ...), written by a stage config whose
+run name is ``<run>@<r>`` (:func:`split_round`); round 1 is the plain ``<stage>``.
+
 A stage folder is *complete* when ``COMPLETE`` exists; *interrupted* when it holds progress but no
 marker; *absent* otherwise. ``COMPLETE`` records, under ``consumed``, the upstream folders the
 stage read (``{"model": "runs/x/sft/final", ...}``), so a reader can draw the pipeline's graph
@@ -93,6 +97,15 @@ METRICS = {
     "value/loss": "value-function loss (PPO)",
     "policy/clipfrac": "fraction of tokens whose ratio was clipped",
     "policy/approx_kl": "k3 estimate of KL(π_old‖π_θ) between sampling and update",
+    "gold": "RL stages with `gold:` set: mean gold reward of the rollout's responses (next to the proxy `score`)",
+    "rm/disagreement": "a reward-model ensemble's mean spread (std over heads) on the rollout's responses",
+    # RL stages' monitors on each rollout (alignlab.trainers.monitoring; the thresholds are the `monitors` knobs)
+    "monitor/length_drift": "mean response tokens / the mean of the first rollouts' (monitors.baseline_steps)",
+    "monitor/repetition": "mean share of repeated word 3-grams within a response (1 − distinct-3)",
+    "monitor/diversity": "mean pairwise Jaccard similarity of the responses to one prompt (k = 1: of all responses)",
+    "monitor/entropy_collapse": "the rollout's entropy / the mean of the first rollouts'",
+    "monitor/proxy_gold_gap": "share of gold's range given back since its peak over the steps so far (score still rose)",
+    "monitor/disagreement": "rm/disagreement / the mean of the first rollouts'",
 }
 
 
@@ -321,15 +334,38 @@ def sample_row(
 
 # ----------------------------------------------------------------------------- a run
 def run_path(output_dir: str | Path, run_name: str) -> Path:
+    """The run's folder; a round's run name ``<run>@<r>`` names the folder of ``<run>`` (its rounds live there)."""
     from alignlab.errors import ConfigError
 
     if not run_name or "/" in run_name or "\\" in run_name or run_name in (".", ".."):
         raise ConfigError(f"'train.run_name' must be a plain folder name, got {run_name!r}")
-    return Path(output_dir) / run_name
+    return Path(output_dir) / split_round(run_name)[0]
 
 
 def stage_folder(output_dir: str | Path, run_name: str, stage: str) -> StageFolder:
-    return StageFolder(run_path(output_dir, run_name) / stage)
+    """``<output_dir>/<run>/<stage>``; for the run name ``<run>@<r>`` (round r), ``<output_dir>/<run>/<stage>@<r>``."""
+    return StageFolder(run_path(output_dir, run_name) / round_name(stage, split_round(run_name)[1]))
+
+
+# ----------------------------------------------------------------------------- rounds (iterated RLHF)
+def round_name(name: str, r: int) -> str:
+    """``name`` (a stage or a run name) in round ``r``: itself in round 1, ``name@r`` in a later round."""
+    return name if r == 1 else f"{name}@{r}"
+
+
+def split_round(name: str) -> tuple[str, int]:
+    """``"ppo@2"`` -> ``("ppo", 2)``; a name without a round suffix ``@<r>`` (r ≥ 2, no leading zero) is round 1."""
+    base, sep, tail = name.rpartition("@")
+    if sep and base and tail.isdigit() and tail[0] != "0" and int(tail) >= 2:
+        return base, int(tail)
+    return name, 1
+
+
+def run_rounds(path: str | Path) -> int:
+    """How many rounds the run has: the manifest's ``rounds``, or the highest ``<stage>@<r>`` folder (1: none)."""
+    manifest = read_manifest(path) or {}
+    found = [split_round(s)[1] for s in list_stages(path)]
+    return max([int(manifest.get("rounds") or 1), *found])
 
 
 def versions() -> dict[str, str]:

@@ -59,6 +59,11 @@ class DataConfig:
         False,
         "pack several sequences into one row, no padding (positions restart, attention blocked per sequence): sft and dpo",
     )
+    share_prompt: bool = knob(
+        True,
+        "pairs (dpo paired losses, reward pairs): one row [prompt | chosen | rejected], each prompt computed once "
+        "(a 4-D mask hides chosen from rejected; same numbers, fewer tokens); off when the model cannot take 4-D masks",
+    )
 
 
 @dataclass
@@ -129,3 +134,30 @@ class RewardSourceConfig:
         help="key=value options for a Python or built-in reward function, e.g. word=thanks", factory=list
     )
     batch_size: int = knob(16, "responses per reward-model forward pass")
+
+
+@dataclass
+class MonitorConfig:
+    """Reward-hacking and collapse monitors computed on every RL rollout (alignlab.eval.monitors):
+    logged as monitor/<name> in metrics.jsonl, and one WARNING in log.txt the first time each
+    crosses its threshold. Drifts are measured against the mean of the first ``baseline_steps`` rollouts."""
+
+    enabled: bool = knob(True, "compute the monitors on every rollout (cheap: word statistics of the responses)")
+    baseline_steps: int = knob(
+        5, "rollouts whose mean response length, entropy and rm/disagreement are the start the drifts compare with"
+    )
+    length_drift: float = knob(
+        2.0, "fires when mean response tokens / the start's is above this or below 1/this (ratio)"
+    )
+    repetition: float = knob(
+        0.3, "fires when the mean share of repeated word 3-grams within a response (1 − distinct-3) is above this"
+    )
+    diversity: float = knob(
+        0.8,
+        "fires when the mean pairwise Jaccard similarity of responses to one prompt (all responses when k = 1) is above this",
+    )
+    entropy_collapse: float = knob(0.25, "fires when the rollout's per-token entropy / the start's is below this")
+    proxy_gold_gap: float = knob(
+        0.3, "with `gold`: fires when gold gave back more than this share of its range since its peak while score rose"
+    )
+    disagreement: float = knob(2.0, "reward ensembles: fires when rm/disagreement / the start's is above this")

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignlab.config.parse import knob
-from alignlab.config.sections import DataConfig, ModelConfig, RewardSourceConfig, RolloutConfig, TrainConfig
+from alignlab.config.sections import (
+    DataConfig,
+    ModelConfig,
+    MonitorConfig,
+    RewardSourceConfig,
+    RolloutConfig,
+    TrainConfig,
+)
 from alignlab.errors import ConfigError, did_you_mean
 
 
@@ -102,7 +109,7 @@ class RewardConfig:
             raise ConfigError("'norm_num_prompts' must be >= 0 and 'norm_max_new_tokens' >= 1")
         if self.data.packing:
             raise ConfigError(
-                "'data.packing' applies to sft and dpo; a reward model scores each response on its own row"
+                "'data.packing' applies to sft and dpo; a reward model puts one pair per row (data.share_prompt) or one response"
             )
 
 
@@ -209,6 +216,12 @@ class RLSections:
     )
     rollout: RolloutConfig = knob(help="sampling", factory=RolloutConfig)
     reward: RewardSourceConfig = knob(help="the reward source", factory=RewardSourceConfig)
+    gold: str | None = knob(
+        None,
+        "a cheap rule-based gold reward (alignlab.gold spec, e.g. char_fraction(chars=abc)) scored on every rollout "
+        "and logged as `gold` next to `score`, for the proxy_gold_gap monitor (empty: none)",
+    )
+    monitors: MonitorConfig = knob(help="reward-hacking and collapse monitors on every rollout", factory=MonitorConfig)
 
 
 def _check_rl(cfg, *, needs_groups: bool) -> None:
@@ -233,6 +246,15 @@ def _check_rl(cfg, *, needs_groups: bool) -> None:
         )
     if cfg.mini_batch_size < 1 or cfg.ppo_epochs < 1:
         raise ConfigError("'mini_batch_size' and 'ppo_epochs' must be at least 1")
+    if cfg.gold:
+        from alignlab.gold import get_gold
+
+        try:
+            get_gold(cfg.gold)
+        except ConfigError as e:
+            raise ConfigError(f"'gold': {e}") from None
+    if cfg.monitors.baseline_steps < 1:
+        raise ConfigError(f"'monitors.baseline_steps' must be at least 1; got {cfg.monitors.baseline_steps}")
     if needs_groups and cfg.group_size < 2:
         raise ConfigError(
             f"'group_size' must be at least 2 (a baseline needs another response to the same prompt); got {cfg.group_size}"
@@ -472,6 +494,32 @@ class EvalConfig:
     probes: list[str] = knob(help="behaviour probes to run: sycophancy", factory=list)
     harmless_data: str | None = knob(None, "HH-RLHF harmless prompts (jsonl[.gz]) for the harmlessness probe")
     harmless_limit: int = knob(64, "prompts of the harmlessness probe")
+    judge: str | None = knob(
+        None,
+        "AI judge of each policy's responses against the baseline's (a preset such as smollm2-135m or tiny, or a model"
+        " folder; null: off): win rate with ties and its agreement with gold; 2 forward passes (both orders) per pair,"
+        " `samples` pairs per prompt and policy; turn on with judge=smollm2-135m",
+    )
+    judge_tie_margin: float = knob(0.0, "a judged pair with |P(policy better) - 0.5| <= this is a tie")
+    heldout_data: str = knob(
+        "demo:sft", "reference answers (sft records) for the alignment tax: held-out NLL per token of each policy"
+    )
+    heldout_fraction: float = knob(
+        0.1,
+        "share of heldout_data held out as SFT's data.eval_fraction does with the same seed (0: use every record)",
+    )
+    heldout_limit: int = knob(32, "held-out examples at most for the alignment tax (0: off)")
+    objectives: list[str] = knob(
+        help="several objectives reported side by side: name=gold spec items, e.g. helpful=demo, concise=concise"
+        " (a bare spec is its own name)",
+        factory=list,
+    )
+    lm_eval: list[str] = knob(
+        help="lm-evaluation-harness tasks run on each policy's final model (needs lm_eval installed and the"
+        " tasks' data in the local Hugging Face cache), e.g. hellaswag,arc_easy",
+        factory=list,
+    )
+    lm_eval_limit: int | None = knob(None, "lm-eval examples per task at most (null: all)")
     model: ModelConfig = knob(help="device and dtype for the policies (name_or_path is not used)", factory=ModelConfig)
     output_dir: str = knob("runs", "folder that holds run folders")
     run_name: str = knob("default", "name of the run to evaluate")
@@ -489,6 +537,15 @@ class EvalConfig:
                 )
         if "harmlessness" in self.probes and not self.harmless_data:
             raise ConfigError("'probes' harmlessness needs 'harmless_data' (an HH-RLHF file)")
+        if not 0.0 <= self.judge_tie_margin < 0.5:
+            raise ConfigError(f"'judge_tie_margin' must be in [0, 0.5), got {self.judge_tie_margin}")
+        if not 0.0 <= self.heldout_fraction < 1.0 or self.heldout_limit < 0:
+            raise ConfigError("'heldout_fraction' must be in [0, 1) and 'heldout_limit' at least 0 (0: off)")
+        if self.lm_eval_limit is not None and self.lm_eval_limit < 1:
+            raise ConfigError(f"'lm_eval_limit' must be at least 1 or null, got {self.lm_eval_limit}")
+        from alignlab.eval.objectives import parse_objectives
+
+        parse_objectives(self.objectives)
 
 
 @dataclass

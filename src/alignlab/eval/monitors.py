@@ -185,7 +185,12 @@ def entropy_collapse(rows: Sequence[dict], *, key: str = "entropy", threshold: f
     ent = _series(rows, key)
     if len(ent) < 2:
         return None
-    early, late = _early_late(ent)
+    return entropy_change(*_early_late(ent), threshold=threshold)
+
+
+def entropy_change(early: float, late: float, *, threshold: float = 0.25) -> dict | None:
+    """Entropy ``late`` over entropy ``early`` (the collapse test of :func:`entropy_collapse`;
+    training uses it on each rollout against its first rollouts); None when ``early`` is not > 0."""
     if early <= 0:
         return None
     value = late / early
@@ -239,7 +244,14 @@ def disagreement(rows: Sequence[dict], *, key: str = "rm/disagreement", threshol
     vals = _series(rows, key)
     if len(vals) < 2:
         return None
-    early, late = _early_late(vals)
+    return disagreement_change(*_early_late(vals), key=key, threshold=threshold)
+
+
+def disagreement_change(
+    early: float, late: float, *, key: str = "rm/disagreement", threshold: float = 2.0
+) -> dict | None:
+    """Ensemble disagreement ``late`` over ``early`` (the test of :func:`disagreement`; training
+    uses it on each rollout against its first rollouts)."""
     value = late / early if early > 0 else (math.inf if late > 0 else 1.0)
     fired = value > threshold
     msg = f"{key} {early:.3g} → {late:.3g} ({value:.2f}x)"

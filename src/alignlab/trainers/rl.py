@@ -7,6 +7,7 @@ One step of every RL stage::
       -> sample   (engine, k responses per prompt)            time/generation
       -> score    (reward source, minus the truncation penalty) time/scoring
       -> no-grad pass: old log-probs, reference log-probs, values, entropy   time/logprobs
+      -> monitors on the rollout (trainers.monitoring): gold, monitor/*   (a WARNING when one fires)
       -> the stage's targets (rewards, advantages, returns)
       -> ppo_epochs × minibatches: loss, backward, clip, optimizer step       time/training
       -> the stage's after-step hook (e.g. the adaptive KL controller), engine.sync_weights()
@@ -18,7 +19,7 @@ passes are :mod:`alignlab.rollout.passes`, and the loop is the shared
 
 Exact resume: the checkpoint holds the policy (and value) weights, the optimizer, the scheduler,
 the RNG states (so the next rollout samples the same tokens), and the stage's extra state (the
-adaptive KL controller, the reward normaliser); minibatch orders come from a generator seeded by
+adaptive KL controller, the reward normaliser, the monitors' start and series); minibatch orders come from a generator seeded by
 (seed, step, epoch).
 """
 
@@ -39,6 +40,7 @@ from alignlab.rollout.passes import rollout_pass
 from alignlab.rollout.rewards import last_user_text
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
 from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
+from alignlab.trainers.monitoring import TrainingMonitors, build_monitors
 from alignlab.trainers.run import RunDir, open_stage
 
 
@@ -83,6 +85,8 @@ def sample_and_score(ctx: RLContext, records, prompt_ids, *, k: int, with_values
             "gen_tokens_per_s": float(lengths.sum()) / max(stats["time/generation"], 1e-9),
         }
     )
+    if ctx.monitors is not None:  # the whole rollout, before any stage drops rows (DAPO's dynamic sampling)
+        stats.update(ctx.monitors.measure(exp.prompt_texts, [g.text for g in gens], k=k, stats=stats))
     return exp, stats
 
 
@@ -100,6 +104,7 @@ class RLContext:
     train_ids: list[list[int]]
     eval_records: list = field(default_factory=list)
     eval_ids: list[list[int]] = field(default_factory=list)
+    monitors: TrainingMonitors | None = None  # reward-hacking and collapse monitors on every rollout
 
 
 @dataclass
@@ -202,6 +207,8 @@ def rl_fit(
         index = order.batch(step)
         t0 = time.perf_counter()
         exp, stats = algo.make_experience([ctx.train_records[i] for i in index], [ctx.train_ids[i] for i in index])
+        if ctx.monitors is not None:
+            ctx.monitors.warn(step + 1, ctx.run.log, stage=ctx.run.stage)
         every = ctx.cfg.rollout.save_every
         if every and (step + 1) % every == 0:
             write_rollout(ctx, exp, step + 1)
@@ -314,8 +321,10 @@ def run_rl_stage(
             tokenize_prompts(train_records, tok, cfg.data.max_prompt_length, run.log),
             eval_records,
             tokenize_prompts(eval_records, tok, cfg.data.max_prompt_length),
+            monitors=build_monitors(cfg),
         )
         algo = build_algo(ctx)
+        algo.extra_state["monitors"] = ctx.monitors
         save_policy, load_policy = model_io(models.model, tok, cfg.model, cfg.train.seed)
         values = models.value_modules()
         if len(values):
