@@ -10,7 +10,10 @@ passes the rows. One row::
      "score": float | None,                  proxy (reward-model) score, optional
      "length": int | None,                   response tokens, optional (else words are counted)
      "logprobs": [float] | None,             per-token log π(y_t), optional: gives the KL
-     "ref_logprobs": [float] | None}         per-token log π_ref(y_t), optional
+     "ref_logprobs": [float] | None,         per-token log π_ref(y_t), optional
+     "judge": float | None,                  the AI judge's P(this ≻ the baseline's response), optional
+     "judge_consistent": bool | None,        both orders of that judgement agreed, optional
+     "objectives": {name: float} | None}     each objective's value, optional (computed where missing)
 
 Several rows per prompt and policy are allowed: a prompt's gold is their mean, and its win
 outcome the mean over all (policy response, baseline response) pairs.
@@ -31,6 +34,13 @@ eval.json schema (version 1); every interval is ``[lo, hi]`` at ``confidence``::
           "kl": {"k1": {mean, se, n}, "k3": {mean, se, n}} | null,         nats per response
           "win_rate": null for the baseline, else                            vs the baseline, on gold
                 {win_rate, wins, ties, losses, n, tie_rate, wilson, bootstrap},
+          "proxy_win_rate": {same} | null,                                   vs the baseline, on the proxy
+          "judge": null, or {pairs, mean_prob, pair_outcomes: {wins, ties, losses},     the AI judge vs the
+                   win_rate: {same as win_rate}, position_consistency,                   baseline (see
+                   agreement: {agreement, n, gold_ties, wilson} | null},                 alignlab.eval.compare)
+          "heldout": null, or {nll: {mean, ..., t_interval}, nll_pooled, perplexity,    alignment tax: NLL
+                     n_examples, n_tokens, tax: {paired difference} | null},             per token of references
+          "objectives": null, or {"<objective>": {mean: {mean, ...}, gain: {paired difference} | null}},
           "gain": null for the baseline, else                                paired mean gold − baseline
                 {mean, std, se, n, t_interval, bootstrap_interval, significant},
           "monitors": {"<monitor>": {name, value, threshold, fired, message}}
@@ -52,6 +62,12 @@ eval.json schema (version 1); every interval is ``[lo, hi]`` at ``confidence``::
                                         alignlab.eval.probes (score_sycophancy, score_harmlessness)
       "rewardbench": {"<scorer>": result} | null            passed through; results of
                                         alignlab.eval.rewardbench.accuracy
+      "judge": {model, tie_margin} | null,                  the judge behind policies.*.judge
+      "heldout": {source, n_examples} | null,               the alignment tax's reference answers
+      "objectives": {"<objective>": gold spec} | null,
+      "lm_eval": {tasks, limit, results: {"<policy>": {"<task>": {"<metric>": value}}}} | null,
+      "reward_models": {"<reward stage>": {agreement, pairs, gold_ties}} | null   iterated runs: each
+                                        round's RM against gold on these responses (rm_gold_agreement)
     }
 
 Non-finite numbers are written as null. Next to it, ``<run>/eval/samples.jsonl`` holds the rows without token arrays, each with its
@@ -70,7 +86,7 @@ import numpy as np
 
 from alignlab import runs
 from alignlab.errors import ConfigError, did_you_mean
-from alignlab.eval import frontier, monitors, overopt, stats
+from alignlab.eval import compare, frontier, monitors, overopt, stats
 from alignlab.eval.kl import rollout_kl, rows_kl
 
 EVAL_STAGE = "eval"
@@ -115,6 +131,27 @@ def fill_gold(rows: Sequence[dict], gold_fn: GoldFn | None) -> list[dict]:
             raise ValueError(f"gold_fn returned {len(values)} scores for {len(todo)} responses")
         for i, v in zip(todo, values):
             rows[i]["gold"] = float(v)
+    return rows
+
+
+def fill_objectives(rows: Sequence[dict], objectives: dict[str, str | GoldFn]) -> list[dict]:
+    """Copies of ``rows`` whose ``objectives`` hold a value for every objective: a missing one is
+    computed by the objective's gold spec (:func:`alignlab.gold.get_gold`) or function."""
+    rows = [dict(r, objectives=dict(r.get("objectives") or {})) for r in rows]
+    for name, fn in objectives.items():
+        todo = [i for i, r in enumerate(rows) if r["objectives"].get(name) is None]
+        if not todo:
+            continue
+        if isinstance(fn, str):
+            from alignlab.eval.objectives import load_objectives
+
+            fn = load_objectives({name: fn})[name]
+        prompts = [last_user_message(rows[i]["prompt"]) for i in todo]
+        values = list(fn(prompts, [rows[i]["response"] for i in todo]))
+        if len(values) != len(todo):
+            raise ValueError(f"objective '{name}' returned {len(values)} scores for {len(todo)} responses")
+        for i, v in zip(todo, values):
+            rows[i]["objectives"][name] = float(v)
     return rows
 
 
@@ -252,6 +289,13 @@ def evaluate_run(
     bon_source: str | None = None,
     probes: dict | None = None,
     rewardbench: dict | None = None,
+    judge: str | None = None,
+    judge_tie_margin: float = 0.0,
+    heldout: dict[str, Sequence[dict]] | None = None,
+    heldout_source: str | None = None,
+    objectives: dict[str, str | GoldFn] | None = None,
+    lm_eval: dict | None = None,
+    reward_models: dict | None = None,
     tie_tol: float = 0.0,
     confidence: float = 0.95,
     n_boot: int = 2000,
@@ -269,6 +313,13 @@ def evaluate_run(
     the RL over-optimisation form is fitted on (else the non-baseline policies are). The best-of-n
     curve comes from ``bon_source``'s rows, by default the first policy, baseline first, that has
     at least two samples of every prompt.
+
+    ``judge`` names the AI judge whose judgements the rows carry (``judge``, see
+    :mod:`alignlab.eval.compare`), ``judge_tie_margin`` its tie band. ``heldout`` maps each policy
+    to its per-example NLL rows ``{"nll", "tokens"}`` on the same reference answers
+    (``heldout_source``). ``objectives`` maps names to gold specs (or functions) whose values fill
+    each row's ``objectives`` where missing. ``lm_eval`` (lm-evaluation-harness results) is passed
+    through.
     """
     if baseline not in policies:
         raise ConfigError(
@@ -277,30 +328,42 @@ def evaluate_run(
         )
     run = Path(run_path)
     scored = {name: fill_gold(rows, gold_fn) for name, rows in policies.items()}
+    objectives = dict(objectives or {})
+    if objectives:
+        scored = {name: fill_objectives(rows, objectives) for name, rows in scored.items()}
     ckpts = {name: fill_gold(rows, gold_fn) for name, rows in (checkpoints or {}).items()}
 
     base_rows = scored[baseline]
     base_gold = _by_prompt(base_rows, "gold")
+    base_proxy = _by_prompt(base_rows, "score")
+    kw = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+    held = compare.heldout_summary(heldout, baseline, **kw) if heldout else {}
     base_texts = [r["response"] for r in base_rows]
     base_lengths = _token_lengths(base_rows)
     out_policies = {}
     for name, rows in scored.items():
         summary = _policy_summary(rows, confidence=confidence, n_boot=n_boot, seed=seed)
         if name == baseline:
-            summary["win_rate"], summary["gain"] = None, None
+            summary["win_rate"], summary["gain"], summary["proxy_win_rate"], summary["judge"] = None, None, None, None
         else:
             pol_gold = _by_prompt(rows, "gold")
             summary["win_rate"] = stats.win_rate(
                 _win_outcomes(pol_gold, base_gold, tie_tol), confidence=confidence, n_boot=n_boot, seed=seed
             )
-            shared = sorted(pol_gold.keys() & base_gold.keys())
-            summary["gain"] = stats.paired_difference(
-                [np.mean(pol_gold[k]) for k in shared],
-                [np.mean(base_gold[k]) for k in shared],
-                confidence=confidence,
-                n_boot=n_boot,
-                seed=seed,
+            summary["gain"] = compare.paired_gain(pol_gold, base_gold, **kw)
+            pol_proxy = _by_prompt(rows, "score")
+            summary["proxy_win_rate"] = (
+                stats.win_rate(_win_outcomes(pol_proxy, base_proxy, tie_tol), **kw)
+                if pol_proxy and base_proxy
+                else None
             )
+            summary["judge"] = compare.judge_summary(rows, base_rows, margin=judge_tie_margin, tie_tol=tie_tol, **kw)
+        summary["heldout"] = held.get(name)
+        summary["objectives"] = (
+            compare.objectives_summary(rows, None if name == baseline else base_rows, list(objectives), **kw)
+            if objectives
+            else None
+        )
         groups: dict[str, list[str]] = {}
         for r in rows:
             groups.setdefault(prompt_key(r["prompt"]), []).append(r["response"])
@@ -337,6 +400,12 @@ def evaluate_run(
         "training_kl": _training_kl(run) if run.is_dir() else {},
         "probes": probes,
         "rewardbench": rewardbench,
+        **({"reward_models": reward_models} if reward_models is not None else {}),
+        "judge": {"model": judge, "tie_margin": judge_tie_margin} if judge else None,
+        "heldout": {"source": heldout_source, "n_examples": len(next(iter(heldout.values())))} if heldout else None,
+        "objectives": {k: v if isinstance(v, str) else getattr(v, "__name__", repr(v)) for k, v in objectives.items()}
+        or None,
+        "lm_eval": lm_eval,
     }
     result = json_safe(result)
     if write:
@@ -350,6 +419,29 @@ def evaluate_run(
             ]
         )
     return result
+
+
+def rm_gold_agreement(rows: Sequence[dict], scores: Sequence[float]) -> dict:
+    """How often a reward model's ``scores`` order two responses to the same prompt as ``gold`` does.
+
+    Over every pair (i, j) of rows with the same prompt: 1 when sign(s_i − s_j) = sign(g_i − g_j),
+    ½ when s_i = s_j, 0 otherwise; pairs with equal gold are left out (counted in ``gold_ties``).
+    ``agreement`` is the mean per pair (None without a pair).
+    """
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r, s in zip(rows, scores):
+        if _finite(r.get("gold")) and _finite(s):
+            groups.setdefault(prompt_key(r["prompt"]), []).append((float(r["gold"]), float(s)))
+    outcomes, ties = [], 0
+    for group in groups.values():
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                (ga, sa), (gb, sb) = group[a], group[b]
+                if ga == gb:
+                    ties += 1
+                else:
+                    outcomes.append(0.5 if sa == sb else float((sa > sb) == (ga > gb)))
+    return {"agreement": float(np.mean(outcomes)) if outcomes else None, "pairs": len(outcomes), "gold_ties": ties}
 
 
 def read_eval(run_path: str | Path) -> dict | None:

@@ -7,6 +7,11 @@ prompt, scores them with the gold reward and the proxy (the run's reward model),
 per-token log-probs of each response under the policy and under the baseline (π_ref), so the KL
 estimates are of KL(π‖π_ref) on samples from π. The baseline also gives ``bon_samples``
 responses per prompt for the best-of-n curve.
+
+Optional, each from its EvalConfig key: every objective's value per response (``objectives``);
+the held-out NLL of reference answers, while each policy is loaded (``heldout_limit`` > 0: the
+alignment tax); the AI judge on each policy's responses against the baseline's, after sampling
+(``judge``); lm-evaluation-harness on each policy's final folder, last (``lm_eval``).
 """
 
 from __future__ import annotations
@@ -22,12 +27,46 @@ def policy_folders(run_path: Path, names: list[str]) -> dict[str, Path]:
     from alignlab.runs import StageFolder
 
     out = {}
-    for name in names or POLICY_STAGES:
+    for name in names or (*POLICY_STAGES, *round_policies(run_path)):
         folder = StageFolder(run_path / name)
         if folder.is_complete() and folder.final.is_dir():
             out[name] = folder.final
         elif names:
             raise ConfigError(f"eval: policy '{name}' has no complete stage with a final model in {run_path}")
+    return out
+
+
+# ----------------------------------------------------------------------------- rounds (iterated RLHF)
+def round_policies(run_path: Path) -> list[str]:
+    """The later rounds' policy stages of an iterated run (``dpo@2``, ``ppo@2``, ...), round by round."""
+    from alignlab.runs import list_stages, split_round
+
+    found = [s for s in list_stages(run_path) if split_round(s)[1] > 1 and split_round(s)[0] in POLICY_STAGES]
+    return sorted(found, key=lambda s: split_round(s)[1])
+
+
+def round_reward_models(cfg, run: Path, policies: dict[str, list[dict]], log) -> dict | None:
+    """Iterated runs only (None otherwise): each round's reward model (``reward``, ``reward@2``, ...)
+    scores every policy's eval responses, and :func:`~alignlab.eval.evaluate.rm_gold_agreement` says
+    how often it orders two responses to a prompt as the gold reward does (eval.json ``reward_models``)."""
+    from alignlab.data.records import Message
+    from alignlab.eval.evaluate import rm_gold_agreement
+    from alignlab.rollout.rewards import load_reward_source
+    from alignlab.runs import StageFolder, list_stages, split_round
+
+    names = [s for s in list_stages(run) if split_round(s)[0] == "reward" and StageFolder(run / s).final.is_dir()]
+    if not any(split_round(s)[1] > 1 for s in names):
+        return None
+    rows = [r for rs in policies.values() for r in rs]
+    prompts = [tuple(Message(m["role"], m["content"]) for m in r["prompt"]) for r in rows]
+    out = {}
+    for name in names:
+        rm = load_reward_source(str(StageFolder(run / name).final), device=cfg.model.device)
+        scores = rm.score(
+            prompts, [r["response"] for r in rows], finished=[bool(r["finished"]) for r in rows], meta=[{}] * len(rows)
+        )
+        out[name] = rm_gold_agreement(rows, scores.tolist())
+        log.info("%s: agrees with gold on %s of %d response pairs", name, out[name]["agreement"], out[name]["pairs"])
     return out
 
 
@@ -86,6 +125,7 @@ def run_eval(cfg) -> dict:
     """Evaluate the run named by an :class:`~alignlab.config.EvalConfig`; returns the summary."""
     from alignlab.data import load_records
     from alignlab.eval.evaluate import evaluate_run, last_user_message
+    from alignlab.eval.objectives import load_objectives, parse_objectives
     from alignlab.gold import get_gold
     from alignlab.rollout.rewards import load_reward_source
     from alignlab.rollout.sampling import tokenize_prompts
@@ -94,6 +134,11 @@ def run_eval(cfg) -> dict:
     from alignlab.trainers.run import open_stage
 
     gold_fn = get_gold(cfg.gold)
+    load_objectives(cfg.objectives)  # a bad spec fails here, before any sampling
+    if cfg.lm_eval:
+        from alignlab.eval.lm_harness import require_lm_eval
+
+        require_lm_eval(cfg.lm_eval)  # so does a missing lm-eval
     proxy = load_reward_source(cfg.proxy, device=cfg.model.device) if cfg.proxy else None
     run = run_path(cfg.output_dir, cfg.run_name)
     folders = policy_folders(run, list(cfg.policies))
@@ -108,7 +153,13 @@ def run_eval(cfg) -> dict:
         stage.consumed = {name: str(path) for name, path in folders.items()}
         if cfg.proxy:
             stage.consumed["proxy"] = cfg.proxy
+        if cfg.judge:
+            stage.consumed["judge"] = cfg.judge
         records = load_records(cfg.data.train, "prompt", limit=cfg.data.limit).records
+        held_recs = _heldout_records(cfg)
+        if held_recs:
+            stage.consumed["heldout"] = cfg.heldout_data
+        heldout = {}
         ref = _load(folders[cfg.baseline], cfg.model, cfg.seed)
         ids = tokenize_prompts(records, ref.tokenizer, cfg.data.max_prompt_length, stage.log)
         policies, probes = {}, {}
@@ -143,13 +194,44 @@ def run_eval(cfg) -> dict:
                 for r, sc in zip(rows, scores.tolist()):
                     r["score"] = float(sc)
             policies[name] = rows
+            if held_recs:
+                heldout[name] = _heldout_nll(cfg, loaded, held_recs)
             for probe, result in (_probe_policy(cfg, loaded, probe_jobs) if probe_jobs else {}).items():
                 probes.setdefault(probe, {})[name] = result  # answered while the model is loaded
             del loaded
         probes = probes or None
+        if cfg.judge:
+            _judge_policies(cfg, policies, stage.log)
+        lm_eval = None
+        if cfg.lm_eval:
+            from alignlab.eval.lm_harness import run_lm_eval
+            from alignlab.models.load import resolve_device
+
+            lm_eval = run_lm_eval(
+                folders,
+                cfg.lm_eval,
+                limit=cfg.lm_eval_limit,
+                device=str(resolve_device(cfg.model.device)),
+                seed=cfg.seed,
+                log=stage.log,
+            )
         bon = cfg.baseline if max(cfg.samples, cfg.bon_samples) >= 2 else None
+        reward_models = round_reward_models(cfg, run, policies, stage.log)
         result = evaluate_run(
-            run, policies=policies, gold_fn=gold_fn, baseline=cfg.baseline, bon_source=bon, probes=probes, seed=cfg.seed
+            run,
+            policies=policies,
+            gold_fn=gold_fn,
+            baseline=cfg.baseline,
+            bon_source=bon,
+            probes=probes,
+            judge=cfg.judge,
+            judge_tie_margin=cfg.judge_tie_margin,
+            heldout=heldout or None,
+            heldout_source=cfg.heldout_data if heldout else None,
+            objectives=parse_objectives(cfg.objectives),
+            lm_eval=lm_eval,
+            reward_models=reward_models,
+            seed=cfg.seed,
         )
         summary = {"stage": "eval", "policies": list(folders), "prompts": len(records), "baseline": cfg.baseline}
         for name, p in result["policies"].items():
@@ -157,7 +239,54 @@ def run_eval(cfg) -> dict:
             if p.get("gain"):
                 summary[f"gain/{name}"] = p["gain"]["mean"]
                 summary[f"gain_significant/{name}"] = p["gain"]["significant"]
+            if p.get("judge"):
+                summary[f"judge_win_rate/{name}"] = p["judge"]["win_rate"]["win_rate"]
+            if (p.get("heldout") or {}).get("tax"):
+                summary[f"alignment_tax/{name}"] = p["heldout"]["tax"]["mean"]
         return stage.complete(summary)
+
+
+def _heldout_records(cfg) -> list:
+    if cfg.heldout_limit <= 0:
+        return []
+    from alignlab.eval.heldout import heldout_records
+
+    return heldout_records(cfg.heldout_data, fraction=cfg.heldout_fraction, limit=cfg.heldout_limit, seed=cfg.seed)
+
+
+def _heldout_nll(cfg, loaded, records) -> list[dict]:
+    from alignlab.eval.heldout import heldout_nll
+
+    return heldout_nll(
+        loaded.model,
+        loaded.tokenizer,
+        records,
+        max_length=cfg.data.max_length,
+        max_prompt_length=cfg.data.max_prompt_length,
+        batch_size=cfg.rollout.forward_batch_size,
+    )
+
+
+def _judge_policies(cfg, policies: dict[str, list[dict]], log) -> None:
+    """Each non-baseline row gets ``judge`` (P(it ≻ the baseline's response), both orders averaged)
+    and ``judge_consistent``, for the pairs :func:`alignlab.eval.compare.index_pairs` forms."""
+    from alignlab.eval.compare import index_pairs
+    from alignlab.feedback.judge import Judge
+
+    judge = Judge.from_preset(cfg.judge, device=cfg.model.device, seed=cfg.seed)
+    base = policies[cfg.baseline]
+    for name, rows in policies.items():
+        if name == cfg.baseline:
+            continue
+        pairs = index_pairs(rows, base)
+        log.info("judging %s against %s: %d pairs, both orders (%s)", name, cfg.baseline, len(pairs), cfg.judge)
+        cmp = judge.compare(
+            [rows[i]["prompt"] for i, _ in pairs],
+            [rows[i]["response"] for i, _ in pairs],
+            [base[j]["response"] for _, j in pairs],
+        )
+        for (i, _), p, ok in zip(pairs, cmp.prob.tolist(), cmp.consistent.tolist()):
+            rows[i]["judge"], rows[i]["judge_consistent"] = float(p), bool(ok)
 
 
 def _probe_jobs(cfg) -> list[tuple[str, list]]:
