@@ -83,6 +83,15 @@ def _stage_parser(sub, name: str, stage: Stage, detailed: bool = True):
     )
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of this run")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="settings, e.g. train.lr=1e-4 lora.enabled=true")
+    if name == "eval":
+        p.add_argument(
+            "--lm-eval",
+            dest="lm_eval_tasks",
+            default=None,
+            metavar="TASKS",
+            help="also run lm-evaluation-harness tasks (comma-separated, e.g. hellaswag,arc_easy) on each policy's"
+            " final model: same as lm_eval=TASKS; needs lm-eval installed and the tasks' data in the local HF cache",
+        )
     for key in stage.flags:
         p.add_argument(
             f"--{key.replace('.', '-').replace('_', '-')}",
@@ -143,6 +152,8 @@ def _run_folder_args(stage: str, args) -> None:
 def cmd_stage(stage: str, args) -> int:
     if stage in ("eval", "report"):
         _run_folder_args(stage, args)
+    if getattr(args, "lm_eval_tasks", None):
+        args.overrides = [f"lm_eval={args.lm_eval_tasks}", *args.overrides]  # an explicit lm_eval=... wins
     cfg = build_config(stage, args)
     summary = STAGES[stage].function()(cfg)
     print(json.dumps(summary, indent=1, default=str))
