@@ -16,7 +16,11 @@ summary.json::
                  "metrics": {"<split>": {"<metric>": {"steps": [...], "values": [...], "last": v}}},
                  "n_samples": int}],
      "eval": eval.json | null,
-     "samples": [{"prompt": text, "responses": {"<policy>": text}}]}
+     "samples": [{"prompt": text, "responses": {"<policy>": text}}],
+     "rounds": null, or (iterated runs) one row per round r: {"round", "labels": label@r's new labels,
+               "rm_labels": the labels reward@r trained on (every round's so far), "rm_heldout_accuracy",
+               "rm_eval_pairs", "rm_gold_agreement": eval.json reward_models, "gold/<ppo|dpo>",
+               "gain/<ppo|dpo>", "kl/<ppo|dpo>": eval.json's mean gold, gain and k3 KL of ppo@r / dpo@r}}
 
 Non-finite metric values (NaN, inf) become null.
 """
@@ -142,7 +146,36 @@ def collect(run_path: str | Path) -> dict:
         "stages": stages,
         "eval": read_eval(run),
         "samples": _side_by_side(run, names),
+        "rounds": collect_rounds(run, read_eval(run)),
     }
+
+
+def collect_rounds(run: Path, ev: dict | None) -> list[dict] | None:
+    """Iterated runs (rounds ≥ 2): one row per round from label@r's and reward@r's COMPLETE and eval.json."""
+    n = runs.run_rounds(run)
+    if n < 2:
+        return None
+    policies, rms = (ev or {}).get("policies") or {}, (ev or {}).get("reward_models") or {}
+    rows = []
+    for r in range(1, n + 1):
+        label = runs.StageFolder(run / runs.round_name("label", r)).summary() or {}
+        reward_name = runs.round_name("reward", r)
+        reward = runs.StageFolder(run / reward_name).summary() or {}
+        row = {
+            "round": r,
+            "labels": label.get("rows"),
+            "rm_labels": label.get("pool", label.get("rows")),
+            "rm_heldout_accuracy": (reward.get("eval") or {}).get("rewards/accuracy"),
+            "rm_eval_pairs": reward.get("eval_pairs"),
+            "rm_gold_agreement": (rms.get(reward_name) or {}).get("agreement"),
+        }
+        for pol in ("ppo", "dpo"):
+            p = policies.get(runs.round_name(pol, r)) or {}
+            row[f"gold/{pol}"] = (p.get("gold") or {}).get("mean")
+            row[f"gain/{pol}"] = (p.get("gain") or {}).get("mean")
+            row[f"kl/{pol}"] = ((p.get("kl") or {}).get("k3") or {}).get("mean")
+        rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -258,6 +291,7 @@ def _section_eval(ev: dict, pngs: dict[str, bytes]) -> str:
         ],
         rows,
     )
+    out += _section_comparisons(ev, pngs)
     if "frontier" in pngs:
         out += "<h3>KL–gold frontier</h3>" + _img(pngs["frontier"], "KL-gold frontier")
     fits = ev.get("overoptimisation") or {}
@@ -276,6 +310,160 @@ def _section_eval(ev: dict, pngs: dict[str, bytes]) -> str:
     out += _section_probes(ev.get("probes"))
     out += _section_rewardbench(ev.get("rewardbench"))
     return out
+
+
+def _wins_ties_losses(w: dict) -> str:
+    return f"{fmt(w.get('wins'))} / {fmt(w.get('ties'))} / {fmt(w.get('losses'))}"
+
+
+def _section_comparisons(ev: dict, pngs: dict[str, bytes]) -> str:
+    """Win rates by gold, proxy and judge; the judge's agreement; alignment tax; objectives; lm-eval."""
+    return (
+        _section_annotators(ev)
+        + _section_alignment_tax(ev)
+        + _section_objectives(ev, pngs)
+        + _section_lm_eval(ev.get("lm_eval"))
+    )
+
+
+def _section_annotators(ev: dict) -> str:
+    pols = [(n, p) for n, p in (ev.get("policies") or {}).items() if n != ev.get("baseline")]
+    rows = []
+    for name, p in pols:
+        judged = (p.get("judge") or {}).get("win_rate")
+        for by, wr in (
+            ("gold", p.get("win_rate")),
+            ("proxy (reward model)", p.get("proxy_win_rate")),
+            ("judge", judged),
+        ):
+            if wr:
+                rows.append(
+                    [
+                        esc(name),
+                        esc(by),
+                        f"{fmt(wr.get('win_rate'))} {_interval(wr.get('wilson'))}",
+                        _wins_ties_losses(wr),
+                        fmt(wr.get("tie_rate")),
+                        fmt(wr.get("n")),
+                    ]
+                )
+    if not any(p.get("proxy_win_rate") or p.get("judge") for _, p in pols):
+        return ""  # gold alone is in the table above
+    out = "<h3>Win rates by annotator</h3><p class='note'>Against the baseline, per prompt, ties counted ½.</p>"
+    out += _table(["policy", "by", "win rate [Wilson]", "wins / ties / losses", "tie rate", "prompts"], rows)
+    judged = [(n, p["judge"]) for n, p in pols if p.get("judge")]
+    if judged:
+        jm = ev.get("judge") or {}
+        out += (
+            f"<h3>AI judge</h3><p class='note'>Judge <b>{esc(jm.get('model'))}</b>: each policy response against the "
+            "baseline's response with the same index for the prompt, asked in both orders and averaged; a pair within "
+            f"{fmt(jm.get('tie_margin'))} of ½ is a tie. Agreement with gold: on the same pairs, gold ties left out, "
+            "a judge tie counted ½.</p>"
+        )
+        jrows = []
+        for name, j in judged:
+            ag = j.get("agreement") or {}
+            jrows.append(
+                [
+                    esc(name),
+                    fmt(j.get("pairs")),
+                    _wins_ties_losses(j.get("pair_outcomes") or {}),
+                    fmt(j.get("mean_prob")),
+                    f"{fmt(ag.get('agreement'))} {_interval(ag.get('wilson'))}",
+                    fmt(ag.get("n")),
+                    fmt(ag.get("gold_ties")),
+                    fmt(j.get("position_consistency")),
+                ]
+            )
+        out += _table(
+            [
+                "policy",
+                "pairs",
+                "pair wins / ties / losses",
+                "mean P(policy better)",
+                "agreement with gold [Wilson]",
+                "pairs compared",
+                "gold ties",
+                "position consistency",
+            ],
+            jrows,
+        )
+    return out
+
+
+def _section_alignment_tax(ev: dict) -> str:
+    held = [(n, p["heldout"]) for n, p in (ev.get("policies") or {}).items() if p.get("heldout")]
+    if not held:
+        return ""
+    src = (ev.get("heldout") or {}).get("source")
+    out = (
+        f"<h3>Alignment tax</h3><p class='note'>Held-out NLL per token of reference answers ({esc(src)}): "
+        "each example's mean over its response tokens, averaged over examples; the change is the paired mean of "
+        "policy − baseline over the same examples (positive: the policy fits the references worse).</p>"
+    )
+    rows = []
+    for name, h in held:
+        nll, tax = h.get("nll") or {}, h.get("tax")
+        rows.append(
+            [
+                esc(name),
+                f"{fmt(nll.get('mean'))} {_interval(nll.get('t_interval'))}",
+                fmt(h.get("nll_pooled")),
+                fmt(h.get("perplexity")),
+                fmt(h.get("n_examples")),
+                fmt(h.get("n_tokens")),
+                "baseline" if tax is None else f"{fmt(tax.get('mean'))} {_interval(tax.get('t_interval'))}",
+                "—" if tax is None else ("<span class='bad'>yes</span>" if tax.get("significant") else "no"),
+            ]
+        )
+    return out + _table(
+        [
+            "policy",
+            "NLL/token [t CI]",
+            "pooled NLL/token",
+            "perplexity",
+            "examples",
+            "tokens",
+            "change vs baseline [t CI]",
+            "tax > CI",
+        ],
+        rows,
+    )
+
+
+def _section_objectives(ev: dict, pngs: dict[str, bytes]) -> str:
+    specs = ev.get("objectives") or {}
+    pols = [(n, p["objectives"]) for n, p in (ev.get("policies") or {}).items() if p.get("objectives")]
+    if not specs or not pols:
+        return ""
+    names = list(specs)
+    rows = []
+    for name, objs in pols:
+        cells = [esc(name)]
+        for o in names:
+            m, g = (objs.get(o) or {}).get("mean") or {}, (objs.get(o) or {}).get("gain")
+            cells.append(f"{fmt(m.get('mean'))} {_interval(m.get('t_interval'))}")
+            cells.append("baseline" if g is None else f"{fmt(g.get('mean'))} {_interval(g.get('t_interval'))}")
+        rows.append(cells)
+    heads = ["policy"] + [h for o in names for h in (f"{o} mean [t CI]", f"{o} gain [t CI]")]
+    out = "<h3>Objectives</h3><p class='note'>" + "; ".join(f"{esc(o)} = {esc(s)}" for o, s in specs.items())
+    out += ". Gain: paired per prompt against the baseline.</p>" + _table(heads, rows)
+    if "objectives" in pngs:
+        out += _img(pngs["objectives"], "objectives trade-off")
+    return out
+
+
+def _section_lm_eval(lm: dict | None) -> str:
+    """``{tasks, limit, results: {policy: {task: {metric: value}}}}``."""
+    results = (lm or {}).get("results") or {}
+    if not results:
+        return ""
+    cols: list[tuple[str, str]] = []
+    for by_task in results.values():
+        cols.extend((t, m) for t, ms in by_task.items() for m in ms if (t, m) not in cols)
+    rows = [[esc(pol), *[fmt(by_task.get(t, {}).get(m)) for t, m in cols]] for pol, by_task in results.items()]
+    note = f"<p class='note'>tasks {esc(', '.join(lm.get('tasks') or []))}; limit {fmt(lm.get('limit'))}</p>"
+    return "<h3>lm-evaluation-harness</h3>" + note + _table(["policy", *[f"{t} {m}" for t, m in cols]], rows)
 
 
 def _section_monitors(ev: dict) -> str:
@@ -347,6 +535,33 @@ def _section_rewardbench(rb: dict | None) -> str:
     return "<h3>RewardBench accuracy</h3>" + _table(["scorer", "overall", "pairs", *subsets], rows)
 
 
+def _section_rounds(rounds: list[dict] | None) -> str:
+    """Iterated RLHF: per round, the labels, the reward model's accuracy and each policy's gold."""
+    if not rounds:
+        return ""
+    cols = [
+        ("round", "round"),
+        ("new labels", "labels"),
+        ("RM trained on", "rm_labels"),
+        ("RM held-out accuracy", "rm_heldout_accuracy"),
+        ("RM agreement with gold", "rm_gold_agreement"),
+        ("gold ppo", "gold/ppo"),
+        ("gain ppo", "gain/ppo"),
+        ("KL ppo", "kl/ppo"),
+        ("gold dpo", "gold/dpo"),
+        ("gain dpo", "gain/dpo"),
+        ("KL dpo", "kl/dpo"),
+    ]
+    note = (
+        "<p class='note'>Round r labels new prompts with responses of round r−1's policy, trains the reward model "
+        "again on every label so far (held-out accuracy: on its own held-out labels; agreement with gold: on every "
+        "pair of eval responses to a prompt) and continues PPO and DPO from round r−1's policies. Gold, gain over the "
+        "baseline and KL (k3) to it are the eval stage's, of ppo@r and dpo@r.</p>"
+    )
+    rows = [[fmt(r.get(key)) for _, key in cols] for r in rounds]
+    return "<h2>Rounds</h2>" + note + _table([h for h, _ in cols], rows)
+
+
 def _section_samples(samples: list[dict]) -> str:
     if not samples:
         return ""
@@ -378,6 +593,7 @@ def render_html(summary: dict, pngs: dict[str, bytes] | None = None) -> str:
     body = head + _section_stages(summary) + _section_curves(summary, pngs)
     if summary.get("eval"):
         body += _section_eval(summary["eval"], pngs)
+    body += _section_rounds(summary.get("rounds"))
     body += _section_samples(summary.get("samples") or [])
     title = esc(f"alignlab report: {summary['run']}")
     return (

@@ -193,6 +193,59 @@ def overopt_figure(ev: dict | None):
     return fig
 
 
+def objectives_figure(ev: dict | None):
+    """Each objective's mean per policy (bars with t intervals, one panel per objective) and, with two
+    or more objectives, the policies on the first two (the trade-off between them)."""
+    if not ev or not ev.get("objectives"):
+        return None
+    names = list(ev["objectives"])
+    pols = [(n, p["objectives"]) for n, p in (ev.get("policies") or {}).items() if p.get("objectives")]
+    if not pols:
+        return None
+
+    def mean_ci(objs, o):
+        m = (objs.get(o) or {}).get("mean") or {}
+        lo, hi = m.get("t_interval") or (m.get("mean"), m.get("mean"))
+        return m.get("mean"), lo, hi
+
+    panels = len(names) + (1 if len(names) >= 2 else 0)
+    cols = min(4, panels)
+    rows = (panels + cols - 1) // cols
+    fig = _figure(3.4 * cols, 3.0 * rows)
+    labels = [n for n, _ in pols]
+    for k, o in enumerate(names):
+        ax = fig.add_subplot(rows, cols, k + 1)
+        vals = [mean_ci(objs, o) for _, objs in pols]
+        x = list(range(len(pols)))
+        means = [v[0] if v[0] is not None else 0.0 for v in vals]
+        err = [
+            [max(m - (v[1] if v[1] is not None else m), 0) for m, v in zip(means, vals)],
+            [max((v[2] if v[2] is not None else m) - m, 0) for m, v in zip(means, vals)],
+        ]
+        ax.bar(x, means, yerr=err, capsize=3, color="tab:blue", alpha=0.7)
+        ax.set_xticks(x, labels, rotation=30, fontsize=8)
+        ax.set_title(o, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    if len(names) >= 2:
+        ax = fig.add_subplot(rows, cols, len(names) + 1)
+        a, b = names[0], names[1]
+        for name, objs in pols:
+            (xa, xlo, xhi), (yb, ylo, yhi) = mean_ci(objs, a), mean_ci(objs, b)
+            if xa is None or yb is None:
+                continue
+            ax.errorbar(
+                [xa], [yb], xerr=[[xa - xlo], [xhi - xa]], yerr=[[yb - ylo], [yhi - yb]], fmt="o", capsize=3, label=name
+            )
+        ax.set_xlabel(a, fontsize=9)
+        ax.set_ylabel(b, fontsize=9)
+        ax.set_title(f"trade-off: {a} vs {b}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Objectives per policy (mean, t interval)", fontsize=11)
+    return fig
+
+
 def all_figures(summary: dict) -> dict[str, object]:
     """``{name: Figure}`` for every figure the summary has data for (empty without matplotlib)."""
     if not have_matplotlib():
@@ -202,7 +255,11 @@ def all_figures(summary: dict) -> dict[str, object]:
         fig = stage_figure(stage)
         if fig is not None:
             out[f"curves-{stage['name']}"] = fig
-    for name, fn in (("frontier", frontier_figure), ("overoptimisation", overopt_figure)):
+    for name, fn in (
+        ("frontier", frontier_figure),
+        ("overoptimisation", overopt_figure),
+        ("objectives", objectives_figure),
+    ):
         fig = fn(summary.get("eval"))
         if fig is not None:
             out[name] = fig
