@@ -492,6 +492,12 @@ class EvalConfig:
     gold: str = knob("demo", "the gold reward (alignlab.gold spec, e.g. demo or sentiment+0.5*concise)")
     proxy: str | None = knob(None, "the proxy reward (a reward-model folder; wired from the run's reward stage)")
     probes: list[str] = knob(help="behaviour probes to run: sycophancy", factory=list)
+    checkpoints: list[str] = knob(
+        help="policy stages (e.g. ppo) whose saved checkpoints are sampled and scored too, in step order: the "
+        "frontier's checkpoints, the RL over-optimisation fit and the proxy-gold gap across them (the stage "
+        "needs train.save_every, and train.keep_last large enough to keep them)",
+        factory=list,
+    )
     harmless_data: str | None = knob(None, "HH-RLHF harmless prompts (jsonl[.gz]) for the harmlessness probe")
     harmless_limit: int = knob(64, "prompts of the harmlessness probe")
     judge: str | None = knob(

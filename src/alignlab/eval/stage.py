@@ -231,6 +231,7 @@ def run_eval(cfg) -> dict:
             objectives=parse_objectives(cfg.objectives),
             lm_eval=lm_eval,
             reward_models=reward_models,
+            checkpoints=checkpoint_policies(cfg, run, records, ids, ref, gold_fn, proxy, stage.log) or None,
             seed=cfg.seed,
         )
         summary = {"stage": "eval", "policies": list(folders), "prompts": len(records), "baseline": cfg.baseline}
@@ -244,6 +245,55 @@ def run_eval(cfg) -> dict:
             if (p.get("heldout") or {}).get("tax"):
                 summary[f"alignment_tax/{name}"] = p["heldout"]["tax"]["mean"]
         return stage.complete(summary)
+
+
+def checkpoint_policies(cfg, run: Path, records, ids, ref, gold_fn, proxy, log) -> dict[str, list[dict]]:
+    """``{"<stage>@<step>": rows}`` for every complete checkpoint of the stages in ``cfg.checkpoints``,
+    in step order, sampled and scored (gold, proxy) like the policies, with log-probs under the
+    baseline ``ref``: what :func:`~alignlab.eval.evaluate.evaluate_run` takes as ``checkpoints``."""
+    from alignlab.errors import ConfigError
+    from alignlab.eval.evaluate import last_user_message
+    from alignlab.runs import StageFolder
+    from alignlab.trainers.checkpoint import list_complete
+
+    out: dict[str, list[dict]] = {}
+    for name in cfg.checkpoints:
+        found = list_complete(StageFolder(run / name).checkpoints)
+        if not found:
+            raise ConfigError(
+                f"eval: 'checkpoints' names '{name}' but {run / name / 'checkpoints'} holds no complete checkpoint "
+                "(give that stage train.save_every, and a train.keep_last that keeps them)"
+            )
+        for folder in found:
+            log.info("sampling %s checkpoint %s", name, folder)
+            loaded = _load(folder / "model", cfg.model, cfg.seed)
+            k = cfg.samples
+            rows = sample_policy(
+                loaded.model,
+                loaded.tokenizer,
+                records,
+                ids,
+                k=k,
+                rollout=cfg.rollout,
+                seed=cfg.seed,
+                ref_model=ref.model,
+            )
+            responses = [r["response"] for r in rows]
+            for r, g in zip(rows, gold_fn([last_user_message(r["prompt"]) for r in rows], responses)):
+                r["gold"] = float(g)
+            if proxy is not None:
+                recs = [records[i // k] for i in range(len(rows))]
+                scores = proxy.score(
+                    [r.prompt for r in recs],
+                    responses,
+                    finished=[r["finished"] for r in rows],
+                    meta=[r.meta for r in recs],
+                )
+                for r, sc in zip(rows, scores.tolist()):
+                    r["score"] = float(sc)
+            out[f"{name}@{int(folder.name.split('-')[-1])}"] = rows
+            del loaded
+    return out
 
 
 def _heldout_records(cfg) -> list:
