@@ -322,3 +322,47 @@ def test_ppo_steps_are_the_same_with_selective_checkpointing(tmp_path, value_mod
     for a, b in zip(runs["none"], runs["selective"]):
         for key in ("loss", "score", "kl", "value/loss", "policy/clipfrac"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_lora_policy_samples_with_folded_adapters_and_its_weights_come_back_bit_exact():
+    """TransformersEngine folds W + s·B·A in while sampling: same tokens, base weights untouched, π_ref unfolded."""
+    from alignlab.models.load import load_model
+    from alignlab.rollout import generate as G
+
+    policy = load_model(from_dict(ModelConfig, {"name_or_path": "tiny", "lora": {"enabled": True}}), seed=0)
+    model, tok = policy.model, policy.tokenizer
+    model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    before = {k: (v.clone(), v.data_ptr()) for k, v in model.state_dict().items()}
+    layers = G._foldable_lora_layers(model)
+    assert layers, "the tiny LoRA policy has foldable layers"
+    original = layers[0].get_base_layer().weight.detach().clone()
+    seen = []
+    real_generate = model.generate
+
+    def spy(*args, **kwargs):  # inside the call: adapters off, base weights = W + ΔW
+        layer = layers[0]
+        seen.append((layer.disable_adapters, layer.get_base_layer().weight.clone()))
+        return real_generate(*args, **kwargs)
+
+    model.generate = spy
+    prompts = [[5, 6, 7, 8], [9, 10, 11]]
+    engine = G.TransformersEngine(model, tok)
+    for params in (G.SamplingParams(max_new_tokens=12, temperature=0), G.SamplingParams(max_new_tokens=12, seed=3)):
+        folded = engine.generate(prompts, params)
+        with pytest.MonkeyPatch.context() as mp:  # the same call without folding
+            mp.setattr(G, "_foldable_lora_layers", lambda m: None)
+            plain = engine.generate(prompts, params)
+        assert [g.response_ids for g in folded] == [g.response_ids for g in plain]
+    disabled, weight_inside = seen[0]
+    assert disabled and (weight_inside - original).abs().max() > 1e-3  # the adapter really was folded in
+    assert torch.allclose(weight_inside, G.folded_weight(layers[0]))
+    assert torch.equal(layers[0].get_base_layer().weight, original)
+    for k, v in model.state_dict().items():  # the very same tensors, bit for bit
+        assert torch.equal(v, before[k][0]) and v.data_ptr() == before[k][1], k
+    assert not layers[0].disable_adapters
+    with model.disable_adapter():  # sampling from π_ref (adapter off) is not folded
+        assert G._foldable_lora_layers(model) is None

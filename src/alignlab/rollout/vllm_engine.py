@@ -23,7 +23,7 @@ import torch
 
 from alignlab.errors import ConfigError
 from alignlab.losses.registry import choose as _choose
-from alignlab.rollout.generate import Generation, GenerationEngine, SamplingParams, TransformersEngine
+from alignlab.rollout.generate import Generation, GenerationEngine, SamplingParams, TransformersEngine, folded_weight
 
 ENGINES = ("auto", "transformers", "vllm")
 
@@ -79,10 +79,7 @@ def merged_weights(model) -> dict[str, torch.Tensor]:
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
             lora_prefixes.add(name)
-            weight = module.base_layer.weight.detach()
-            for adapter in module.active_adapters:
-                weight = weight + module.get_delta_weight(adapter).detach().to(weight.dtype)
-            merged[f"{name}.weight"] = weight
+            merged[f"{name}.weight"] = folded_weight(module)
             if getattr(module.base_layer, "bias", None) is not None:
                 merged[f"{name}.bias"] = module.base_layer.bias.detach()
     for key, value in base.state_dict().items():
