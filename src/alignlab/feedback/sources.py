@@ -66,9 +66,14 @@ def sample_responses(
     temperature: float = 0.9,
     top_p: float = 1.0,
     seed: int = 0,
-    batch_size: int = 16,
+    batch_size: int = 64,
 ) -> list[list[str]]:
-    """``k`` sampled responses per prompt (``[prompt][j]``), one seeded generation call."""
+    """``k`` sampled responses per prompt (``[prompt][j]``), one seeded generation call.
+
+    ``batch_size`` responses per ``generate`` call: decoding a small model on a CPU is bound by
+    per-step overhead, so wider batches are faster (SmolLM2-135M, 40 new tokens, 2 cores: 62
+    tokens/s at 16, 97 at 64, 112 at 128).
+    """
     from alignlab.data.tokenize import encode_prompt
     from alignlab.feedback.constitutional import conversation
     from alignlab.rollout.generate import SamplingParams, TransformersEngine
