@@ -12,6 +12,14 @@ can keep its own value with ``inputs: {<input>: own}``. Running a stage on its o
 (``alignlab dpo --profile quick``) wires the same way from upstream stages that are complete, and
 keeps the section's value otherwise.
 
+Rounds (iterated RLHF). A profile's top-level ``rounds: N`` (or ``rounds=N`` on the command line;
+default 1: the plan is the table's stages, nothing more) repeats the :data:`ROUND_STAGES` of the
+profile N − 1 more times before eval and report: round r's label stage samples new prompts from the
+newest policy, its reward model is trained again on every round's labels, PPO and DPO continue from
+their previous round's policy. Round r ≥ 2 of a stage is the stage name ``<stage>@<r>`` and the
+folder ``runs/<run>/<stage>@<r>`` (see :mod:`alignlab.runs`); its inputs are :data:`ROUND_INPUTS`.
+The stages after the rounds (eval, report) are wired to the newest round's outputs.
+
 Glossary (one name per concept, in config keys, metrics and docs): policy π_θ; reference π_ref
 (frozen); reward model (rm); prompt x; response y (the generated part); chosen y_w / rejected
 y_l; logprobs (per-token log π); seq_logps (summed over response tokens); scores (reward-source
@@ -165,9 +173,84 @@ def resolve(ref: str):
 
 
 def get_stage(name: str) -> Stage:
-    if name not in STAGES:
+    """The table's row of a stage; a round's name (``ppo@2``) names its stage's row."""
+    from alignlab.runs import split_round
+
+    base = split_round(name)[0]
+    if base not in STAGES:
         raise ConfigError(f"unknown stage '{name}'{did_you_mean(name, STAGES)} (stages: {', '.join(STAGES)})")
-    return STAGES[name]
+    return STAGES[base]
+
+
+# ----------------------------------------------------------------------------- rounds (iterated RLHF)
+ROUND_STAGES = ("label", "reward", "dpo", "ppo")
+"""The stages a profile's ``rounds: N`` repeats (those of them the profile has), in table order."""
+
+FINAL_STAGES = ("eval", "report")
+"""Stages that come after the last round and read its outputs (the newest policies and reward model)."""
+
+PREVIOUS, THIS = -1, 0
+ROUND_INPUTS: dict[str, dict[str, tuple[tuple[str, str, int], ...]]] = {
+    # new responses from the newest policy: PPO's when the run has PPO, else DPO's (online DPO)
+    "label": {"model": (("ppo", "final", PREVIOUS), ("dpo", "final", PREVIOUS), ("sft", "final", THIS))},
+    # trained again from the SFT model, on the union of every round's labels (label@r's pool)
+    "reward": {"model": (("sft", "final", THIS),), "data": (("label", "pool", THIS),)},
+    # iterative DPO: the previous round's policy (also its π_ref, as loaded) on the round's new pairs
+    "dpo": {"model": (("dpo", "final", PREVIOUS),), "data": (("label", "preferences", THIS),)},
+    # PPO continues from its previous policy (π_ref: that policy as loaded) on the round's reward model
+    "ppo": {"model": (("ppo", "final", PREVIOUS),), "reward": (("reward", "final", THIS),)},
+}
+"""Round r ≥ 2's wiring: per stage and input (the table row's input names), its sources in order of
+preference as (stage, output, round offset); a stage that is not repeated (sft) is always round 1's."""
+
+ROUND_PRODUCES = {"label": {"pool": "preferences-all.jsonl"}}
+"""Outputs a stage has only in rounds r ≥ 2: label@r's pool is every round's labels up to r."""
+
+PROFILE_KEYS = {"rounds": "iterated RLHF: how many rounds of label → reward → ppo/dpo (1: the stages once)"}
+"""Top-level profile keys that are settings of the run, not stage sections."""
+
+
+def rounds_of(profile: dict, overrides: list[str] = ()) -> tuple[int, list[str]]:
+    """The run's ``rounds`` (an override ``rounds=N`` wins over the profile's key) and the other overrides."""
+    value, rest = profile.get("rounds", 1), []
+    for item in overrides:
+        key, eq, v = item.partition("=")
+        if eq and key.strip() == "rounds":
+            value = v.strip()
+        else:
+            rest.append(item)
+    whole = (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
+    if not whole or int(value) < 1:
+        raise ConfigError(f"profile key 'rounds' must be a whole number >= 1 (1: no extra rounds), got {value!r}")
+    return int(value), rest
+
+
+def round_plan(names: list[str], rounds: int) -> list[str]:
+    """The stage names of a run with ``rounds`` rounds: the profile's stages up to eval, then each later
+    round's :data:`ROUND_STAGES` (``label@2``, ``reward@2``, ...), then eval and report."""
+    from alignlab.runs import round_name
+
+    if rounds == 1:
+        return list(names)
+    repeat = [n for n in names if n in ROUND_STAGES]
+    if "label" not in repeat or not {"dpo", "ppo"} & set(repeat):
+        raise ConfigError(
+            f"rounds: {rounds} repeats label -> reward -> ppo/dpo, so the profile needs a 'label' section and a "
+            f"'ppo' or 'dpo' section (its stages: {', '.join(names)})"
+        )
+    head = [n for n in names if n not in FINAL_STAGES]
+    tail = [n for n in names if n in FINAL_STAGES]
+    return head + [round_name(n, r) for r in range(2, rounds + 1) for n in repeat] + tail
+
+
+def _round_sources(stage: str, r: int) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Round r's sources per input of ``stage`` as ((stage name, output), ...) (:data:`ROUND_INPUTS`)."""
+    from alignlab.runs import round_name
+
+    return {
+        inp: tuple((round_name(st, max(1, r + off) if st in ROUND_STAGES else 1), out) for st, out, off in sources)
+        for inp, sources in ROUND_INPUTS.get(stage, {}).items()
+    }
 
 
 # ----------------------------------------------------------------------------- where a stage writes
@@ -187,17 +270,20 @@ def output_path(output_dir: str | Path, run_name: str, stage: str, output: str) 
 def profile_stages(profile: dict) -> list[str]:
     """The profile's stages in pipeline (dependency) order; an unknown section is an error."""
     for name in profile:
-        if name not in STAGES:
+        if name not in STAGES and name not in PROFILE_KEYS:
             raise ConfigError(
-                f"profile section '{name}' is not a stage{did_you_mean(name, STAGES)} (stages: {', '.join(STAGES)})"
+                f"profile section '{name}' is not a stage{did_you_mean(name, [*STAGES, *PROFILE_KEYS])} "
+                f"(stages: {', '.join(STAGES)}; run settings: {', '.join(PROFILE_KEYS)})"
             )
     return [name for name in STAGES if name in profile]
 
 
 def split_overrides(overrides: list[str], stages: list[str]) -> dict[str, list[str]]:
     """``["dpo.loss=ipo", "train.max_steps=2"]`` -> per stage: a ``stage.``-prefixed key goes to that
-    stage only; a key without a stage prefix goes to every stage of the run whose config has it."""
+    stage only (``ppo.`` to every round of ppo, ``ppo@2.`` to round 2's only); a key without a stage
+    prefix goes to every stage of the run whose config has it."""
     from alignlab.config import has_key
+    from alignlab.runs import split_round
 
     out: dict[str, list[str]] = {s: [] for s in stages}
     for item in overrides:
@@ -205,12 +291,14 @@ def split_overrides(overrides: list[str], stages: list[str]) -> dict[str, list[s
             raise ConfigError(f"override '{item}' must look like key=value (e.g. dpo.loss=ipo or train.max_steps=10)")
         key, value = item.split("=", 1)
         head, _, rest = key.partition(".")
-        if head in STAGES:
-            if head not in out:
+        if split_round(head)[0] in STAGES:
+            named = [s for s in stages if s == head or split_round(s)[0] == head]
+            if not named:
                 raise ConfigError(f"override '{item}': stage '{head}' is not in this run (stages: {', '.join(stages)})")
             if not rest:
                 raise ConfigError(f"override '{item}': name a key of stage '{head}', e.g. {head}.train.lr=1e-4")
-            out[head].append(f"{rest}={value}")
+            for s in named:
+                out[s].append(f"{rest}={value}")
             continue
         takers = [s for s in stages if has_key(get_stage(s).config_class(), key)]
         if not takers:
@@ -236,9 +324,15 @@ class PlannedStage:
     wired: dict[str, str]  # config key -> upstream path it was set to
 
 
-def wire(stage: str, section: dict, available: dict[str, Path]) -> tuple[dict, dict[str, str]]:
+def wire(
+    stage: str,
+    section: dict,
+    available: dict[str, Path],
+    sources: dict[str, tuple[tuple[str, str], ...]] | None = None,
+) -> tuple[dict, dict[str, str]]:
     """Set the section's input keys from ``available`` upstream outputs ({"sft:final": path}).
 
+    ``sources`` replaces the table's sources of the inputs it names (a later round's wiring).
     Returns (the section without its ``inputs`` key, {key: path} of what was wired).
     """
     section = dict(section or {})
@@ -259,7 +353,7 @@ def wire(stage: str, section: dict, available: dict[str, Path]) -> tuple[dict, d
     for name, inp in row.inputs.items():
         if name in own:
             continue
-        for up, output in inp.sources:
+        for up, output in (sources or {}).get(name, inp.sources):
             path = available.get(f"{up}:{output}")
             if path is not None:
                 _set_dotted(section, inp.key, str(path))
@@ -304,28 +398,39 @@ def plan(
 
     ``only_complete_upstream``: wire only from upstream stage folders that are already complete
     (for a stage run on its own); otherwise every earlier stage of the plan counts as available.
+    The profile's ``rounds`` (or an override ``rounds=N``) adds the later rounds' stages
+    (:func:`round_plan`), each wired by :data:`ROUND_INPUTS` and written under the run name
+    ``<run>@<r>``; eval and report are wired to the newest round's outputs.
     """
     from alignlab.config import load_config
-    from alignlab.runs import stage_folder
+    from alignlab.runs import round_name, split_round, stage_folder
 
-    names = stages if stages is not None else profile_stages(profile)
-    per_stage = split_overrides(list(overrides), names)
-    available: dict[str, Path] = {}
+    rounds, overrides = rounds_of(profile, list(overrides))
+    names = stages if stages is not None else round_plan(profile_stages(profile), rounds)
+    per_stage = split_overrides(overrides, names)
+    available: dict[str, Path] = {}  # "<stage name>:<output>" ("ppo@2:final") -> path
+    newest: dict[str, Path] = {}  # "<stage>:<output>" -> the path in the newest round planned so far
     out: list[PlannedStage] = []
     for name in names:
+        base, r = split_round(name)
         row = get_stage(name)
         cls = row.config_class()
         extra = list(per_stage[name])
         if run_name is not None:
             extra.append(f"{'train.' if has_train(cls) else ''}run_name={run_name}")
-        section, wired = wire(name, profile.get(name) or {}, available)
+        upstream = newest if base in FINAL_STAGES else available
+        section, wired = wire(base, profile.get(base) or {}, upstream, _round_sources(base, r) if r > 1 else None)
         cfg = load_config(cls, None, extra, base=section)
+        if r > 1:  # round r's stage writes <run>/<stage>@r (alignlab.runs.stage_folder)
+            holder = cfg.train if has_train(cls) else cfg
+            holder.run_name = round_name(holder.run_name, r)
         out.append(PlannedStage(name, cfg, wired))
         output_dir, rname = location(cfg)
-        folder = stage_folder(output_dir, rname, name)
+        folder = stage_folder(output_dir, rname, base)
         if not only_complete_upstream or folder.is_complete():
-            for output, rel in row.produces.items():
-                available[f"{name}:{output}"] = folder.path / rel
+            produced = {**row.produces, **(ROUND_PRODUCES.get(base, {}) if r > 1 else {})}
+            for output, rel in produced.items():
+                available[f"{name}:{output}"] = newest[f"{base}:{output}"] = folder.path / rel
     return out
 
 
@@ -381,26 +486,31 @@ def run_pipeline(
     from alignlab.runs import stage_folder, write_manifest
 
     profile = load_profile(profile_name)
-    names = stages or profile_stages(profile)
+    rounds, overrides = rounds_of(profile, list(overrides))
+    names = stages or round_plan(profile_stages(profile), rounds)
     if from_stage is not None and from_stage not in names:
         raise ConfigError(
             f"--from {from_stage}: not a stage of this run{did_you_mean(from_stage, names)} (stages: {', '.join(names)})"
         )
-    planned = plan(profile, list(overrides), run_name=run_name, stages=names)
+    planned = plan(profile, overrides, run_name=run_name, stages=names)
+    from alignlab.runs import read_manifest, run_path
+
     out_dir, rname = location(planned[0].cfg)
+    run = run_path(out_dir, rname)
     for p in planned:
-        if location(p.cfg) != (out_dir, rname):
+        if run_path(*location(p.cfg)) != run:
             raise ConfigError(
                 f"stages '{planned[0].name}' and '{p.name}' write to different run folders "
-                f"({'/'.join(location(planned[0].cfg))} vs {'/'.join(location(p.cfg))}); give them one run_name (--run-name NAME)"
+                f"({run} vs {run_path(*location(p.cfg))}); give them one run_name (--run-name NAME)"
             )
-    from alignlab.runs import run_path
-
-    write_manifest(run_path(out_dir, rname), profile=profile_name, stages=names)
+    before = (read_manifest(run) or {}).get("stages")
+    write_manifest(run, profile=profile_name, stages=names, extra={"rounds": rounds} if rounds > 1 else None)
     redo = set(names[names.index(from_stage) :]) if from_stage else set()
+    if before is not None and rounds > 1 and before != names:
+        redo |= set(FINAL_STAGES)  # the run gained (or lost) rounds: evaluate and report the new newest ones
     results: dict[str, dict] = {}
     for k, p in enumerate(planned, 1):
-        folder = stage_folder(out_dir, rname, p.name)
+        folder = stage_folder(*location(p.cfg), get_stage(p.name).name)
         head = f"alignlab: [{k}/{len(planned)}] {p.name}"
         if (force or p.name in redo) and folder.path.exists():
             shutil.rmtree(folder.path)
@@ -423,6 +533,7 @@ def run_pipeline(
             results[p.name] = get_stage(p.name).function()(p.cfg)
         except AlignlabError as e:
             again = f"alignlab run --profile {profile_name}" + (f" --run-name {run_name}" if run_name else "")
+            again += f" rounds={rounds}" if rounds != rounds_of(profile)[0] else ""
             raise StageError(
                 f"stage '{p.name}' failed: {e}; the stages before it are kept: after fixing the cause, continue with `{again}`"
             ) from e

@@ -4,6 +4,10 @@ Built-in profiles live in ``alignlab/configs/``: ``quick`` (the main job: the wh
 SmolLM2-135M-Instruct with LoRA on the demo data, minutes on a laptop CPU; ``default`` is another
 name for it) and ``tiny`` (a random tiny model, seconds: smoke tests).
 A profile may also be a path to your own YAML file of the same shape.
+
+Besides the stage sections a profile may set the run's own keys (``alignlab.pipeline.PROFILE_KEYS``):
+``rounds: N`` (default 1) runs iterated RLHF, N rounds of label → reward → ppo/dpo, each round's
+labels sampled from the newest policy; ``alignlab run ... rounds=3`` sets it from the command line.
 """
 
 from __future__ import annotations

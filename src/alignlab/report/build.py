@@ -165,7 +165,7 @@ def collect_rounds(run: Path, ev: dict | None) -> list[dict] | None:
             "round": r,
             "labels": label.get("rows"),
             "rm_labels": label.get("pool", label.get("rows")),
-            "rm_heldout_accuracy": (reward.get("eval") or {}).get("rewards/accuracy"),
+            "rm_heldout_accuracy": (reward.get("eval") or {}).get("accuracy"),
             "rm_eval_pairs": reward.get("eval_pairs"),
             "rm_gold_agreement": (rms.get(reward_name) or {}).get("agreement"),
         }

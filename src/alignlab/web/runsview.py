@@ -158,7 +158,7 @@ def stage_info(sf: runs.StageFolder, now: float | None = None) -> dict:
     live = False
     if sf.metrics.is_file() and state != "complete":
         live = now - sf.metrics.stat().st_mtime < LIVE_SECONDS
-    about, formula = EXPLAIN.get(sf.name, ("", ""))
+    about, formula = EXPLAIN.get(runs.split_round(sf.name)[0], ("", ""))  # ppo@2 (round 2) is explained as ppo
     return {
         "name": sf.name,
         "state": state,
