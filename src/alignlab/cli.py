@@ -100,6 +100,22 @@ def _stage_parser(sub, name: str, stage: Stage, detailed: bool = True):
             metavar="VALUE",
             help=f"same as {key}=VALUE",
         )
+    from alignlab import distributed
+
+    if name in distributed.STAGES:
+        p.add_argument(
+            "--num-processes",
+            type=int,
+            default=1,
+            metavar="N",
+            help="train in N processes on this machine (re-runs itself under torchrun; gloo on CPU, one GPU each on GPUs)",
+        )
+        p.add_argument(
+            "--strategy",
+            choices=distributed.STRATEGIES,
+            default=None,
+            help="with several processes: same as train.strategy=...",
+        )
     return p
 
 
@@ -150,13 +166,22 @@ def _run_folder_args(stage: str, args) -> None:
 
 
 def cmd_stage(stage: str, args) -> int:
+    import os
+
+    from alignlab import distributed
+
+    if getattr(args, "num_processes", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        return distributed.launch(distributed.strip_launch_flags(args.argv), args.num_processes)
+    if getattr(args, "strategy", None):
+        args.overrides = [f"train.strategy={args.strategy}", *args.overrides]
     if stage in ("eval", "report"):
         _run_folder_args(stage, args)
     if getattr(args, "lm_eval_tasks", None):
         args.overrides = [f"lm_eval={args.lm_eval_tasks}", *args.overrides]  # an explicit lm_eval=... wins
     cfg = build_config(stage, args)
     summary = STAGES[stage].function()(cfg)
-    print(json.dumps(summary, indent=1, default=str))
+    if distributed.is_main():
+        print(json.dumps(summary, indent=1, default=str))
     return 0
 
 
@@ -230,7 +255,9 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Run every stage of a profile in dependency order; each stage's inputs come from the stages before it. "
         "A complete stage is skipped, an interrupted one continues from its newest checkpoint.",
         epilog="overrides: `dpo.loss=ipo` or `sft.train.lr=1e-4` set one stage's key; a key without a stage "
-        "(`train.max_steps=10`) applies to every stage that has it.",
+        "(`train.max_steps=10`) applies to every stage that has it. `rounds=N` (iterated RLHF) repeats label, reward, "
+        "ppo and dpo N times, round r >= 2 into <stage>@r folders (`ppo@2.train.lr=1e-4` sets round 2's only); "
+        "eval and report then cover every round.",
     )
     run.add_argument(
         "--profile",
@@ -239,7 +266,11 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     run.add_argument("--run-name", default=None, help="the run folder's name (default: the profile's run_name)")
     run.add_argument(
-        "--from", dest="from_stage", default=None, metavar="STAGE", help="train this stage and every one after it again"
+        "--from",
+        dest="from_stage",
+        default=None,
+        metavar="STAGE",
+        help="train this stage and every one after it again (a later round's stage: label@2, ppo@2, ...)",
     )
     run.add_argument("--force", action="store_true", help="train every stage again even when its folder is complete")
     run.add_argument(
@@ -285,6 +316,7 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # what --num-processes runs again in each process
     if args.command is None:
         parser.print_help()
         return 0

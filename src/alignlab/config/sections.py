@@ -95,6 +95,10 @@ class TrainConfig:
     resume: bool = knob(False, "continue from the newest complete checkpoint of this run")
     progress: bool = knob(True, "show a progress bar")
     num_samples: int = knob(4, "responses sampled from held-out prompts after training (0: none)")
+    strategy: str = knob(
+        "ddp",
+        "with several processes (torchrun, --num-processes): ddp (whole model in each) or fsdp2 (sharded, torch's fully_shard)",
+    )
 
 
 @dataclass

@@ -13,6 +13,11 @@ by its share of the step's units, so the step's loss is the mean over all of the
 Exact resume: the data order is a pure function of (seed, micro-batch index); the checkpoint holds
 weights, optimizer, scheduler, RNG states, the micro-batch position and each stage's extra state,
 so N steps + resume + N steps equals 2N steps straight.
+
+Several processes (torchrun, see :mod:`alignlab.distributed`): :func:`fit` gives process ``r`` of
+``W`` the items ``indices[r::W]`` of every micro-batch and weighs its loss by its units over the
+*global* units of the step, so loss, gradients and logged stats equal the one-process run with the
+same global batch; only rank 0 writes files. In one process none of this code runs.
 """
 
 from __future__ import annotations
@@ -20,11 +25,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from alignlab import distributed
 from alignlab.errors import NumericalError
 from alignlab.trainers import checkpoint as ckpt
 from alignlab.trainers.run import MetricsLog, RunDir
@@ -87,7 +94,10 @@ class DataOrder:
 
 
 def grad_norm(params) -> torch.Tensor:
-    grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if grads and hasattr(grads[0], "full_tensor"):  # FSDP2: each process holds shards (DTensors)
+        return torch.nn.utils.get_total_norm([g.float() for g in grads]).full_tensor()
+    grads = [g.float().norm() for g in grads]
     return torch.stack(grads).norm() if grads else torch.zeros(())
 
 
@@ -133,8 +143,9 @@ def resume_latest(
     Returns ``(state, path)``: the checkpoint's ``state.json`` (``step`` and what the stage
     saved) and its folder, or ``(None, None)`` when there is no complete checkpoint.
     """
-    for r in ckpt.clean_partial(run.ckpt_dir):
+    for r in ckpt.clean_partial(run.ckpt_dir) if distributed.is_main() else []:
         run.log.warning("removed a partial checkpoint left by a crash: %s", r)
+    distributed.barrier()  # the other processes read the folder once rank 0 has cleaned it
     latest = ckpt.latest_complete(run.ckpt_dir)
     if latest is None:
         run.log.info("resume asked but no complete checkpoint found; starting from step 0")
@@ -224,6 +235,7 @@ def train_loop(
     postfix: Callable[[dict], dict] = lambda stats: {},
     eval_mode: bool = True,
     stop_after: int | None = None,
+    parallel: distributed.DataParallel | None = None,
 ) -> FitResult:
     """The one loop every training stage runs: ``total`` steps of ``update(step, loop)``.
 
@@ -234,34 +246,48 @@ def train_loop(
     ``position``), metrics.jsonl, the progress bar, evaluation and checkpoints on their cadence,
     and the halt after ``train.max_bad_steps`` non-finite updates in a row (the last good state is
     saved first). ``stop_after`` ends after that step as if the process were killed (resume tests).
+
+    ``parallel`` (several processes): rank 0 alone writes metrics and checkpoints, which hold the
+    full weights and optimizer state (gathered first under FSDP2); evaluation sees full weights.
     """
     optimizer = make_optimizer(params, cfg)
     scheduler = make_scheduler(optimizer, cfg, total)
+    opt_io = parallel.optimizer_state(optimizer) if parallel else optimizer  # what checkpoints save and load
+    full_params = parallel.full_params if parallel else nullcontext
+    main = distributed.is_main()
     extra_state = extra_state or {}
     step, resumed_from = 0, None
     torch.manual_seed(cfg.seed + 1)  # dropout and any sampling inside steps
     if cfg.resume:
         state, resumed_from = resume_latest(
-            run, load_model=load_model, optimizer=optimizer, scheduler=scheduler, extra_state=extra_state
+            run, load_model=load_model, optimizer=opt_io, scheduler=scheduler, extra_state=extra_state
         )
         if state is not None:
             step = state["step"]
             restore_position(state)
             after_resume()
-    metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
+    if main:
+        metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
+    else:
+        metrics = _NoMetrics()
     loop = Loop(cfg, run, params, optimizer, NonFiniteGuard(cfg.max_bad_steps))
 
     def save(at_step: int) -> None:
-        ckpt.save_checkpoint(
-            run.ckpt_dir,
-            at_step,
-            save_model=save_model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            extra={k: v.state_dict() for k, v in extra_state.items()},
-            state={**position(), "total_steps": total},
-            keep_last=cfg.keep_last,
-        )
+        if hasattr(opt_io, "gather"):  # FSDP2: every process takes part; rank 0 gets the full state
+            opt_io.gather()
+        with full_params():
+            if main:
+                ckpt.save_checkpoint(
+                    run.ckpt_dir,
+                    at_step,
+                    save_model=save_model,
+                    optimizer=opt_io,
+                    scheduler=scheduler,
+                    extra={k: v.state_dict() for k, v in extra_state.items()},
+                    state={**position(), "total_steps": total},
+                    keep_last=cfg.keep_last,
+                )
+        distributed.barrier()
 
     def evaluate() -> dict:
         if eval_fn is None:
@@ -269,7 +295,7 @@ def train_loop(
         was_training = model.training
         if eval_mode:
             model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), full_params():
             stats = eval_fn()
         model.train(was_training)
         metrics.write(step, "eval", stats)
@@ -277,7 +303,7 @@ def train_loop(
         return stats
 
     model.train()
-    bar = progress_bar(total, step, cfg.progress, run.stage)
+    bar = progress_bar(total, step, cfg.progress and main, run.stage)
     stats: dict = {}
     eval_stats: dict = {}
     try:
@@ -298,14 +324,28 @@ def train_loop(
             bar.update(1)
             eval_stats = on_cadence(cfg, step, total, evaluate=evaluate, save=save) or eval_stats
             if stop_after is not None and step >= stop_after:
+                if parallel:
+                    parallel.finish()
                 return FitResult(step, stats, eval_stats, resumed_from, loop.guard.total, finished=False)
         eval_stats = evaluate()
         save(step)
+        if parallel:
+            parallel.finish()  # the stage's own code after fit() sees a plain model with full weights
     finally:
         bar.close()
         metrics.close()
     run.log.info("finished at step %d: %s", step, _fmt({k: v for k, v in stats.items() if isinstance(v, (int, float))}))
     return FitResult(step, stats, eval_stats, resumed_from, loop.guard.total)
+
+
+class _NoMetrics:
+    """The metrics file of a process other than rank 0: writes nothing."""
+
+    def write(self, step: int, split: str, stats: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # ----------------------------------------------------------------------------- fit: offline stages
@@ -345,29 +385,67 @@ def fit(
 
     ``extra_state`` maps names to objects with ``state_dict``/``load_state_dict`` saved in every
     checkpoint. The data order is a pure function of (seed, micro-batch index), saved as ``micro``.
+
+    **Several processes** (``WORLD_SIZE`` > 1, see :mod:`alignlab.distributed`): ``batch_size`` is
+    the global micro-batch; process ``r`` of ``W`` takes its items ``[r::W]`` and its loss is weighed
+    by ``W · w_i / Σ w`` with ``Σ w`` over every process (DDP and FSDP2 then average the
+    gradients over processes), so the step's gradient is that of the one-process run.
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     order = DataOrder(len(items), cfg.batch_size, cfg.seed)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * order.per_epoch / cfg.grad_accum))
     pos = {"micro": 0}
     tokens = {"seen": 0, "t0": time.perf_counter()}
+    parallel = None
+    distributed.check_strategy(cfg.strategy)
+    if distributed.active():
+        if cfg.strategy == "fsdp2" and cfg.resume:
+            # FSDP2 loads full weights into the model before sharding it (the shards then hold them)
+            latest = ckpt.latest_complete(run.ckpt_dir)
+            if latest is not None:
+                load_model(latest / "model")
+            load_model = lambda folder: None  # noqa: E731 - already restored
+        parallel = distributed.DataParallel(model, params, step_fn, cfg.strategy)
+        params = parallel.params
+        run.log.info(parallel.describe())
+    world, rank = distributed.world_size(), distributed.rank()
+
+    def micro_batch(indices: list[int]) -> tuple[dict, bool]:
+        """This process's part of a global micro-batch; (batch, True) for a stand-in with no share of
+        the loss when the micro-batch has fewer items than processes (each process must take part)."""
+        if parallel is None:
+            return make_batch([items[i] for i in indices]), False
+        mine = indices[rank::world]
+        return make_batch([items[i] for i in (mine or indices[:1])]), not mine
 
     def update(step: int, loop: Loop) -> StepOutcome:
         batches = []
         for _ in range(cfg.grad_accum):
-            batches.append(make_batch([items[i] for i in order.batch(pos["micro"])]))
+            batches.append(micro_batch(order.batch(pos["micro"])))
             pos["micro"] += 1
-        weights = [float(b.get("loss_weight", 1.0)) for b in batches]
-        total_w = sum(weights) or float(len(batches))
+        weights = [0.0 if standin else float(b.get("loss_weight", 1.0)) for b, standin in batches]
+        if parallel is None:
+            total_w = sum(weights) or float(len(batches))
+        else:
+            total_w = distributed.all_reduce_sum([sum(weights)])[0] or float(len(batches) * world)
         acc, finite, wheres = [], True, []
-        for batch, w in zip(batches, weights):
+        for i, ((batch, standin), w) in enumerate(zip(batches, weights)):
             wheres.extend(batch.get("where", []))
-            loss, stats = step_fn(batch)
-            if not torch.isfinite(loss):
-                finite = False
-                break
-            (loss * (w / total_w)).backward()
-            tokens["seen"] += int(batch.get("n_tokens", 0))
+            if parallel is None:
+                loss, stats = step_fn(batch)
+                if not torch.isfinite(loss):
+                    finite = False
+                    break
+                (loss * (w / total_w)).backward()
+            else:
+                with parallel.sync(i == len(batches) - 1):
+                    loss, stats = parallel.forward(batch)
+                    finite = distributed.all_true(bool(torch.isfinite(loss)))
+                    # backward even when some process's loss is non-finite: DDP expects it; the step is skipped
+                    (loss * (w * world / total_w)).backward()
+                if not finite:
+                    break
+            tokens["seen"] += 0 if standin else int(batch.get("n_tokens", 0))
             acc.append((w, {"loss": loss.detach(), **stats}))
         norm, stepped = loop.apply(finite)
         if not stepped:
@@ -381,9 +459,10 @@ def fit(
                 )
         if acc:  # a skipped step keeps showing the last stats
             last.clear()
-            last.update(weighted_mean_stats(acc))
+            last.update(weighted_mean_stats(acc) if parallel is None else distributed.weighted_mean_stats(acc))
         elapsed = time.perf_counter() - tokens["t0"]
-        return StepOutcome({**last, "grad_norm": float(norm), "tokens_per_s": tokens["seen"] / max(elapsed, 1e-9)})
+        seen = tokens["seen"] if parallel is None else distributed.all_reduce_sum([tokens["seen"]])[0]
+        return StepOutcome({**last, "grad_norm": float(norm), "tokens_per_s": seen / max(elapsed, 1e-9)})
 
     last: dict = {}
     return train_loop(
@@ -401,6 +480,7 @@ def fit(
         restore_position=lambda state: pos.update(micro=state["micro"]),
         postfix=lambda st: {"loss": f"{st.get('loss', float('nan')):.4f}", "tok_s": f"{st.get('tokens_per_s', 0):.0f}"},
         stop_after=stop_after,
+        parallel=parallel,
     )
 
 

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from alignlab import runs
+from alignlab import distributed, runs
 from alignlab.config import config_diff, flatten, save_config, to_dict
 from alignlab.errors import CheckpointError, ConfigError
 
@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = (
     "train.max_bad_steps",
     "train.num_samples",
     "model.device",
+    "train.strategy",  # checkpoints hold full weights and optimizer state whatever the strategy
 )
 
 
@@ -88,9 +89,12 @@ class RunDir:
                         "resume with the same settings, or start a new run_name"
                     )
         self.started = time.perf_counter()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.folder.marker.unlink(missing_ok=True)
-        save_config(cfg, saved)
+        distributed.barrier()  # every process has checked the folder before rank 0 writes into it
+        if distributed.is_main():
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.folder.marker.unlink(missing_ok=True)
+            save_config(cfg, saved)
+        distributed.barrier()
         self._attach_log_file()
 
     def _attach_log_file(self) -> None:
@@ -98,6 +102,9 @@ class RunDir:
         self.log.propagate = False
         for h in list(self.log.handlers):
             self.log.removeHandler(h)
+        if not distributed.is_main():  # rank 0 logs for every process (they run the same steps)
+            self.log.addHandler(logging.NullHandler())
+            return
         handler = logging.FileHandler(self.folder.log, encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.addHandler(handler)
@@ -110,7 +117,11 @@ class RunDir:
     def complete(self, summary: dict) -> dict:
         """Write the COMPLETE marker (last, with what the stage consumed and its cost); return the summary with paths added."""
         summary = {**summary, "cost": {**stage_cost(getattr(self, "started", None)), **summary.get("cost", {})}}
-        self.folder.write_complete(summary, self.consumed)
+        if distributed.world_size() > 1:
+            summary["cost"]["processes"] = distributed.world_size()
+        if distributed.is_main():
+            self.folder.write_complete(summary, self.consumed)
+        distributed.barrier()
         out = dict(summary, run_dir=str(self.path))
         if self.final_dir.exists():
             out["final"] = str(self.final_dir)
@@ -118,11 +129,15 @@ class RunDir:
 
     # ----------------------------------------------------------------- outputs
     def write_samples(self, rows: list[dict]) -> None:
-        self.folder.write_samples(rows)
+        if distributed.is_main():
+            self.folder.write_samples(rows)
 
     def replace_final(self, save_fn) -> Path:
-        """Write the final model through a temporary folder and rename it into place."""
-        return runs.replace_dir(self.final_dir, save_fn)
+        """Write the final model through a temporary folder and rename it into place (rank 0 only)."""
+        if distributed.is_main():
+            runs.replace_dir(self.final_dir, save_fn)
+        distributed.barrier()
+        return self.final_dir
 
 
 @contextmanager
@@ -135,6 +150,7 @@ def open_stage(cfg, stage: str):
     from alignlab.pipeline import get_stage, location
 
     validate(cfg)
+    distributed.setup(stage)  # several processes (torchrun): join the group; refuse a stage that cannot
     output_dir, run_name = location(cfg)
     run = RunDir(output_dir, run_name, stage)
     holder = getattr(cfg, "train", None)
