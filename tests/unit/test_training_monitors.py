@@ -91,21 +91,26 @@ def test_length_and_entropy_drifts_against_the_first_rollouts_warn_once(log, cap
 
 
 def test_proxy_rising_while_gold_turns_down_fires_the_gap(log, caplog):
-    golds = iter([0, 1, 2, 3, 4, 5, 4, 3, 2, 1])  # peaks at the 6th rollout, gives back 4 of its range of 5
+    golds = iter([0, 1, 2, 3, 4, 5, 4, 3, 2, 1])  # gold peaks at the 6th rollout, then falls; the proxy rises
 
     def gold_fn(prompts, responses):
         g = next(golds)
         return [g] * len(responses)
 
-    mon = TrainingMonitors(MonitorConfig(baseline_steps=5), gold_fn=gold_fn)
+    mon = TrainingMonitors(MonitorConfig(baseline_steps=2), gold_fn=gold_fn)
+    gaps = {}
     for step in range(1, 11):
-        out = mon.measure(PROMPTS, NORMAL, k=2, stats={**START, "score": 0.1 * step})  # the proxy keeps rising
+        out = mon.measure(PROMPTS, NORMAL, k=2, stats={**START, "score": 0.1 * step})
         mon.warn(step, log)
         assert out["gold"] == mon.gold[-1]
-        assert ("monitor/proxy_gold_gap" in out) == (step >= 10)  # from 2 × baseline_steps rollouts on
-    assert out["monitor/proxy_gold_gap"] == pytest.approx((5 - 1) / (5 - 0))  # 10 points: no smoothing window
+        assert ("monitor/proxy_gold_gap" in out) == (step >= 8)  # from 4 × baseline_steps rollouts on
+        gaps[step] = out.get("monitor/proxy_gold_gap")
+    # trailing means over 2 rollouts: gold 0, .5, 1.5, 2.5, 3.5, 4.5, 4.5, 3.5, 2.5, 1.5 (peak 4.5, min 0)
+    assert gaps[8] == pytest.approx((4.5 - 3.5) / 4.5)  # 0.22: quiet
+    assert gaps[9] == pytest.approx((4.5 - 2.5) / 4.5)  # 0.44 > 0.3 while the proxy rose: fires
+    assert gaps[10] == pytest.approx((4.5 - 1.5) / 4.5)
     [msg] = _warnings(caplog)
-    assert "proxy_gold_gap fired at step 10: value 0.8" in msg
+    assert "proxy_gold_gap fired at step 9: value 0.4444" in msg
 
 
 def test_state_survives_a_checkpoint_without_a_second_warning(log, caplog):

@@ -12,8 +12,9 @@ diversity         mean pairwise similarity of a prompt's k responses       > t
                   (k = 1: of all the rollout's responses)
 entropy_collapse  ``entropy`` / mean of the first rollouts'                 < t
 proxy_gold_gap    share of gold's range given back since its peak, over     > t while ``score`` rose
-                  the (score, gold) series so far (with ``gold:`` set;
-                  from 2 × baseline_steps rollouts on)
+                  the (score, gold) series so far, each a trailing mean
+                  over baseline_steps rollouts (with ``gold:`` set; from
+                  4 × baseline_steps rollouts on: early RL is noisy)
 disagreement      ``rm/disagreement`` / mean of the first rollouts'         > t
 ================  ======================================================  ==========================
 
@@ -99,8 +100,11 @@ class TrainingMonitors:
             res["disagreement"] = self._vs_start(
                 "rm/disagreement", stats, lambda early, now: M.disagreement_change(early, now, threshold=c.disagreement)
             )
-            if len(self.gold) >= 2 * c.baseline_steps:  # a peak and a fall need more points than the start
-                res["proxy_gold_gap"] = M.proxy_gold_gap(self.proxy, self.gold, threshold=c.proxy_gold_gap)
+            if len(self.gold) >= 4 * c.baseline_steps:  # a peak and a fall need more points than the start
+                w = c.baseline_steps  # one rollout's gold is noisy: trailing means over w rollouts
+                res["proxy_gold_gap"] = M.proxy_gold_gap(
+                    _trailing_mean(self.proxy, w), _trailing_mean(self.gold, w), threshold=c.proxy_gold_gap
+                )
         return {name: r for name, r in res.items() if r is not None}
 
     def _vs_start(self, key: str, stats: dict, test) -> dict | None:
@@ -138,6 +142,14 @@ class TrainingMonitors:
         self.proxy = [float(x) for x in state["proxy"]]
         self.gold = [float(x) for x in state["gold"]]
         self.fired = {str(k): int(v) for k, v in state["fired"].items()}
+
+
+def _trailing_mean(x: Sequence[float], w: int) -> list[float]:
+    """Point i is the mean of x[max(0, i−w+1) .. i]."""
+    c = np.concatenate([[0.0], np.cumsum(np.asarray(x, dtype=np.float64))])
+    i = np.arange(1, len(x) + 1)
+    lo = np.maximum(0, i - w)
+    return ((c[i] - c[lo]) / (i - lo)).tolist()
 
 
 def _finite(v) -> bool:
