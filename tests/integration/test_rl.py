@@ -366,3 +366,24 @@ def test_lora_policy_samples_with_folded_adapters_and_its_weights_come_back_bit_
     assert not layers[0].disable_adapters
     with model.disable_adapter():  # sampling from π_ref (adapter off) is not folded
         assert G._foldable_lora_layers(model) is None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_tokens_logprobs_from_generation_equal_a_forward_pass(temperature):
+    """SamplingParams(logprobs=True): the log-probs recorded while sampling are those a forward pass gives."""
+    from alignlab.models.load import load_model
+    from alignlab.rollout.generate import SamplingParams, TransformersEngine
+    from alignlab.rollout.passes import response_logprobs
+    from alignlab.rollout.sampling import sample_rollout
+
+    loaded = load_model(from_dict(ModelConfig, {"name_or_path": "tiny"}), seed=0, for_training=False)
+    prompts = [[5, 6, 7, 8, 9], [9, 10, 11], [12, 13]]
+    engine = TransformersEngine(loaded.model, loaded.tokenizer, batch_size=2)  # two generate calls
+    params = SamplingParams(max_new_tokens=10, temperature=temperature, seed=1, logprobs=True)
+    exp, gens = sample_rollout(engine, loaded.tokenizer, prompts, params, k=2)
+    with torch.no_grad():
+        want = response_logprobs(loaded.model, exp, temperature=temperature, device=torch.device("cpu"))[0]
+    for i, g in enumerate(gens):
+        assert len(g.logprobs) == len(g.response_ids) > 0
+        assert g.logprobs == pytest.approx(want[i, : len(g.response_ids)].tolist(), abs=2e-5)
+    assert engine.generate(prompts, SamplingParams(max_new_tokens=4, seed=1))[0].logprobs is None

@@ -80,7 +80,14 @@ def _load(path: Path, model_cfg, seed: int):
 
 
 def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, seed: int, ref_model=None) -> list[dict]:
-    """k responses per prompt with per-token log-probs under the model and (if given) ``ref_model``."""
+    """k responses per prompt with per-token log-probs under the model and (if given) ``ref_model``.
+
+    The model's own log-probs are recorded while sampling (``SamplingParams.logprobs``: equal to a
+    forward pass to float rounding), so only π_ref needs a forward pass — and none when the model
+    is its own reference (the baseline).
+    """
+    import dataclasses
+
     import torch
 
     from alignlab.data.tokenize import messages_of
@@ -89,33 +96,31 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
     from alignlab.rollout.sampling import sample_rollout, sampling_params
 
     engine = TransformersEngine(model, tokenizer, batch_size=rollout.generation_batch_size)
-    exp, gens = sample_rollout(engine, tokenizer, prompt_ids, sampling_params(rollout, seed=seed), k=k)
+    params = dataclasses.replace(sampling_params(rollout, seed=seed), logprobs=True)
+    exp, gens = sample_rollout(engine, tokenizer, prompt_ids, params, k=k)
     device = next(model.parameters()).device
-    logps, refs = [], []
-    with torch.no_grad():
-        for s in range(0, len(exp), rollout.forward_batch_size):
-            part = exp.select(torch.arange(s, min(s + rollout.forward_batch_size, len(exp))))
-            logps.append(
-                response_logprobs(model, part, temperature=rollout.temperature, device=device)[0].float().cpu()
-            )
-            if ref_model is not None and ref_model is not model:  # the baseline is its own π_ref: one pass
+    refs = []
+    if ref_model is not None and ref_model is not model:
+        with torch.no_grad():
+            for s in range(0, len(exp), rollout.forward_batch_size):
+                part = exp.select(torch.arange(s, min(s + rollout.forward_batch_size, len(exp))))
                 refs.append(
                     response_logprobs(ref_model, part, temperature=rollout.temperature, device=device)[0].float().cpu()
                 )
-    logp = torch.cat(logps)
-    ref = torch.cat(refs) if refs else (logp if ref_model is model else None)
+    ref = torch.cat(refs) if refs else None
     rows = []
     for i, g in enumerate(gens):
         n = int(exp.response_mask[i].sum())
         rec = records[i // k]
+        logp = [float(x) for x in g.logprobs[:n]]
         rows.append(
             {
                 "prompt": messages_of(rec.prompt),
                 "response": g.text,
                 "finished": g.finished,
                 "length": len(g.response_ids),
-                "logprobs": logp[i, :n].tolist(),
-                "ref_logprobs": None if ref is None else ref[i, :n].tolist(),
+                "logprobs": logp,
+                "ref_logprobs": ref[i, :n].tolist() if ref is not None else (logp if ref_model is model else None),
             }
         )
     return rows

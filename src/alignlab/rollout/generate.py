@@ -31,6 +31,8 @@ class SamplingParams:
     """Logits are divided by this before sampling (0 means greedy)."""
     top_p: float = 1.0
     seed: int | None = None
+    logprobs: bool = False
+    """Also return each sampled token's log-prob under the model at ``temperature`` (``Generation.logprobs``)."""
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Generation:
     text: str
     finished: bool  # ended with EOS (False: cut at max_new_tokens)
     meta: dict = field(default_factory=dict)
+    logprobs: list[float] | None = None  # log π(token | context) at the sampling temperature, when asked for
 
 
 @runtime_checkable
@@ -115,6 +118,40 @@ def folded_adapters(model):
             weight.data = original
 
 
+class _LogprobRecorder:
+    """A logits processor that records log π of each sampled token, O(batch × vocabulary) memory.
+
+    ``generate`` calls it at every step with the sequences so far and the next-token logits; the
+    token chosen from step t's logits is the last column of step t+1's sequences, so each call
+    reads the previous step's log-softmax at that token and keeps only its own. :meth:`finish`
+    reads the last step from the returned sequences. Temperature is applied here (transformers
+    runs its temperature warper after custom processors); no other processor is active in
+    :meth:`TransformersEngine._sample`, so these are the log-probs of the distribution sampled from.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.previous: torch.Tensor | None = None  # (B, V) log-softmax of the last step
+        self.steps: list[torch.Tensor] = []  # (B,) per generated position
+
+    def _read(self, tokens: torch.Tensor) -> None:
+        self.steps.append(self.previous.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.previous is not None:
+            self._read(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N) log-probs of the N generated tokens (``new_tokens``: generate's new columns)."""
+        if self.previous is not None and len(self.steps) < new_tokens.shape[1]:
+            self._read(new_tokens[:, len(self.steps)])
+        return (
+            torch.stack(self.steps, dim=1) if self.steps else new_tokens.new_zeros(new_tokens.shape, dtype=torch.float)
+        )
+
+
 class TransformersEngine:
     """Batched sampling with ``model.generate`` (KV cache, left padding, stop at EOS); a LoRA model
     samples with its adapters folded in (:func:`folded_adapters`)."""
@@ -155,14 +192,20 @@ class TransformersEngine:
                 kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
             else:
                 kwargs.update(do_sample=False)
+            recorder = _LogprobRecorder(params.temperature) if params.logprobs else None
+            if recorder is not None:
+                kwargs["logits_processor"] = [recorder]
             seqs = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
-            new = seqs[:, ids.shape[1] :].tolist()
-            for prompt, toks in zip(chunk, new):
+            new_ids = seqs[:, ids.shape[1] :]
+            logps = recorder.finish(new_ids).cpu().tolist() if recorder is not None else [None] * len(chunk)
+            for prompt, toks, lp in zip(chunk, new_ids.tolist(), logps):
                 if eos in toks:
                     toks = toks[: toks.index(eos) + 1]
                     finished = True
                 else:
                     finished = False
                 text = self.tokenizer.decode(toks, skip_special_tokens=True)
-                out.append(Generation(list(prompt), toks, text, finished))
+                out.append(
+                    Generation(list(prompt), toks, text, finished, logprobs=None if lp is None else lp[: len(toks)])
+                )
         return out
