@@ -181,3 +181,119 @@ def test_a_complete_eval_stage_shows_its_cost(tmp_path):
     assert summary["eval"]["policies"]["sft"]["gold"]["mean"] == 1.0
     page = build_report(run).read_text()
     assert "wall_time_s 3.5" in page
+
+
+def _table_after(page: str, heading: str) -> list[list[str]]:
+    """The body cells of the first table after ``<h3>heading</h3>``."""
+    found = re.search(re.escape(f"<h3>{heading}</h3>") + r".*?<tbody>(.*?)</tbody>", page, flags=re.S)
+    assert found, heading
+    return [re.findall(r"<td>(.*?)</td>", row, flags=re.S) for row in re.findall(r"<tr>(.*?)</tr>", found.group(1))]
+
+
+def test_judge_alignment_tax_objectives_and_lm_eval_in_the_report(tmp_path):
+    from alignlab.report.build import fmt
+
+    run = tmp_path / "multi"
+    runs.write_manifest(run, profile="tiny", stages=["sft", "dpo", "ppo", "eval"])
+    _sft_stage(run)
+    rng = np.random.default_rng(1)
+
+    def rows(shift, judged):
+        out = []
+        for p in range(10):
+            for _ in range(2):
+                g = p / 10 + shift + rng.normal(0, 0.2)
+                row = {"prompt": f"q{p}", "response": f"a{p} {'!' * int(rng.integers(3))}", "gold": g, "score": g + 0.1}
+                if judged:
+                    row["judge"], row["judge_consistent"] = float(rng.uniform(0.2, 0.9)), bool(rng.integers(2))
+                out.append(row)
+        return out
+
+    base_nll = rng.uniform(1, 3, size=6)  # the same six reference answers for every policy
+    heldout = {
+        name: [{"nll": float(v) * (1 + d), "tokens": 4} for v in base_nll]
+        for name, d in (("sft", 0.0), ("dpo", 0.1), ("ppo", 0.3))
+    }
+    lm = {
+        "tasks": ["hellaswag"],
+        "limit": 10,
+        "results": {n: {"hellaswag": {"acc,none": a}} for n, a in (("sft", 0.3), ("dpo", 0.35), ("ppo", 0.28))},
+    }
+    ev = evaluate.evaluate_run(
+        run,
+        policies={"sft": rows(0.0, False), "dpo": rows(0.2, True), "ppo": rows(0.4, True)},
+        judge="tiny",
+        heldout=heldout,
+        heldout_source="demo:sft",
+        objectives={"abc": "char_fraction(chars=abc)", "words": "length(scale=1)"},
+        lm_eval=lm,
+    )
+    page = build_report(run).read_text(encoding="utf-8")
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert summary["eval"] == json.loads((run / "eval" / "eval.json").read_text())
+    ev = summary["eval"]
+    pol = ev["policies"]
+
+    def iv(d, key):
+        return f"{fmt(d[key][0])}, {fmt(d[key][1])}"
+
+    annot = _table_after(page, "Win rates by annotator")
+    want = []
+    for name in ("dpo", "ppo"):
+        for by, wr in (
+            ("gold", pol[name]["win_rate"]),
+            ("proxy (reward model)", pol[name]["proxy_win_rate"]),
+            ("judge", pol[name]["judge"]["win_rate"]),
+        ):
+            want.append(
+                [
+                    name,
+                    by,
+                    f"{fmt(wr['win_rate'])} [{iv(wr, 'wilson')}]",
+                    f"{wr['wins']} / {wr['ties']} / {wr['losses']}",
+                    fmt(wr["tie_rate"]),
+                    str(wr["n"]),
+                ]
+            )
+    assert annot == want
+
+    judge = _table_after(page, "AI judge")
+    for cells, name in zip(judge, ("dpo", "ppo")):
+        j = pol[name]["judge"]
+        po, ag = j["pair_outcomes"], j["agreement"]
+        assert cells == [
+            name,
+            str(j["pairs"]),
+            f"{po['wins']} / {po['ties']} / {po['losses']}",
+            fmt(j["mean_prob"]),
+            f"{fmt(ag['agreement'])} [{iv(ag, 'wilson')}]",
+            str(ag["n"]),
+            str(ag["gold_ties"]),
+            fmt(j["position_consistency"]),
+        ]
+    assert "Judge <b>tiny</b>" in page
+
+    tax = _table_after(page, "Alignment tax")
+    assert [c[0] for c in tax] == ["sft", "dpo", "ppo"]
+    for cells, name in zip(tax, ("sft", "dpo", "ppo")):
+        h = pol[name]["heldout"]
+        assert cells[1] == f"{fmt(h['nll']['mean'])} [{iv(h['nll'], 't_interval')}]"
+        assert cells[2:6] == [fmt(h["nll_pooled"]), fmt(h["perplexity"]), str(h["n_examples"]), str(h["n_tokens"])]
+        assert cells[6] == ("baseline" if name == "sft" else f"{fmt(h['tax']['mean'])} [{iv(h['tax'], 't_interval')}]")
+    assert pol["ppo"]["heldout"]["tax"]["mean"] == pytest.approx(0.3 * base_nll.mean() / 4)  # planted: +30% NLL
+    assert pol["dpo"]["heldout"]["tax"]["significant"]  # +10% on every example: beyond the interval
+
+    objs = _table_after(page, "Objectives")
+    for cells, name in zip(objs, ("sft", "dpo", "ppo")):
+        o = pol[name]["objectives"]
+        expect = [name]
+        for key in ("abc", "words"):
+            expect.append(f"{fmt(o[key]['mean']['mean'])} [{iv(o[key]['mean'], 't_interval')}]")
+            g = o[key]["gain"]
+            expect.append("baseline" if g is None else f"{fmt(g['mean'])} [{iv(g, 't_interval')}]")
+        assert cells == expect
+    assert 'alt="objectives trade-off"' in page
+
+    lm_rows = _table_after(page, "lm-evaluation-harness")
+    assert lm_rows == [[n, fmt(lm["results"][n]["hellaswag"]["acc,none"])] for n in ("sft", "dpo", "ppo")]
+    assert (run / "report").is_dir() and save_figures(run)[-1].name == "objectives.png"
