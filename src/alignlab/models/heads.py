@@ -13,14 +13,48 @@ head is always trained. Normalisation: after training, ``shift`` and ``scale`` a
 reference policy's responses on a prompt set score mean 0, std 1 (see ``trainers.reward``);
 :meth:`RewardModel.score` applies them, :meth:`RewardModel.forward` does not.
 
-A saved reward model is a folder::
-
-    model.safetensors | adapter_model.safetensors, config, tokenizer   the backbone, HF format
-    reward_head.safetensors                                            {"weight": (K, H), "bias": (K,)}
-
 ``K > 1`` heads make an ensemble on one trunk (each head its own initialisation and its own
 Bradley–Terry loss): the reward is their mean, and their spread (:meth:`RewardModel.disagreement`)
 is an over-optimisation signal — it grows where the policy leaves the data the heads agree on.
+
+A saved reward model is a folder in one of two layouts (:func:`save_reward_model`; every reader,
+:func:`load_reward_model`, takes both):
+
+``hf`` — what a reward run's ``final/`` holds: the standard Hugging Face sequence-classification
+folder, so ``AutoModelForSequenceClassification.from_pretrained(folder)`` (or any tool that loads
+one) gets the trained reward model::
+
+    config.json        architectures [<Arch>ForSequenceClassification], num_labels K, pad_token_id,
+                       alignlab_reward {shift, scale, heads, reduce, ...}
+    model.safetensors  the full trunk (a LoRA adapter merged in) and the head as ``score.weight`` (K, H)
+    tokenizer files    whose pad token is config.pad_token_id
+    reward_norm.json   a copy of the normalisation, for scripts that read the older layout
+
+  alignlab's reward is ``mean(logits)`` over the K labels, normalised ``(mean(logits) − shift) /
+  scale``. HF's classifier reads the rightmost token that is not ``pad_token_id``; alignlab reads
+  the last token whose attention mask is 1. They agree for left and right padding alike once the
+  pad token never ends a real sequence, so the export never uses EOS (which ends every finished
+  response) as the pad: it keeps the tokenizer's pad when it differs from EOS, else takes UNK,
+  else adds a ``<|pad|>`` token. (A response whose text spells out that special token at its very
+  end would still be read one token early by HF.) HF's positions count from 0 with left padding
+  where alignlab's skip the pads; rotary models see only position differences, so the numbers
+  agree to float rounding.
+
+  Normalisation is not folded into the weights: ``(w·h + b − shift)/scale`` needs a bias (for the
+  shift) that ``LlamaForSequenceClassification.score`` and most causal-LM classifiers lack. It
+  lives in ``alignlab_reward`` instead. alignlab's head does have a bias, which the export folds
+  into the shift (``shift − mean(b)``), so normalised scores are unchanged and the HF logits are
+  alignlab's raw scores. The Bradley–Terry and listwise losses never move that bias (only
+  ``center_rewards`` and ``magnitude_penalty`` do); an ensemble whose heads' biases differ keeps
+  ``head_offsets`` (``b − mean(b)``, mean 0) in ``alignlab_reward``, added to each head's logit
+  for the disagreement, not to their mean.
+
+``checkpoint`` — the trunk as trained (full weights, or only the LoRA adapter) plus the head;
+what checkpoints use (small with LoRA, and resume restores it exactly), and what ``final/``
+folders written before the ``hf`` layout hold::
+
+    model.safetensors | adapter_model.safetensors, config, tokenizer   the backbone, HF format
+    reward_head.safetensors                                            {"weight": (K, H), "bias": (K,)}
     reward_norm.json                                                   {"shift", "scale", ...}
 """
 
@@ -38,6 +72,9 @@ from alignlab.models.logprobs import hidden_states, unwrap
 
 HEAD_FILE = "reward_head.safetensors"
 NORM_FILE = "reward_norm.json"
+CONFIG_KEY = "alignlab_reward"  # the config.json entry of an ``hf`` layout folder
+LAYOUTS = ("hf", "checkpoint")
+PAD_TOKEN = "<|pad|>"  # added only when a tokenizer has neither a pad nor an UNK distinct from EOS
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -88,6 +125,18 @@ class RewardModel(torch.nn.Module):
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(picked.float())  # (B, K)
 
+    def forward_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, index: torch.Tensor
+    ) -> torch.Tensor:
+        """Raw rewards of every head read at flat positions ``index`` (N,) (``row * T + col``): -> (N, K).
+
+        For rows that hold several responses (a shared prompt, ``collate_shared_pairs``): the
+        caller gives the 4-D mask, the position ids and each response's last token.
+        """
+        hidden = hidden_states(self.backbone, input_ids, attention_mask, position_ids)  # (R, T, H)
+        picked = hidden.reshape(-1, hidden.shape[-1])[index]  # (N, H)
+        return self.head(picked.float())  # (N, K)
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -116,14 +165,44 @@ class RewardModel(torch.nn.Module):
 
 # ----------------------------------------------------------------------------- save / load
 def save_reward_model(
-    rm: RewardModel, tokenizer, folder: Path, *, base: str | None, seed: int = 0, norm: dict | None = None
+    rm: RewardModel,
+    tokenizer,
+    folder: Path,
+    *,
+    base: str | None,
+    seed: int = 0,
+    norm: dict | None = None,
+    layout: str = "hf",
 ) -> None:
-    """Backbone via ``models.load.save_pretrained`` (adapter or full), the head, and (if given) the normalisation."""
+    """Write ``rm`` as a reward-model folder in ``layout`` (see the module docstring).
+
+    ``hf``: a Hugging Face sequence-classification folder (LoRA merged; falls back to
+    ``checkpoint`` with a warning for an architecture transformers has no classifier for).
+    ``checkpoint``: the backbone via ``models.load.save_pretrained`` (adapter or full), the head,
+    and (if given) the normalisation. ``rm`` itself is left as it was in both.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"reward-model layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    if layout == "hf":
+        try:
+            _save_hf_layout(rm, tokenizer, Path(folder), base=base, seed=seed, norm=norm)
+            return
+        except _NoClassifier as e:
+            import logging
+
+            logging.getLogger("alignlab").warning("%s; saving the reward model in the checkpoint layout", e)
+    _save_checkpoint_layout(rm, tokenizer, Path(folder), base=base, seed=seed, norm=norm)
+
+
+class _NoClassifier(Exception):
+    """transformers has no sequence-classification class for this architecture."""
+
+
+def _save_checkpoint_layout(rm: RewardModel, tokenizer, folder: Path, *, base, seed, norm) -> None:
     from safetensors.torch import save_file
 
     from alignlab.models.load import save_pretrained
 
-    folder = Path(folder)
     save_pretrained(rm.backbone, tokenizer, folder, base=base, seed=seed)
     head = {
         "weight": rm.head.weight.detach().float().cpu().contiguous(),
@@ -132,6 +211,121 @@ def save_reward_model(
     save_file(head, str(folder / HEAD_FILE))
     if norm is not None:
         (folder / NORM_FILE).write_text(json.dumps(norm, indent=1), encoding="utf-8")
+
+
+def classifier_pad(tokenizer) -> tuple[Any, int, bool]:
+    """``(tokenizer, pad_id, added)``: a pad token that is not EOS, so HF's "rightmost non-pad
+    token" is alignlab's "last real token" (see the module docstring).
+
+    The tokenizer's own pad if it differs from EOS; else UNK (on a copy of the tokenizer); else a
+    new ``<|pad|>`` token (``added``: the embeddings must grow by one row).
+    """
+    import copy
+
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != eos:
+        return tokenizer, tokenizer.pad_token_id, False
+    tok = copy.deepcopy(tokenizer)
+    if tok.unk_token_id is not None and tok.unk_token_id != eos:
+        tok.pad_token = tok.unk_token
+        return tok, tok.pad_token_id, False
+    tok.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tok, tok.pad_token_id, True
+
+
+def _classifier_head(model, folder) -> torch.nn.Linear:
+    """The linear head of a transformers sequence classifier (``score`` for causal LMs)."""
+    prefix = getattr(model, "base_model_prefix", "model")
+    heads = [m for n, m in model.named_children() if n != prefix and isinstance(m, torch.nn.Linear)]
+    if len(heads) != 1:
+        raise _NoClassifier(f"{folder}: {type(model).__name__} has no single linear classification head")
+    return heads[0]
+
+
+def _save_hf_layout(rm: RewardModel, tokenizer, folder: Path, *, base, seed, norm) -> None:
+    """The Hugging Face sequence-classification folder (module docstring, layout ``hf``)."""
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    from alignlab.models.load import INFO_FILE, is_peft, quiet_hf
+
+    tokenizer, pad_id, added = classifier_pad(tokenizer)
+    merged = is_peft(rm.backbone)
+    lm = unwrap(rm.backbone)
+    if merged or added:  # work on a copy: the model being trained keeps its adapters and vocabulary
+        lm = copy.deepcopy(rm.backbone)
+        lm = lm.merge_and_unload() if merged else lm
+        if added:
+            lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the pad's row is never read
+    trunk = getattr(lm, lm.base_model_prefix)
+    weight = next(trunk.parameters())
+    K = rm.n_heads
+    config = copy.deepcopy(lm.config)
+    config.num_labels = K
+    config.id2label = {0: "reward"} if K == 1 else {k: f"reward_{k}" for k in range(K)}
+    config.label2id = {v: k for k, v in config.id2label.items()}
+    config.pad_token_id = pad_id
+    try:
+        with torch.device("meta"), quiet_hf():  # no memory: its trunk and head are replaced below
+            classifier = AutoModelForSequenceClassification.from_config(config)
+    except (ValueError, KeyError) as e:
+        raise _NoClassifier(f"transformers has no sequence classifier for {type(lm).__name__} ({e})") from None
+    old = _classifier_head(classifier, folder)
+    head = torch.nn.Linear(old.in_features, K, bias=old.bias is not None, device=weight.device, dtype=weight.dtype)
+    bias = rm.head.bias.detach().double().cpu()  # (K,)
+    shift = float(norm["shift"]) if norm is not None else rm.shift
+    scale = float(norm["scale"]) if norm is not None else rm.scale
+    offsets = None
+    with torch.no_grad():
+        head.weight.copy_(rm.head.weight.detach())
+        if head.bias is not None:
+            head.bias.copy_(rm.head.bias.detach())
+        else:  # fold the bias into the shift: (w·h + b − shift) = (w·h − (shift − b))
+            shift -= float(bias.mean())
+            if K > 1 and bool((bias - bias.mean()).abs().max() > 0):
+                offsets = (bias - bias.mean()).tolist()
+    for name, module in classifier.named_children():
+        if module is old:
+            setattr(classifier, name, head)
+    setattr(classifier, classifier.base_model_prefix, trunk)
+    meta = {k: v for k, v in (norm or {}).items() if k not in ("shift", "scale")}
+    meta.update(
+        layout="hf",
+        score="(mean(logits) - shift) / scale",
+        shift=shift,
+        scale=scale,
+        heads=K,
+        reduce="mean",
+        base=base,
+        seed=seed,
+        merged_adapter=merged,
+    )
+    if offsets is not None:
+        meta["head_offsets"] = offsets
+    setattr(classifier.config, CONFIG_KEY, meta)
+    classifier.config.architectures = [type(classifier).__name__]
+    folder.mkdir(parents=True, exist_ok=True)
+    with quiet_hf():
+        classifier.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+    (folder / INFO_FILE).write_text(
+        json.dumps({"base": base, "seed": seed, "adapter": False, "layout": "hf"}), encoding="utf-8"
+    )
+    norm_copy = {**(norm or {}), "shift": shift, "scale": scale}
+    (folder / NORM_FILE).write_text(json.dumps(norm_copy, indent=1), encoding="utf-8")
+
+
+def reward_layout(folder: str | Path) -> str | None:
+    """``"hf"``, ``"checkpoint"``, or None when ``folder`` is not a reward-model folder."""
+    folder = Path(folder)
+    if (folder / HEAD_FILE).is_file():
+        return "checkpoint"
+    try:
+        archs = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return "hf" if any(str(a).endswith("ForSequenceClassification") for a in archs) else None
 
 
 def _load_head(rm: RewardModel, folder: Path) -> None:
@@ -166,13 +360,21 @@ class LoadedReward:
 def load_reward_model(
     folder: str | Path, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
 ) -> LoadedReward:
-    """A trained reward model for scoring (eval mode; a LoRA backbone is merged into its base)."""
+    """A trained reward model for scoring, from a folder in either layout (eval mode; a LoRA
+    backbone is merged into its base). ``norm`` is the normalisation record (``shift``, ``scale``,
+    the truncation lengths it was trained with, ...)."""
     from alignlab.config import ModelConfig, from_dict
     from alignlab.models.load import load_model
 
     folder = Path(folder).expanduser()
-    if not (folder / HEAD_FILE).is_file():
-        raise ModelLoadError(f"{folder}: not a reward model folder (no {HEAD_FILE}); give a reward run's final/ folder")
+    layout = reward_layout(folder)
+    if layout is None:
+        raise ModelLoadError(
+            f"{folder}: not a reward model folder (neither {HEAD_FILE} nor a config.json whose architectures "
+            "name a ...ForSequenceClassification); give a reward run's final/ folder"
+        )
+    if layout == "hf":
+        return _load_hf_layout(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     cfg = from_dict(
         ModelConfig,
         {"name_or_path": str(folder), "device": device, "dtype": dtype, "trust_remote_code": trust_remote_code},
@@ -187,6 +389,33 @@ def load_reward_model(
     _load_head(rm, folder)
     rm.eval()
     return LoadedReward(rm, loaded.tokenizer, norm)
+
+
+def _load_hf_layout(folder: Path, *, device: str, dtype: str, trust_remote_code: bool) -> LoadedReward:
+    """A sequence-classification folder as a :class:`RewardModel`: its trunk, and its head copied
+    into alignlab's float32 head (bias: the ensemble's ``head_offsets``, else 0)."""
+    from alignlab.models.load import load_classifier
+
+    loaded = load_classifier(str(folder), device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = loaded.model
+    meta = dict(getattr(model.config, CONFIG_KEY, None) or {})  # empty for a folder from another tool
+    try:
+        head = _classifier_head(model, folder)
+    except _NoClassifier as e:
+        raise ModelLoadError(str(e)) from None
+    K = head.out_features
+    offsets = meta.get("head_offsets") or [0.0] * K
+    if len(offsets) != K:
+        raise ModelLoadError(
+            f"{folder}/config.json: {CONFIG_KEY}.head_offsets has {len(offsets)} values for {K} labels"
+        )
+    rm = RewardModel(model, shift=meta.get("shift", 0.0), scale=meta.get("scale", 1.0), heads=K)
+    with torch.no_grad():
+        rm.head.weight.copy_(head.weight.float())
+        bias = head.bias.float() if head.bias is not None else torch.tensor(offsets, dtype=torch.float32)
+        rm.head.bias.copy_(bias.to(rm.head.bias.device))
+    rm.eval()
+    return LoadedReward(rm, loaded.tokenizer, meta)
 
 
 @torch.no_grad()

@@ -119,14 +119,17 @@ def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
     return Loaded(model=model, tokenizer=tokenizer, source=source)
 
 
-def _from_pretrained(folder: str, dtype, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_pretrained(folder: str, dtype, trust_remote_code: bool, auto_class: str = "AutoModelForCausalLM"):
+    import transformers
+    from transformers import AutoTokenizer
 
     kwargs = dict(local_files_only=True, trust_remote_code=trust_remote_code)
     try:
         with quiet_hf():
             tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=None, **kwargs)
+            model = getattr(transformers, auto_class).from_pretrained(
+                folder, dtype=dtype, use_safetensors=None, **kwargs
+            )
     except OSError as e:
         raise ModelLoadError(
             f"{folder}: cannot load the model ({str(e).splitlines()[0]}). alignlab does not download at "
@@ -139,6 +142,22 @@ def _from_pretrained(folder: str, dtype, trust_remote_code: bool):
             ) from None
         raise
     return model, tokenizer
+
+
+def load_classifier(
+    name_or_path: str, *, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False
+) -> Loaded:
+    """A sequence-classification model folder (``AutoModelForSequenceClassification``, e.g. an
+    exported reward model) and its tokenizer, in eval mode; the same safety rules as :func:`load_model`."""
+    dev = resolve_device(device)
+    folder = _resolve_source(name_or_path)
+    model, tokenizer = _from_pretrained(
+        folder, resolve_dtype(dtype, dev), trust_remote_code, "AutoModelForSequenceClassification"
+    )
+    tokenizer = prepare_tokenizer(tokenizer)
+    model.to(dev)
+    model.eval()
+    return Loaded(model=model, tokenizer=tokenizer, source=name_or_path)
 
 
 def apply_lora(model, lora_cfg):

@@ -164,8 +164,9 @@ def normalisation(rm: RewardModel, samples: list[Example], pad_id: int, batch_si
 def train_reward(cfg, *, stop_after: int | None = None) -> dict:
     """Train the reward model described by a :class:`~alignlab.config.RewardConfig`; returns a summary.
 
-    Writes ``<output_dir>/<run_name>/reward``; ``final/`` is a reward-model folder
-    (see ``models.heads``) that :func:`~alignlab.models.heads.load_reward_model` reads.
+    Writes ``<output_dir>/<run_name>/reward``; ``final/`` is a reward-model folder in the Hugging
+    Face sequence-classification layout (see ``models.heads``), which
+    :func:`~alignlab.models.heads.load_reward_model` and ``AutoModelForSequenceClassification`` read.
     """
     spec = get_reward_loss(cfg.loss)
     with open_stage(cfg, "reward") as run:
@@ -202,8 +203,8 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
 
         base = base_name(cfg.model)
 
-        def save_fn(folder):
-            save_reward_model(rm, tokenizer, folder, base=base, seed=seed)
+        def save_fn(folder):  # checkpoints keep the trunk as trained (a LoRA adapter stays small): exact resume
+            save_reward_model(rm, tokenizer, folder, base=base, seed=seed, layout="checkpoint")
 
         def load_fn(folder):
             restore_reward_model(rm, folder)
