@@ -158,6 +158,100 @@ def collate_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None 
     return batch
 
 
+def collate_shared_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None = None) -> dict:
+    """B pairs laid out as ``[prompt | chosen | rejected]``: each prompt token is computed once.
+
+    Within a pair the 4-D mask ``(R, 1, T, T)`` is causal, except that rejected tokens do not see
+    chosen ones: chosen attends to prompt + chosen, rejected to prompt + rejected. Positions of the
+    rejected segment continue from the end of the prompt, as if chosen were not there, so every
+    response token sees what it would see on its own row. One pair per row, or (``pack_width``)
+    several per row, first-fit decreasing into rows of ``max(pack_width, longest pair)`` columns;
+    never across pairs (block-diagonal, as :func:`pack_rows`).
+
+    Log-probs are not a plain shift here: the first rejected token is predicted from the **last
+    prompt position**, which also predicts the first chosen token (that hidden state is read twice,
+    and its gradient is the sum of both uses). So the loss positions are listed flat, N of them:
+
+    * ``logp_source`` (N,): flat index ``row * T + col`` of the hidden state that predicts ...
+    * ``logp_target`` (N,): ... this token;
+    * ``seq_index`` (N,): its sequence, chosen ``0..B-1`` then rejected ``B..2B-1`` (as
+      :func:`collate_pairs`), so ``seq_logps`` and the reference cache read them unchanged;
+    * ``score_index`` (2B,): flat index of each response's last token (a reward model's score);
+    * ``seq_lengths`` (2B,), ``n_seqs`` = 2B, ``n_pairs`` = B, ``margins``, ``where``; ``n_tokens``
+      counts real tokens (a prompt once), ``loss_weight`` = B (per-pair means).
+    """
+    lengths = [len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs]
+    if pack_width:
+        width = max(pack_width, max(lengths))
+        bins: list[list[int]] = []
+        used: list[int] = []
+        for i in sorted(range(len(pairs)), key=lambda i: -lengths[i]):
+            for b in range(len(bins)):
+                if used[b] + lengths[i] <= width:
+                    bins[b].append(i)
+                    used[b] += lengths[i]
+                    break
+            else:
+                bins.append([i])
+                used.append(lengths[i])
+    else:
+        bins = [[i] for i in range(len(pairs))]
+    B, R = len(pairs), len(bins)
+    T = max(sum(lengths[i] for i in b) for b in bins)
+    ids = torch.full((R, T), pad_id, dtype=torch.long)
+    positions = torch.zeros((R, T), dtype=torch.long)
+    segment = torch.zeros((R, T), dtype=torch.long)  # 0 = padding, k = k-th pair of the row
+    rejected_part = torch.zeros((R, T), dtype=torch.bool)  # columns of rejected tokens
+    chosen_part = torch.zeros((R, T), dtype=torch.bool)  # columns of chosen tokens
+    source, target, owner = [], [], []
+    score = [0] * (2 * B)
+    for r, b in enumerate(bins):
+        col = 0
+        for k, i in enumerate(b, start=1):
+            p, c, j = pairs[i].prompt_ids, pairs[i].chosen_ids, pairs[i].rejected_ids
+            n = lengths[i]
+            ids[r, col : col + n] = torch.tensor(p + c + j, dtype=torch.long)
+            positions[r, col : col + n] = torch.tensor(
+                list(range(len(p) + len(c))) + list(range(len(p), len(p) + len(j)))
+            )
+            segment[r, col : col + n] = k
+            chosen_part[r, col + len(p) : col + len(p) + len(c)] = True
+            rejected_part[r, col + len(p) + len(c) : col + n] = True
+            last_prompt = r * T + col + len(p) - 1  # predicts the first token of both responses
+            for seq, start, resp in ((i, col + len(p), c), (B + i, col + len(p) + len(c), j)):
+                # token t of the response is predicted at column start + t - 1, except t = 0: the prompt's end
+                for t, tok in enumerate(resp):
+                    if t == 0 and not p:
+                        continue  # no prompt: nothing predicts the first token (as on a row of its own)
+                    source.append(last_prompt if t == 0 else r * T + start + t - 1)
+                    target.append(tok)
+                    owner.append(seq)
+                score[seq] = r * T + start + len(resp) - 1 if resp else last_prompt
+            col += n
+    causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, :, None] > 0)  # (R, T, T)
+    rejected_sees_chosen = rejected_part[:, :, None] & chosen_part[:, None, :]  # (R, T, T)
+    mask4d = same & causal[None] & ~rejected_sees_chosen
+    mask4d = mask4d | torch.eye(T, dtype=torch.bool)[None]  # padding attends to itself: no NaN rows
+    seq_index = torch.tensor(owner, dtype=torch.long)  # (N,)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask4d[:, None],  # (R, 1, T, T)
+        "position_ids": positions,
+        "logp_source": torch.tensor(source, dtype=torch.long),  # (N,)
+        "logp_target": torch.tensor(target, dtype=torch.long),  # (N,)
+        "seq_index": seq_index,  # (N,)
+        "seq_lengths": torch.bincount(seq_index, minlength=2 * B),  # (2B,)
+        "score_index": torch.tensor(score, dtype=torch.long),  # (2B,)
+        "n_seqs": 2 * B,
+        "n_pairs": B,
+        "where": [p.where for p in pairs],
+        "margins": torch.tensor([float("nan") if p.margin is None else p.margin for p in pairs]),  # (B,)
+        "n_tokens": int((segment > 0).sum()),
+        "loss_weight": B,  # the pairwise losses are per-pair means
+    }
+
+
 def collate_rankings(groups: list[RankedExample], pad_id: int) -> dict:
     """Ranked groups -> one right-padded batch of sum(K_i) rows, group after group.
 

@@ -38,6 +38,14 @@ def trunk_and_head(model):
 def hidden_states(model, input_ids, attention_mask=None, position_ids=None):
     """Last-layer hidden states ``(B, T, H)`` from the trunk (no logits computed)."""
     trunk, _ = trunk_and_head(model)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+        # a 4-D mask reaches the attention as given; SDPA takes booleans, eager (and most others)
+        # adds the mask to the scores, so it needs 0 / -inf-like floats (a bool would add 0 / 1)
+        if getattr(unwrap(model).config, "_attn_implementation", None) != "sdpa":
+            dtype = trunk.get_input_embeddings().weight.dtype
+            attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+                ~attention_mask, torch.finfo(dtype).min
+            )
     out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
@@ -172,9 +180,98 @@ def entropy_chunks(head, hidden, mask, *, temperature: float = 1.0, chunk_size: 
     return total / count
 
 
+def gathered_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None,
+    source: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Log-probs of ``targets`` (N,) predicted by the hidden states at flat positions ``source`` (N,)
+    (``row * T + col``) of a ``(R, T)`` batch -> (N,) float32.
+
+    For layouts where the predicting position is not always the previous column (a shared prompt:
+    ``data.collate.collate_shared_pairs``). A position listed twice is read twice; its gradient is
+    the sum of both uses.
+    """
+    _, head = trunk_and_head(model)
+    hidden = hidden_states(model, input_ids, attention_mask, position_ids)  # (R, T, H)
+    picked = hidden.reshape(-1, hidden.shape[-1])[source]  # (N, H)
+    return selected_logprobs(head, picked, targets, temperature=temperature, chunk_size=chunk_size)
+
+
+def shares_prefix_exactly(model, *, tolerance: float | None = None) -> tuple[bool, str]:
+    """Whether ``model`` honours a 4-D attention mask and position ids, so a shared prompt is exact.
+
+    One small probe, no grad, eval mode: a row ``[prompt | a | b]`` whose mask hides ``a`` from
+    ``b`` must give ``b`` the hidden states of the plain row ``[prompt | b]``. An attention
+    implementation that ignores or rejects 4-D masks (or position ids) fails it. Returns
+    (ok, reason); the tolerance is relative to the hidden states' scale (1e-4 in float32).
+    """
+    param = next(model.parameters())
+    if tolerance is None:
+        tolerance = 1e-4 if param.dtype == torch.float32 else 5e-2
+    vocab = unwrap(model).config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    n_p, n_a, n_b = 5, 4, 3
+    toks = torch.randint(3, max(4, vocab), (n_p + n_a + n_b,), generator=g)
+    prompt, b = toks[:n_p], toks[n_p + n_a :]  # the middle n_a tokens are "a"
+    T = n_p + n_a + n_b
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    mask[n_p + n_a :, n_p : n_p + n_a] = False  # b does not see a
+    positions = torch.cat([torch.arange(n_p + n_a), torch.arange(n_p, n_p + n_b)])
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            shared = hidden_states(
+                model,
+                toks[None].to(param.device),
+                mask[None, None].to(param.device),
+                positions[None].to(param.device),
+            )[0, n_p + n_a :].float()  # (n_b, H)
+            plain_ids = torch.cat([prompt, b])[None].to(param.device)
+            plain = hidden_states(model, plain_ids, torch.ones_like(plain_ids))[0, n_p:].float()  # (n_b, H)
+    except Exception as e:  # noqa: BLE001 - any failure means: do not share
+        return False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        model.train(was)
+    err = float((shared - plain).abs().max() / plain.abs().max().clamp(min=1e-6))
+    if not err <= tolerance:
+        return False, f"a 4-D mask changed the hidden states by {err:.2g} (relative; allowed {tolerance:g})"
+    return True, f"relative difference {err:.2g}"
+
+
+def prompt_sharing_works(model, log) -> bool:
+    """Probe once (:func:`shares_prefix_exactly`) whether pairs may share their prompt; log the answer or the fallback."""
+    ok, why = shares_prefix_exactly(model)
+    if ok:
+        log.info("data.share_prompt: each pair's prompt computed once (probe: %s)", why)
+    else:
+        log.warning("data.share_prompt: this model's attention does not honour 4-D masks (%s); pairs unshared", why)
+    return ok
+
+
 def batch_logprobs(model, batch: dict) -> torch.Tensor:
-    """Next-token log-probs (B, T-1) of a collated batch at its loss positions (0 elsewhere), on the model's device."""
+    """Next-token log-probs (B, T-1) of a collated batch at its loss positions (0 elsewhere), on the model's device.
+
+    A shared-prompt batch (``logp_source`` in it, see ``collate_shared_pairs``) gives them flat
+    instead, (N,), one per loss position, aligned with its ``seq_index``.
+    """
     device = next(model.parameters()).device
+    if "logp_source" in batch:
+        return gathered_logprobs(
+            model,
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["position_ids"].to(device),
+            batch["logp_source"].to(device),
+            batch["logp_target"].to(device),
+        )
     return token_logprobs(
         model,
         batch["input_ids"].to(device),

@@ -1,9 +1,13 @@
 """Direct preference stage: the DPO family (dpo, cdpo, ipo, hinge, robust), KTO, and the
 reference-free ORPO and SimPO, all trained through the shared loop.
 
-Per micro-batch of B pairs, chosen and rejected rows go through the policy in **one** forward
-pass (``collate_pairs``: 2B rows, chosen first); ``token_logprobs`` is chunked and checkpointed, so
-no (2B, T, V) float32 tensor is held. ``seq_logps`` are sums over response tokens; each loss is a
+Per micro-batch of B pairs, chosen and rejected go through the policy in **one** forward pass.
+With ``data.share_prompt`` (the default for the paired losses) each pair is one segment
+``[prompt | chosen | rejected]`` whose prompt is computed once (``collate_shared_pairs``: a 4-D
+mask hides chosen from rejected); otherwise 2B rows, chosen first (``collate_pairs``). A model
+whose attention ignores 4-D masks fails a probe (``shares_prefix_exactly``) and gets the rows
+unshared, with a log line. The LM head is chunked and checkpointed, so no (2B, T, V) float32
+tensor is held. ``seq_logps`` are sums over response tokens; each loss is a
 per-sequence mean (see ``losses.preference``).
 
 π_ref is the model as loaded, and never a second copy: with LoRA, the adapter is disabled; with
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.data.collate import collate_pairs, collate_unpaired
+from alignlab.data.collate import collate_pairs, collate_shared_pairs, collate_unpaired
 from alignlab.data.tokenize import (
     Example,
     TokenStats,
@@ -33,6 +37,7 @@ from alignlab.data.tokenize import (
 )
 from alignlab.losses.preference import get_preference_loss, kto, kto_kl_ref_point, preference_loss
 from alignlab.models.load import load_model
+from alignlab.models.logprobs import prompt_sharing_works
 from alignlab.trainers.common import load_split, model_io, sample_responses, seed_everything
 from alignlab.trainers.loop import fit
 from alignlab.trainers.reference import data_fingerprint, model_identity, reference_logps, seq_logps
@@ -41,21 +46,33 @@ from alignlab.trainers.run import open_stage
 
 # ----------------------------------------------------------------------------- data sets
 class PairSet:
-    """Tokenised pairs; ``batch(indices)`` gives 2B rows (chosen, then rejected) and ``index``."""
+    """Tokenised pairs; ``batch(indices)`` gives 2B sequences (chosen, then rejected) and ``index``.
+
+    ``share_prompt``: each pair one ``[prompt | chosen | rejected]`` segment (``collate_shared_pairs``).
+    """
 
     names = ("chosen", "rejected")
 
-    def __init__(self, records, tokenizer, max_length: int, max_prompt_length: int, pack_width: int | None = None):
+    def __init__(
+        self,
+        records,
+        tokenizer,
+        max_length: int,
+        max_prompt_length: int,
+        pack_width: int | None = None,
+        share_prompt: bool = False,
+    ):
         self.examples, self.stats = tokenize_pairs(
             records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length
         )
-        self.pad_id, self.pack_width = tokenizer.pad_token_id, pack_width
+        self.pad_id, self.pack_width, self.share_prompt = tokenizer.pad_token_id, pack_width, share_prompt
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def batch(self, indices: list[int]) -> dict:
-        batch = collate_pairs([self.examples[i] for i in indices], self.pad_id, self.pack_width)
+        collate = collate_shared_pairs if self.share_prompt else collate_pairs
+        batch = collate([self.examples[i] for i in indices], self.pad_id, self.pack_width)
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
@@ -174,10 +191,11 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
         lengths = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)
 
         pack_width = cfg.data.max_length if cfg.data.packing else None
+        share = spec.paired and cfg.data.share_prompt and prompt_sharing_works(model, run.log)
 
         def make_set(records):
             if spec.paired:
-                return PairSet(records, tokenizer, **lengths, pack_width=pack_width)
+                return PairSet(records, tokenizer, **lengths, pack_width=pack_width, share_prompt=share)
             return UnpairedSet(records, tokenizer, **lengths, seed=seed, pack_width=pack_width)
 
         train_set, eval_set = make_set(train_records), make_set(eval_records)
@@ -193,7 +211,12 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
                         model,
                         identity=identity,
                         fingerprint=data.fingerprint(),
-                        settings={**lengths, "kind": type(data).__name__, "packing": cfg.data.packing},
+                        settings={
+                            **lengths,
+                            "kind": type(data).__name__,
+                            "packing": cfg.data.packing,
+                            **({"share_prompt": True} if share else {}),  # equal to ~1e-6, not bit for bit
+                        },
                         n_items=len(data),
                         make_batch=data.batch,
                         names=data.names,
@@ -229,6 +252,7 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
             "train_examples": len(train_set),
             "eval_examples": len(eval_set),
             "truncation": train_set.stats.as_dict(),
+            "share_prompt": share,
             "reference": _describe(refs["train"], spec.needs_reference),
             "skipped_steps": result.skipped_steps,
         }

@@ -3,7 +3,10 @@
 Data: preference pairs, or rankings. ``bradley_terry`` sees pairs (a ranking of K gives its
 K(K−1)/2 pairs); ``kwise`` and ``plackett_luce`` see whole groups (a pair is a group of K = 2).
 One forward pass per micro-batch scores every response of it (``collate_pairs``: chosen rows,
-then rejected; ``collate_rankings``: group after group).
+then rejected; ``collate_rankings``: group after group). With ``data.share_prompt`` (default) a
+pair is one row ``[prompt | chosen | rejected]``, its prompt computed once, each score read at the
+last token of its response (``collate_shared_pairs``); a model whose attention ignores 4-D masks
+gets the unshared rows instead, with a log line.
 
 Normalisation: the reward's offset and scale are arbitrary (the BT loss sees only differences),
 so after training they are fixed against the *reference policy*: the backbone as loaded samples
@@ -20,7 +23,7 @@ import json
 
 import torch
 
-from alignlab.data.collate import collate_pairs, collate_rankings
+from alignlab.data.collate import collate_pairs, collate_rankings, collate_shared_pairs
 from alignlab.data.tokenize import Example, encode_prompt, tokenize_pairs, tokenize_rankings
 from alignlab.losses.reward import (
     bradley_terry,
@@ -31,6 +34,7 @@ from alignlab.losses.reward import (
 )
 from alignlab.models.heads import RewardModel, restore_reward_model, save_reward_model, score_examples
 from alignlab.models.load import load_model
+from alignlab.models.logprobs import prompt_sharing_works
 from alignlab.runs import atomic_write_jsonl
 from alignlab.trainers.common import base_name, load_split, seed_everything
 from alignlab.trainers.loop import fit
@@ -42,8 +46,15 @@ def _device(rm) -> torch.device:
 
 
 def batch_rewards(rm: RewardModel, batch: dict) -> torch.Tensor:
-    """Raw rewards of every row of a collated batch and every head: (N, K) float32."""
+    """Raw rewards of every sequence of a collated batch and every head: (N, K) float32."""
     device = _device(rm)
+    if "score_index" in batch:  # shared prompt: several responses per row, scored at their last tokens
+        return rm.forward_at(
+            batch["input_ids"].to(device),
+            batch["attention_mask"].to(device),
+            batch["position_ids"].to(device),
+            batch["score_index"].to(device),
+        )
     return rm.forward_heads(batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
 
@@ -188,9 +199,12 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
 
         else:
             items, stats = tokenize_pairs(train_records, tokenizer, **lengths)
+            collate = collate_pairs
+            if cfg.data.share_prompt:
+                collate = collate_shared_pairs if prompt_sharing_works(rm.backbone, run.log) else collate_pairs
 
             def make_batch(pairs):
-                return collate_pairs(pairs, pad_id)
+                return collate(pairs, pad_id)
 
             def step_fn(batch):
                 return pair_loss(cfg, batch_rewards(rm, batch), batch["n_pairs"], batch.get("margins"))
