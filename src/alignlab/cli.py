@@ -4,6 +4,7 @@
     alignlab sft --config my.yaml train.lr=1e-4    one stage, from a YAML file plus overrides
     alignlab sft --profile tiny --help             every key of a stage, with its default
     alignlab generate --model runs/default/sft/final --prompt "Hi!"
+    alignlab rewardbench rb.jsonl --model runs/default/reward/final   accuracy per subset (or a dpo final/)
 
 A stage's settings come from, in order: defaults, the profile's section for the stage, the
 ``--config`` file, then ``key=value`` overrides (dotted ``train.lr`` or a unique leaf ``lr``).
@@ -310,6 +311,9 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_label_commands(sub)
     add_data_commands(sub)
     add_serve_command(sub)
+    from alignlab.rewardbench_cli import add_command as add_rewardbench_command
+
+    add_rewardbench_command(sub)
     return parser
 
 
@@ -327,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "score":
             return cmd_score(args)
+        if args.command == "rewardbench":
+            from alignlab.rewardbench_cli import run_command
+
+            return run_command(args)
         if args.command == "label":
             from alignlab.feedback.cli import run_label_command
 
