@@ -178,3 +178,23 @@ def test_a_tiny_ppo_run_logs_gold_and_monitor_rows(tmp_path):
     assert all("monitor/entropy_collapse" in r and "monitor/length_drift" in r for r in rows[1:])
     log_text = (tmp_path / "tiny" / "ppo" / "log.txt").read_text()
     assert log_text.count("monitor entropy_collapse fired at step 2") == 1 and "WARNING" in log_text
+
+
+def test_the_report_draws_the_monitors_of_a_stage():
+    pytest.importorskip("matplotlib")
+    from alignlab.report.build import render_html
+    from alignlab.report.figures import all_figures, monitor_figure
+
+    series = {"steps": [1, 2, 3], "values": [0.1, 0.5, None], "last": None}
+    stage = {
+        "name": "ppo",
+        "metrics": {"train": {"score": series, "monitor/repetition": series, "monitor/diversity": series}},
+    }
+    fig = monitor_figure(stage)
+    assert [ax.get_title() for ax in fig.axes] == ["diversity", "repetition"]
+    assert monitor_figure({"name": "sft", "metrics": {"train": {"loss": series}}}) is None
+    figs = all_figures({"stages": [stage]})
+    assert "monitors-ppo" in figs
+    summary = {"run": "r", "stages": [{**stage, "state": "complete", "complete": {}, "cost": {}}]}
+    html = render_html(summary, {"monitors-ppo": b"png"})
+    assert 'alt="ppo monitors"' in html

@@ -249,6 +249,8 @@ def _section_curves(summary: dict, pngs: dict[str, bytes]) -> str:
         parts.append(f"<h3>{esc(s['name'])}</h3>")
         if png is not None:
             parts.append(_img(png, f"{s['name']} training curves"))
+        if f"monitors-{s['name']}" in pngs:  # RL stages: monitor/* along training
+            parts.append(_img(pngs[f"monitors-{s['name']}"], f"{s['name']} monitors"))
         if last:
             parts.append(_table(["metric (train)", "last"], [[esc(k), fmt(v["last"])] for k, v in last.items()]))
     return "<h2>Training curves</h2>" + "".join(parts) if parts else ""

@@ -22,6 +22,7 @@ PLOT_KEYS = (
     "rewards/accuracy",
     "rewards/margin",
     "score",
+    "gold",
     "reward",
     "kl",
     "beta",
@@ -246,6 +247,27 @@ def objectives_figure(ev: dict | None):
     return fig
 
 
+def monitor_figure(stage: dict):
+    """The RL monitors along training (``monitor/*`` of a stage's metrics, alignlab.trainers.monitoring), one panel each."""
+    train = (stage.get("metrics") or {}).get("train") or {}
+    keys = sorted(k for k in train if k.startswith("monitor/"))
+    if not keys:
+        return None
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig = _figure(4.0 * cols, 2.4 * rows)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        pts = [(s, v) for s, v in zip(train[key]["steps"], train[key]["values"]) if v is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:red", linewidth=1.2)
+        ax.set_title(key.removeprefix("monitor/"), fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{stage['name']}: monitors (thresholds: the stage's monitors.* settings)", fontsize=11)
+    return fig
+
+
 def all_figures(summary: dict) -> dict[str, object]:
     """``{name: Figure}`` for every figure the summary has data for (empty without matplotlib)."""
     if not have_matplotlib():
@@ -255,6 +277,9 @@ def all_figures(summary: dict) -> dict[str, object]:
         fig = stage_figure(stage)
         if fig is not None:
             out[f"curves-{stage['name']}"] = fig
+        fig = monitor_figure(stage)
+        if fig is not None:
+            out[f"monitors-{stage['name']}"] = fig
     for name, fn in (
         ("frontier", frontier_figure),
         ("overoptimisation", overopt_figure),
