@@ -1,7 +1,8 @@
 """`alignlab run --profile overopt` over-optimises on purpose: along PPO training the proxy (the weak
 reward model) keeps rising while the gold rule it was trained from peaks and turns down, and eval.json
-shows it from the PPO checkpoints (measured: gold 0.72 at step 10, 0.95 at step 40, 0.82 at step 80;
-proxy −0.80 for SFT, 1.20 for the final PPO policy)."""
+shows it from the PPO checkpoints (measured at 140f357: gold 0.68 at step 10, 0.89 at step 30, 0.47 at
+step 50, 0.67 at step 80; proxy −0.95 for SFT, 1.09 for the final PPO policy; the exact numbers move
+with any change to sampling, so the test asserts the shape, not the values)."""
 
 import json
 import os
