@@ -1,4 +1,4 @@
-"""``alignlab score``: one score per record of a data file, with a trained reward-model folder."""
+"""``alignlab score``: one score per record of a data file, with a trained reward-model folder (either layout)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def score_file(
 
     Lines: preference ``{"where", "chosen_score", "rejected_score"}``; ranking ``{"where",
     "scores": [...]}``; sft (prompt + response) ``{"where", "score"}``. Scores are normalised
-    (``reward_norm.json``).
+    (``alignlab_reward`` in config.json, or ``reward_norm.json`` in the older checkpoint layout:
+    ``models.heads`` reads both).
     """
     from alignlab.data import load_records
     from alignlab.data.tokenize import tokenize_pairs, tokenize_rankings, tokenize_sft

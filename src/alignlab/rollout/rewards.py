@@ -4,7 +4,8 @@ A :class:`RewardSource` scores a batch of (prompt, response) pairs and returns `
 scores (the glossary's *scores*: before the KL penalty and any normalisation). ``reward.source``
 in a stage config picks one (:func:`load_reward_source`):
 
-* a **reward-model folder** (a reward run's ``final/``): scored by
+* a **reward-model folder** (a reward run's ``final/``, in the Hugging Face sequence-classification
+  layout or the older checkpoint layout): scored by
   ``alignlab.models.heads.load_reward_model`` at the last real token, with the model's own
   normalisation; the response is re-tokenised with the reward model's tokenizer and ends with EOS
   only when it finished;
