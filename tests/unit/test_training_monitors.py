@@ -198,3 +198,15 @@ def test_the_report_draws_the_monitors_of_a_stage():
     summary = {"run": "r", "stages": [{**stage, "state": "complete", "complete": {}, "cost": {}}]}
     html = render_html(summary, {"monitors-ppo": b"png"})
     assert 'alt="ppo monitors"' in html
+
+
+def test_a_changed_monitor_threshold_does_not_block_a_resume_but_a_changed_beta_does():
+    from alignlab.config import PPOConfig, from_dict, to_dict
+    from alignlab.config.parse import config_diff
+    from alignlab.trainers.run import RESUMABLE_CHANGES
+
+    base = to_dict(from_dict(PPOConfig, {}))
+    thresholds = to_dict(from_dict(PPOConfig, {"monitors": {"repetition": 0.9, "proxy_gold_gap": 0.1}}))
+    assert config_diff(base, thresholds) == ["monitors.proxy_gold_gap", "monitors.repetition"]
+    assert config_diff(base, thresholds, ignore=RESUMABLE_CHANGES) == []
+    assert config_diff(base, to_dict(from_dict(PPOConfig, {"beta": 0.5})), ignore=RESUMABLE_CHANGES) == ["beta"]

@@ -30,6 +30,11 @@ RESUMABLE_CHANGES = (
     "train.num_samples",
     "model.device",
     "train.strategy",  # checkpoints hold full weights and optimizer state whatever the strategy
+    # the training monitors' thresholds only decide when a warning is written, never what is trained
+    *(
+        f"monitors.{name}"
+        for name in ("length_drift", "repetition", "diversity", "entropy_collapse", "proxy_gold_gap", "disagreement")
+    ),
 )
 
 
