@@ -12,7 +12,9 @@ Scorers. A **reward model** folder scores each (prompt, response) with its norma
 **policy** scores with its implicit reward ``β·(log π(y|x) − log π_ref(y|x))``, summed over the
 response tokens (the response's EOS included, as DPO trains it): give ``--ref`` (π_ref) and
 ``--beta``, or point ``--model`` at a DPO-family stage's ``final/``, whose ``config.yaml`` gives β
-(the loss's default when unset) and π_ref (the model the stage started from, with its seed).
+(the loss's default when unset), π_ref (the model the stage started from, with its seed) and
+whether the loss used mean per-token log-probs (``length_normalize``, IPO's default), which
+``--length-normalize`` also sets.
 Either way a response is tokenised as in training: the prompt through the chat template, then the
 response and EOS. A pair longer than ``--max-length`` (default: the model's context) loses prompt
 tokens from the left first (down to half the budget), then response tokens from the right; the
@@ -95,8 +97,10 @@ def implicit_reward_scorer(
     dtype: str = "auto",
     batch_size: int = 8,
     max_length: int | None = None,
+    length_normalize: bool = False,
 ):
-    """``(score, tokens)``: ``β·(seq_logps_π − seq_logps_ref)`` (sums over response tokens) per pair."""
+    """``(score, tokens)``: ``β·(seq_logps_π − seq_logps_ref)`` (sums over response tokens) per
+    pair; with ``length_normalize`` (IPO's default) each sum is divided by the response's length."""
     import torch
 
     from alignlab.config import ModelConfig, from_dict
@@ -125,6 +129,8 @@ def implicit_reward_scorer(
         for start in range(0, len(examples), batch_size):
             batch = pad_examples(examples[start : start + batch_size], pi.tokenizer.pad_token_id)
             diff = seq_logps(pi.model, batch) - seq_logps(pi_ref.model, batch)  # (b,)
+            if length_normalize:  # mean per-token log-ratio, as the loss was trained on
+                diff = diff / batch["loss_mask"].sum(-1).clamp(min=1).to(diff)
             out += (beta * diff.double()).tolist()
         return out
 
@@ -132,7 +138,7 @@ def implicit_reward_scorer(
 
 
 def policy_defaults(folder: str | Path) -> dict | None:
-    """``{beta, ref, seed, loss, config}`` from the config.yaml of the DPO-family stage whose
+    """``{beta, ref, seed, loss, length_normalize, config}`` from the config.yaml of the DPO-family stage whose
     ``final/`` is ``folder``; None when ``folder`` is not such a stage's final/."""
     from alignlab.config import DPOConfig, load_config
     from alignlab.runs import CONFIG
@@ -157,6 +163,7 @@ def policy_defaults(folder: str | Path) -> dict | None:
         "ref": cfg.model.name_or_path,
         "seed": cfg.train.seed,
         "loss": cfg.loss,
+        "length_normalize": bool(cfg.hyperparameters().get("length_normalize")),
         "config": str(path),
     }
 
@@ -174,6 +181,7 @@ def run_rewardbench(
     dtype: str = "auto",
     max_length: int | None = None,
     confidence: float = 0.95,
+    length_normalize: bool | None = None,
 ) -> dict:
     """Score ``file`` with ``model`` (a reward model, or a policy's implicit reward); the result of
     :func:`alignlab.eval.rewardbench.accuracy` plus ``scorer`` and ``truncated``, written to ``out``
@@ -197,11 +205,12 @@ def run_rewardbench(
         scorer = {"kind": "reward_model", "model": model}
     else:
         found = policy_defaults(model) or {}
-        for key, given in (("ref", ref), ("beta", beta)):
+        for key, given in (("ref", ref), ("beta", beta), ("length_normalize", length_normalize)):
             if given is None and found.get(key) is not None:
                 print(f"alignlab: rewardbench: {key} = {found[key]} (from {found['config']})", file=sys.stderr)
         ref = ref if ref is not None else found.get("ref")
         beta = beta if beta is not None else found.get("beta")
+        length_normalize = bool(length_normalize if length_normalize is not None else found.get("length_normalize"))
         if ref is None or beta is None:
             missing = " and ".join(k for k, v in (("--ref", ref), ("--beta", beta)) if v is None)
             raise ConfigError(
@@ -217,8 +226,15 @@ def run_rewardbench(
             dtype=dtype,
             batch_size=batch_size,
             max_length=max_length,
+            length_normalize=length_normalize,
         )
-        scorer = {"kind": "implicit_reward", "model": model, "ref": ref, "beta": float(beta)}
+        scorer = {
+            "kind": "implicit_reward",
+            "model": model,
+            "ref": ref,
+            "beta": float(beta),
+            "length_normalize": length_normalize,
+        }
     result = rewardbench.accuracy(
         [r for _, r in rows], score, batch_size=batch_size * 4, confidence=confidence, keep_scores=True
     )
@@ -278,6 +294,12 @@ def add_command(sub) -> None:
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     p.add_argument("--max-length", type=int, default=None, help="tokens per pair (default: the model's context)")
     p.add_argument("--confidence", type=float, default=0.95, help="level of the intervals")
+    p.add_argument(
+        "--length-normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a policy's log-ratio per response token instead of summed (default: the run's loss; IPO: on)",
+    )
 
 
 def run_command(args) -> int:
@@ -292,6 +314,7 @@ def run_command(args) -> int:
         dtype=args.dtype,
         max_length=args.max_length,
         confidence=args.confidence,
+        length_normalize=args.length_normalize,
     )
     print(format_table(result))
     if args.out:

@@ -146,6 +146,7 @@ def test_implicit_reward_is_beta_times_the_log_ratio_over_response_tokens(rb_fil
         "model": str(tmp_path / "policy"),
         "ref": str(tmp_path / "ref"),
         "beta": 0.3,
+        "length_normalize": False,
     }
     rows = _rows()
     for row, got in list(zip(rows, result["rows"]))[:6]:
@@ -162,6 +163,7 @@ def test_a_dpo_stage_final_brings_its_beta_and_reference(rb_file, tmp_path, caps
     import shutil
 
     from alignlab.config import DPOConfig, load_config, save_config
+    from alignlab.errors import ConfigError
     from alignlab.rewardbench_cli import run_rewardbench
 
     pol, ref, tok = _policy_and_ref(tmp_path)
@@ -179,6 +181,19 @@ def test_a_dpo_stage_final_brings_its_beta_and_reference(rb_file, tmp_path, caps
     )
     # an explicit --beta wins over the run's
     assert run_rewardbench(str(rb_file), str(stage / "final"), beta=0.5, device="cpu")["scorer"]["beta"] == 0.5
+    # IPO trains on mean per-token log-probs: its implicit reward is the per-token log-ratio
+    cfg = load_config(DPOConfig, None, [], base={"model": {"name_or_path": str(tmp_path / "ref")}, "loss": "ipo"})
+    save_config(cfg, stage / "config.yaml")
+    result = run_rewardbench(str(rb_file), str(stage / "final"), device="cpu")
+    assert result["scorer"]["length_normalize"] is True and result["scorer"]["beta"] == 0.1  # IPO's default β
+    n = len(encode_response(tok, row["chosen"]))
+    assert result["rows"][1]["chosen"] == pytest.approx(
+        _hand_implicit(pol, ref, tok, 0.1, row["prompt"], row["chosen"]) / n, abs=1e-5
+    )
+    cfg = load_config(DPOConfig, None, [], base={"model": {"name_or_path": str(tmp_path / "ref")}, "loss": "simpo"})
+    save_config(cfg, stage / "config.yaml")
+    with pytest.raises(ConfigError, match="no reference model"):
+        run_rewardbench(str(rb_file), str(stage / "final"), device="cpu")
 
 
 def test_bad_input_is_one_line_naming_it(rb_file, rm_folder, tmp_path, capsys):
