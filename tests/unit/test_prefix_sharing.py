@@ -209,3 +209,79 @@ def test_the_probe_accepts_llama_and_refuses_a_model_that_ignores_4d_masks(caplo
     ok, why = shares_prefix_exactly(model)
     assert not ok and why.startswith("ValueError")
     assert model.training  # the probe leaves the train/eval mode as it found it
+
+
+# ----------------------------------------------------------------------------- the stages
+def _dpo_config(tmp_path, name: str, **over):
+    from alignlab.config import DPOConfig, load_config
+
+    base = {
+        "model": {"name_or_path": "tiny"},
+        "data": {
+            "train": "demo:preferences",
+            "limit": 16,
+            "eval_fraction": 0.0,
+            "max_length": 96,
+            "max_prompt_length": 64,
+        },
+        "data_kind": "preference",
+        "reference_cache": False,
+        "train": {
+            "output_dir": str(tmp_path / "runs"),
+            "run_name": name,
+            "max_steps": 3,
+            "batch_size": 4,
+            "lr": 3e-3,
+            "progress": False,
+            "num_samples": 0,
+            "save_every": 0,
+        },
+    }
+    return load_config(DPOConfig, None, [f"{k}={v}" for k, v in over.items()], base=base)
+
+
+def test_dpo_stage_shares_by_default_and_falls_back_with_a_log_line(tmp_path, monkeypatch):
+    from alignlab.models import logprobs
+    from alignlab.trainers.dpo import train_dpo
+    from alignlab.trainers.run import read_metrics
+
+    shared = train_dpo(_dpo_config(tmp_path, "shared"))
+    plain = train_dpo(_dpo_config(tmp_path, "plain", **{"data.share_prompt": "false"}))
+    monkeypatch.setattr(logprobs, "shares_prefix_exactly", lambda model: (False, "planted: no 4-D masks"))
+    fallback = train_dpo(_dpo_config(tmp_path, "fallback"))
+    assert shared["share_prompt"] is True and plain["share_prompt"] is False and fallback["share_prompt"] is False
+    log = (tmp_path / "runs" / "fallback" / "dpo" / "log.txt").read_text()
+    assert "planted: no 4-D masks" in log and "pairs unshared" in log
+
+    def curve(summary):
+        return [r["loss"] for r in read_metrics(summary["run_dir"]) if r["split"] == "train"]
+
+    assert len(curve(shared)) == 3 and curve(shared)[-1] != curve(shared)[0]  # it trained
+    assert curve(shared) == pytest.approx(curve(plain), abs=1e-5)  # three steps of the same maths
+    assert curve(fallback) == curve(plain)  # the fallback is the unshared path itself
+
+
+def test_reward_stage_shares_by_default_with_the_same_curve(tmp_path):
+    from alignlab.config import RewardConfig, load_config
+    from alignlab.trainers.reward import train_reward
+    from alignlab.trainers.run import read_metrics
+
+    def run(name, *over):
+        base = {
+            "model": {"name_or_path": "tiny"},
+            "data": {"train": "demo:preferences", "limit": 16, "eval_fraction": 0.0, "max_length": 96},
+            "norm_num_prompts": 0,
+            "train": {"output_dir": str(tmp_path / "runs"), "run_name": name, "max_steps": 3, "batch_size": 4},
+        }
+        base["data"]["max_prompt_length"] = 64
+        base["train"].update(lr=3e-3, progress=False, num_samples=0, save_every=0)
+        cfg = load_config(RewardConfig, None, list(over), base=base)
+        summary = train_reward(cfg)
+        log = (tmp_path / "runs" / name / "reward" / "log.txt").read_text()
+        return [r["loss"] for r in read_metrics(summary["run_dir"]) if r["split"] == "train"], log
+
+    shared, log = run("shared")
+    plain, plain_log = run("plain", "data.share_prompt=false")
+    assert "prompt computed once" in log and "prompt computed once" not in plain_log
+    assert len(shared) == 3 and shared[-1] != shared[0]
+    assert shared == pytest.approx(plain, abs=1e-5)
