@@ -7,6 +7,10 @@ response tokens that the loss covers; it is aligned with next-token log-probs, i
 loss averages over (response tokens for SFT, pairs, prompts or examples for the preference
 losses): the training loop weighs micro-batches by it, so accumulation gives the mean over the
 whole step.
+
+Preference pairs come two ways: chosen and rejected on rows of their own (:func:`collate_pairs`),
+or one ``[prompt | chosen | rejected]`` segment per pair whose prompt is computed once
+(:func:`collate_shared_pairs`, ``data.share_prompt``); both give the same ``seq_logps``.
 """
 
 from __future__ import annotations

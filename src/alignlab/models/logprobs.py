@@ -42,7 +42,7 @@ def hidden_states(model, input_ids, attention_mask=None, position_ids=None):
         # a 4-D mask reaches the attention as given; SDPA takes booleans, eager (and most others)
         # adds the mask to the scores, so it needs 0 / -inf-like floats (a bool would add 0 / 1)
         if getattr(unwrap(model).config, "_attn_implementation", None) != "sdpa":
-            dtype = trunk.get_input_embeddings().weight.dtype
+            dtype = next(trunk.parameters()).dtype
             attention_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
                 ~attention_mask, torch.finfo(dtype).min
             )
