@@ -126,10 +126,31 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
     return rows
 
 
+def sample_and_score(cfg, loaded, records, ids, *, k: int, ref, gold_fn, proxy) -> list[dict]:
+    """One policy's (or checkpoint's) eval rows: :func:`sample_policy`, then each response's gold
+    reward (``gold``) and, when the run has a reward model, its proxy score (``score``)."""
+    from alignlab.eval.evaluate import last_user_message
+
+    rows = sample_policy(
+        loaded.model, loaded.tokenizer, records, ids, k=k, rollout=cfg.rollout, seed=cfg.seed, ref_model=ref.model
+    )
+    responses = [r["response"] for r in rows]
+    for r, g in zip(rows, gold_fn([last_user_message(r["prompt"]) for r in rows], responses)):
+        r["gold"] = float(g)
+    if proxy is not None:
+        recs = [records[i // k] for i in range(len(rows))]
+        scores = proxy.score(
+            [r.prompt for r in recs], responses, finished=[r["finished"] for r in rows], meta=[r.meta for r in recs]
+        )
+        for r, sc in zip(rows, scores.tolist()):
+            r["score"] = float(sc)
+    return rows
+
+
 def run_eval(cfg) -> dict:
     """Evaluate the run named by an :class:`~alignlab.config.EvalConfig`; returns the summary."""
     from alignlab.data import load_records
-    from alignlab.eval.evaluate import evaluate_run, last_user_message
+    from alignlab.eval.evaluate import evaluate_run
     from alignlab.eval.objectives import load_objectives, parse_objectives
     from alignlab.gold import get_gold
     from alignlab.rollout.rewards import load_reward_source
@@ -174,31 +195,7 @@ def run_eval(cfg) -> dict:
             loaded = ref if name == cfg.baseline else _load(path, cfg.model, cfg.seed)
             # the baseline's extra samples per prompt give the best-of-n curve (evaluate_run's bon_source)
             k = max(cfg.samples, cfg.bon_samples) if name == cfg.baseline else cfg.samples
-            rows = sample_policy(
-                loaded.model,
-                loaded.tokenizer,
-                records,
-                ids,
-                k=k,
-                rollout=cfg.rollout,
-                seed=cfg.seed,
-                ref_model=ref.model,
-            )
-            prompts = [last_user_message(r["prompt"]) for r in rows]
-            responses = [r["response"] for r in rows]
-            for r, g in zip(rows, gold_fn(prompts, responses)):
-                r["gold"] = float(g)
-            if proxy is not None:
-                recs = [records[i // k] for i in range(len(rows))]
-                scores = proxy.score(
-                    [r.prompt for r in recs],
-                    responses,
-                    finished=[r["finished"] for r in rows],
-                    meta=[r.meta for r in recs],
-                )
-                for r, sc in zip(rows, scores.tolist()):
-                    r["score"] = float(sc)
-            policies[name] = rows
+            policies[name] = sample_and_score(cfg, loaded, records, ids, k=k, ref=ref, gold_fn=gold_fn, proxy=proxy)
             if held_recs:
                 heldout[name] = _heldout_nll(cfg, loaded, held_recs)
             for probe, result in (_probe_policy(cfg, loaded, probe_jobs) if probe_jobs else {}).items():
@@ -257,7 +254,6 @@ def checkpoint_policies(cfg, run: Path, records, ids, ref, gold_fn, proxy, log) 
     in step order, sampled and scored (gold, proxy) like the policies, with log-probs under the
     baseline ``ref``: what :func:`~alignlab.eval.evaluate.evaluate_run` takes as ``checkpoints``."""
     from alignlab.errors import ConfigError
-    from alignlab.eval.evaluate import last_user_message
     from alignlab.runs import StageFolder
     from alignlab.trainers.checkpoint import list_complete
 
@@ -272,30 +268,7 @@ def checkpoint_policies(cfg, run: Path, records, ids, ref, gold_fn, proxy, log) 
         for folder in found:
             log.info("sampling %s checkpoint %s", name, folder)
             loaded = _load(folder / "model", cfg.model, cfg.seed)
-            k = cfg.samples
-            rows = sample_policy(
-                loaded.model,
-                loaded.tokenizer,
-                records,
-                ids,
-                k=k,
-                rollout=cfg.rollout,
-                seed=cfg.seed,
-                ref_model=ref.model,
-            )
-            responses = [r["response"] for r in rows]
-            for r, g in zip(rows, gold_fn([last_user_message(r["prompt"]) for r in rows], responses)):
-                r["gold"] = float(g)
-            if proxy is not None:
-                recs = [records[i // k] for i in range(len(rows))]
-                scores = proxy.score(
-                    [r.prompt for r in recs],
-                    responses,
-                    finished=[r["finished"] for r in rows],
-                    meta=[r.meta for r in recs],
-                )
-                for r, sc in zip(rows, scores.tolist()):
-                    r["score"] = float(sc)
+            rows = sample_and_score(cfg, loaded, records, ids, k=cfg.samples, ref=ref, gold_fn=gold_fn, proxy=proxy)
             out[f"{name}@{int(folder.name.split('-')[-1])}"] = rows
             del loaded
     return out
