@@ -1,6 +1,7 @@
 """Profiles: YAML files with one section per stage (``sft:``, ``reward:``, ``dpo:``, ``ppo:`` ...).
 
-Built-in profiles live in ``alignlab/configs/``: ``quick`` (the main job: the whole pipeline on
+Built-in profiles live in ``alignlab/configs/``: ``full`` (a GPU and a larger model, full fine-tuning),
+``overopt`` (over-optimisation made visible on a tiny model), ``quick`` (the main job: the whole pipeline on
 SmolLM2-135M-Instruct with LoRA on the demo data, minutes on a laptop CPU; ``default`` is another
 name for it) and ``tiny`` (a random tiny model, seconds: smoke tests).
 A profile may also be a path to your own YAML file of the same shape.

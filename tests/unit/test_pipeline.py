@@ -78,3 +78,17 @@ def test_the_readme_stage_table_is_the_generated_one():
     assert block == stage_table_markdown(), "README's stage table is stale: run `python scripts/update_readme.py`"
     for name in STAGES:
         assert f"`alignlab {name}`" in block
+
+
+def test_full_profile_plans_every_rlhf_stage_on_the_gpu_defaults(tmp_path):
+    """`--profile full`: a hub-id model, full fine-tuning (no LoRA), dtype auto (bf16 on a GPU), checkpoints eval reads."""
+    planned = plan(load_profile("full"), [f"output_dir={tmp_path}"])
+    names = [p.name for p in planned]
+    assert names == ["sft", "label", "reward", "dpo", "ppo", "eval", "report"]
+    cfgs = {p.name: p.cfg for p in planned}
+    assert cfgs["sft"].model.name_or_path == "HuggingFaceTB/SmolLM2-1.7B-Instruct"
+    assert not cfgs["sft"].model.lora.enabled and cfgs["sft"].model.dtype == "auto"
+    for name in cfgs["eval"].checkpoints:  # every checkpoint eval samples is kept by its stage
+        assert cfgs[name].train.keep_last * cfgs[name].train.save_every >= cfgs[name].train.max_steps
+    other = plan(load_profile("full"), [f"output_dir={tmp_path}", "model.name_or_path=/models/mine"])
+    assert next(p for p in other if p.name == "sft").cfg.model.name_or_path == "/models/mine"
