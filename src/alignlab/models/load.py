@@ -116,6 +116,9 @@ def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
         model = apply_lora(model, cfg.lora)
     model.to(device)
     model.train(for_training)
+    from alignlab.models import flops
+
+    flops.track(model)  # tokens and estimated FLOPs into the stage's cost
     return Loaded(model=model, tokenizer=tokenizer, source=source)
 
 
@@ -157,6 +160,9 @@ def load_classifier(
     tokenizer = prepare_tokenizer(tokenizer)
     model.to(dev)
     model.eval()
+    from alignlab.models import flops
+
+    flops.track(model)
     return Loaded(model=model, tokenizer=tokenizer, source=name_or_path)
 
 

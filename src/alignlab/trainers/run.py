@@ -38,9 +38,12 @@ RESUMABLE_CHANGES = (
 )
 
 
-def stage_cost(started: float | None) -> dict:
+def stage_cost(started: float | None, counts: dict | None = None) -> dict:
     """Wall time of this process's run of the stage, and peak memory so far: the process's peak RSS
-    (over every stage it ran before, too) and, on a GPU, torch's peak allocation."""
+    (over every stage it ran before, too) and, on a GPU, torch's peak allocation. With ``counts``
+    (:func:`alignlab.models.flops.since` the stage began), the token positions its models
+    processed (``forward_tokens`` without gradient, ``trained_tokens`` with) and the estimated
+    FLOPs (``flops``). Like the wall time, a resumed stage counts only what ran after the resume."""
     import resource
     import sys
 
@@ -48,6 +51,8 @@ def stage_cost(started: float | None) -> dict:
     out = {"peak_rss_mb": round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)}
     if started is not None:
         out["wall_s"] = round(time.perf_counter() - started, 2)
+    if counts is not None:
+        out.update(counts)
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         out["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -94,6 +99,9 @@ class RunDir:
                         "resume with the same settings, or start a new run_name"
                     )
         self.started = time.perf_counter()
+        from alignlab.models import flops
+
+        self.counts_at_start = flops.snapshot()
         distributed.barrier()  # every process has checked the folder before rank 0 writes into it
         if distributed.is_main():
             self.path.mkdir(parents=True, exist_ok=True)
@@ -119,9 +127,27 @@ class RunDir:
             h.close()
             self.log.removeHandler(h)
 
+    def _counts(self) -> dict | None:
+        """Tokens and FLOPs of every process since :meth:`prepare` (None before it)."""
+        start = getattr(self, "counts_at_start", None)
+        if start is None:
+            return None
+        from alignlab.models import flops
+
+        counts = flops.since(start)
+        if distributed.world_size() > 1:
+            keys = sorted(counts)
+            counts = dict(zip(keys, distributed.all_reduce_sum([float(counts[k]) for k in keys])))
+        out = {k: int(v) for k, v in counts.items() if k != "flops"}
+        out["flops"] = float(f"{counts['flops']:.4g}")
+        return out
+
     def complete(self, summary: dict) -> dict:
         """Write the COMPLETE marker (last, with what the stage consumed and its cost); return the summary with paths added."""
-        summary = {**summary, "cost": {**stage_cost(getattr(self, "started", None)), **summary.get("cost", {})}}
+        summary = {
+            **summary,
+            "cost": {**stage_cost(getattr(self, "started", None), self._counts()), **summary.get("cost", {})},
+        }
         if distributed.world_size() > 1:
             summary["cost"]["processes"] = distributed.world_size()
         if distributed.is_main():
