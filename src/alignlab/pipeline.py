@@ -493,7 +493,7 @@ def run_pipeline(
             f"--from {from_stage}: not a stage of this run{did_you_mean(from_stage, names)} (stages: {', '.join(names)})"
         )
     planned = plan(profile, overrides, run_name=run_name, stages=names)
-    from alignlab.runs import read_manifest, run_path
+    from alignlab.runs import read_manifest, run_path, split_round
 
     out_dir, rname = location(planned[0].cfg)
     run = run_path(out_dir, rname)
@@ -506,7 +506,7 @@ def run_pipeline(
     before = (read_manifest(run) or {}).get("stages")
     write_manifest(run, profile=profile_name, stages=names, extra={"rounds": rounds} if rounds > 1 else None)
     redo = set(names[names.index(from_stage) :]) if from_stage else set()
-    if before is not None and rounds > 1 and before != names:
+    if before is not None and before != names and (rounds > 1 or any(split_round(b)[1] > 1 for b in before)):
         redo |= set(FINAL_STAGES)  # the run gained (or lost) rounds: evaluate and report the new newest ones
     results: dict[str, dict] = {}
     for k, p in enumerate(planned, 1):

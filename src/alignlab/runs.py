@@ -361,6 +361,15 @@ def split_round(name: str) -> tuple[str, int]:
     return name, 1
 
 
+def planned_rounds(path: str | Path) -> int | None:
+    """The rounds the run's manifest plans (1 when it names none); None for a run without a manifest.
+
+    Folders of later rounds than this are left over from an earlier plan with more rounds: eval and
+    report read only the planned ones."""
+    manifest = read_manifest(path)
+    return None if manifest is None else int(manifest.get("rounds") or 1)
+
+
 def run_rounds(path: str | Path) -> int:
     """How many rounds the run has: the manifest's ``rounds``, or the highest ``<stage>@<r>`` folder (1: none)."""
     manifest = read_manifest(path) or {}

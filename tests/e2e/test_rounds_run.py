@@ -103,3 +103,13 @@ def test_two_rounds_of_the_tiny_pipeline(tmp_path):
     assert "ppo@2: continuing the interrupted stage in runs/tiny/ppo@2" in resumed.stdout
     assert "resumed from" in (run / "ppo@2" / "log.txt").read_text()
     assert (run / "ppo@2" / "COMPLETE").is_file() and (run / "report" / "summary.json").is_file()
+
+    # back to one round: eval and report are redone on round 1 only (the @2 folders stay, unread)
+    one = alignlab(
+        "run", "--profile", "rounds.yaml", "rounds=1", "train.max_steps=3", "train.progress=false", cwd=tmp_path
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert set(ev["policies"]) == {"sft", "dpo", "ppo"} and not ev.get("reward_models")
+    assert json.loads((run / "report" / "summary.json").read_text())["rounds"] is None
+    assert (run / "ppo@2" / "COMPLETE").is_file()

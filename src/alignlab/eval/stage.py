@@ -39,9 +39,10 @@ def policy_folders(run_path: Path, names: list[str]) -> dict[str, Path]:
 # ----------------------------------------------------------------------------- rounds (iterated RLHF)
 def round_policies(run_path: Path) -> list[str]:
     """The later rounds' policy stages of an iterated run (``dpo@2``, ``ppo@2``, ...), round by round."""
-    from alignlab.runs import list_stages, split_round
+    from alignlab.runs import list_stages, planned_rounds, split_round
 
-    found = [s for s in list_stages(run_path) if split_round(s)[1] > 1 and split_round(s)[0] in POLICY_STAGES]
+    last = planned_rounds(run_path) or float("inf")
+    found = [s for s in list_stages(run_path) if 1 < split_round(s)[1] <= last and split_round(s)[0] in POLICY_STAGES]
     return sorted(found, key=lambda s: split_round(s)[1])
 
 
@@ -52,9 +53,14 @@ def round_reward_models(cfg, run: Path, policies: dict[str, list[dict]], log) ->
     from alignlab.data.records import Message
     from alignlab.eval.evaluate import rm_gold_agreement
     from alignlab.rollout.rewards import load_reward_source
-    from alignlab.runs import StageFolder, list_stages, split_round
+    from alignlab.runs import StageFolder, list_stages, planned_rounds, split_round
 
-    names = [s for s in list_stages(run) if split_round(s)[0] == "reward" and StageFolder(run / s).final.is_dir()]
+    last = planned_rounds(run) or float("inf")
+    names = [
+        s
+        for s in list_stages(run)
+        if split_round(s)[0] == "reward" and split_round(s)[1] <= last and StageFolder(run / s).final.is_dir()
+    ]
     if not any(split_round(s)[1] > 1 for s in names):
         return None
     rows = [r for rs in policies.values() for r in rs]

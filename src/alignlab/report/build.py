@@ -152,7 +152,7 @@ def collect(run_path: str | Path) -> dict:
 
 def collect_rounds(run: Path, ev: dict | None) -> list[dict] | None:
     """Iterated runs (rounds ≥ 2): one row per round from label@r's and reward@r's COMPLETE and eval.json."""
-    n = runs.run_rounds(run)
+    n = runs.planned_rounds(run) or runs.run_rounds(run)  # folders of a bigger earlier plan are left out
     if n < 2:
         return None
     policies, rms = (ev or {}).get("policies") or {}, (ev or {}).get("reward_models") or {}
