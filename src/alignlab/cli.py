@@ -42,7 +42,9 @@ def _help_epilog(stage: Stage) -> str:
         lines.append("")
     if stage.inputs:
         lines.append("inputs wired from upstream stages of the same run (alignlab run):")
-        lines += [f"  {i.key} <- {' or '.join(f'{s}/{o}' for s, o in i.sources)}" for i in stage.inputs.values()]
+        lines += [
+            f"  {i.key} <- {' or '.join(f'{s}/{o}' for s, o in i.sources)}" for i in stage.inputs.values() if i.sources
+        ]
         lines.append("")
     lines.append("settings (key=value; defaults shown):")
     for key, help_text, default in describe(stage.config_class()):

@@ -74,6 +74,7 @@ _SFT_MODEL = Input("model.name_or_path", (("sft", "final"),))
 _RM_SOURCE = Input("reward.source", (("reward", "final"),), clears=("reward.kwargs",))
 _PREFS = Input("data.train", (("label", "preferences"),))
 _MODEL_OUT = {"final": "final", "samples": "samples.jsonl"}
+_REFERENCE = Input("reference", ())  # round 1: the policy as loaded (the SFT model); later rounds: ROUND_INPUTS
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -119,7 +120,7 @@ STAGES: dict[str, Stage] = {
             "alignlab.config:PPOConfig",
             "alignlab.trainers.ppo:train_ppo",
             "PPO with a KL penalty against the reference, from a reward source",
-            inputs={"model": _SFT_MODEL, "reward": _RM_SOURCE},
+            inputs={"model": _SFT_MODEL, "reward": _RM_SOURCE, "reference": _REFERENCE},
             produces=_MODEL_OUT,
         ),
         Stage(
@@ -197,8 +198,12 @@ ROUND_INPUTS: dict[str, dict[str, tuple[tuple[str, str, int], ...]]] = {
     "reward": {"model": (("sft", "final", THIS),), "data": (("label", "pool", THIS),)},
     # iterative DPO: the previous round's policy (also its π_ref, as loaded) on the round's new pairs
     "dpo": {"model": (("dpo", "final", PREVIOUS),), "data": (("label", "preferences", THIS),)},
-    # PPO continues from its previous policy (π_ref: that policy as loaded) on the round's reward model
-    "ppo": {"model": (("ppo", "final", PREVIOUS),), "reward": (("reward", "final", THIS),)},
+    # PPO continues from its previous policy on the round's reward model, its KL penalty still to SFT
+    "ppo": {
+        "model": (("ppo", "final", PREVIOUS),),
+        "reward": (("reward", "final", THIS),),
+        "reference": (("sft", "final", THIS),),
+    },
 }
 """Round r ≥ 2's wiring: per stage and input (the table row's input names), its sources in order of
 preference as (stage, output, round offset); a stage that is not repeated (sft) is always round 1's."""
@@ -450,7 +455,7 @@ def stage_table_markdown() -> str:
     for s in STAGES.values():
         variants = ", ".join(f"`{v}`" for v in s.variant_names())
         consumes = ", ".join(
-            f"`{i.key}` ← {' or '.join(f'{st}/{o}' for st, o in i.sources)}" for i in s.inputs.values()
+            f"`{i.key}` ← {' or '.join(f'{st}/{o}' for st, o in i.sources)}" for i in s.inputs.values() if i.sources
         )
         command = (
             f"`alignlab {s.name}`" if s.command else f"`alignlab {s.name}` (its own command; a stage of `alignlab run`)"

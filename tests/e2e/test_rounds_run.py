@@ -63,7 +63,9 @@ def test_two_rounds_of_the_tiny_pipeline(tmp_path):
     assert _complete(run, "ppo@2")["consumed"] == {
         "model": "runs/tiny/ppo/final",
         "reward": "runs/tiny/reward@2/final",
+        "reference": "runs/tiny/sft/final",  # the KL penalty stays against the SFT model
     }
+    assert "reference" not in _complete(run, "ppo")["consumed"]
     assert _complete(run, "dpo@2")["consumed"] == {
         "model": "runs/tiny/dpo/final",
         "data": "runs/tiny/label@2/preferences.jsonl",

@@ -387,3 +387,20 @@ def test_sampled_tokens_logprobs_from_generation_equal_a_forward_pass(temperatur
         assert len(g.logprobs) == len(g.response_ids) > 0
         assert g.logprobs == pytest.approx(want[i, : len(g.response_ids)].tolist(), abs=2e-5)
     assert engine.generate(prompts, SamplingParams(max_new_tokens=4, seed=1))[0].logprobs is None
+
+
+def test_a_reference_folder_is_the_pi_ref_of_the_kl_penalty(tmp_path):
+    """`reference: FOLDER` loads π_ref from that folder: against another model the first rollout's KL is
+    not 0 (against the policy as loaded it is exactly 0), and the stage records what it consumed."""
+    from alignlab.models.load import load_model, save_pretrained
+    from alignlab.trainers.ppo import train_ppo
+
+    other = load_model(from_dict(ModelConfig, {"name_or_path": "tiny"}), seed=7, for_training=False)
+    save_pretrained(other.model, other.tokenizer, tmp_path / "other", base="tiny", seed=7)
+    plain = train_rows(train_ppo(tiny_cfg("ppo", tmp_path / "a", "train.max_steps=1")))
+    summary = train_ppo(tiny_cfg("ppo", tmp_path / "b", "train.max_steps=1", f"reference={tmp_path / 'other'}"))
+    against_other = train_rows(summary)
+    assert plain[0]["kl"] == 0.0
+    assert against_other[0]["kl"] > 0.1
+    done = json.loads((Path(summary["run_dir"]) / "COMPLETE").read_text())
+    assert done["consumed"]["reference"] == str(tmp_path / "other")

@@ -60,7 +60,9 @@ def test_three_rounds_repeat_label_reward_dpo_ppo_each_wired_to_the_round_before
     assert by["ppo@3"].wired == {
         "model.name_or_path": str(run / "ppo@2" / "final"),
         "reward.source": str(run / "reward@3" / "final"),
+        "reference": str(run / "sft" / "final"),  # the KL penalty stays against SFT
     }
+    assert by["ppo"].cfg.reference is None and "reference" not in by["ppo"].wired
     assert by["dpo@2"].wired == {
         "model.name_or_path": str(run / "dpo" / "final"),
         "data.train": str(run / "label@2" / "preferences.jsonl"),

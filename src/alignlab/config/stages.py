@@ -222,6 +222,11 @@ class RLSections:
         "and logged as `gold` next to `score`, for the proxy_gold_gap monitor (empty: none)",
     )
     monitors: MonitorConfig = knob(help="reward-hacking and collapse monitors on every rollout", factory=MonitorConfig)
+    reference: str | None = knob(
+        None,
+        "π_ref for the KL penalty: a model folder (e.g. runs/<run>/sft/final; iterated runs wire it for ppo@r), "
+        "loaded frozen beside the policy; empty: the policy as loaded (with LoRA its adapter off, else a frozen copy)",
+    )
 
 
 def _check_rl(cfg, *, needs_groups: bool) -> None:

@@ -60,8 +60,15 @@ class RLModels:
         return torch.nn.ModuleDict(mods)
 
 
-def build_models(model_cfg, *, seed: int, value: str | None = None) -> RLModels:
-    """Load the policy, set up π_ref, and a value head on its trunk (``head``) or a second copy (``separate``)."""
+def build_models(model_cfg, *, seed: int, value: str | None = None, reference: str | None = None) -> RLModels:
+    """Load the policy, set up π_ref, and a value head on its trunk (``head``) or a second copy (``separate``).
+
+    π_ref is the model folder ``reference`` when given (loaded frozen: one more copy of the weights),
+    else the policy as loaded: with LoRA the same network with its adapter disabled, with full
+    fine-tuning a frozen copy.
+    """
+    from alignlab.config import from_dict, to_dict
+    from alignlab.config.sections import ModelConfig
     from alignlab.models.load import is_peft, load_model
     from alignlab.models.logprobs import unwrap
     from alignlab.models.value import ValueHead
@@ -70,7 +77,11 @@ def build_models(model_cfg, *, seed: int, value: str | None = None) -> RLModels:
     model, tokenizer = loaded.model, loaded.tokenizer
     disable_dropout(model)
     ref_model = None
-    if not is_peft(model):
+    if reference:
+        ref_cfg = from_dict(ModelConfig, {**to_dict(model_cfg), "name_or_path": reference, "lora": {"enabled": False}})
+        ref_model = load_model(ref_cfg, seed=seed, for_training=False).model.eval().requires_grad_(False)
+        disable_dropout(ref_model)
+    elif not is_peft(model):
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     value_head = value_model = None
     if value is not None:

@@ -295,7 +295,9 @@ def run_rl_stage(
     with open_stage(cfg, stage) as run:
         seed_everything(cfg.train.seed)
         train_records, eval_records = load_split(cfg.data, "prompt", cfg.train.seed, run.log)
-        models = build_models(cfg.model, seed=cfg.train.seed, value=value)
+        models = build_models(cfg.model, seed=cfg.train.seed, value=value, reference=cfg.reference)
+        if cfg.reference:
+            run.consumed["reference"] = cfg.reference
         tok = models.tokenizer
         engine = make_engine(
             cfg.rollout.engine,
