@@ -85,6 +85,13 @@ def test_run_tiny_profile_end_to_end_then_skip_then_generate(tmp_path):
     golds = [b["gold"] for b in bon]
     assert all(a <= b + 1e-12 for a, b in zip(golds, golds[1:]))  # the empirical E[max of n] grows with n
     assert (run_dir / "report" / "report.html").is_file()
+    from alignlab.eval.evaluate import rm_gold_agreement
+
+    sampled = [json.loads(x) for x in (run_dir / "eval" / "samples.jsonl").read_text().splitlines()]
+    rm = evaluation["reward_models"]["reward"]  # the one-round run's reward model against gold, from the proxy scores
+    assert rm == rm_gold_agreement(sampled, [r["score"] for r in sampled]) and rm["pairs"] > 0
+    html_text = (run_dir / "report" / "report.html").read_text()
+    assert "<h2>Reward model</h2>" in html_text and "<h2>Rounds</h2>" not in html_text
     summary_json = json.loads((run_dir / "report" / "summary.json").read_text())
     rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
     reported = next(s for s in summary_json["stages"] if s["name"] == "sft")["metrics"]["train"]["loss"]["values"]

@@ -112,6 +112,6 @@ def test_two_rounds_of_the_tiny_pipeline(tmp_path):
     )
     assert one.returncode == 0, one.stderr[-3000:]
     ev = json.loads((run / "eval" / "eval.json").read_text())
-    assert set(ev["policies"]) == {"sft", "dpo", "ppo"} and not ev.get("reward_models")
+    assert set(ev["policies"]) == {"sft", "dpo", "ppo"} and set(ev["reward_models"]) == {"reward"}
     assert json.loads((run / "report" / "summary.json").read_text())["rounds"] is None
     assert (run / "ppo@2" / "COMPLETE").is_file()

@@ -66,8 +66,9 @@ eval.json schema (version 1); every interval is ``[lo, hi]`` at ``confidence``::
       "heldout": {source, n_examples} | null,               the alignment tax's reference answers
       "objectives": {"<objective>": gold spec} | null,
       "lm_eval": {tasks, limit, results: {"<policy>": {"<task>": {"<metric>": value}}}} | null,
-      "reward_models": {"<reward stage>": {agreement, pairs, gold_ties}} | null   iterated runs: each
-                                        round's RM against gold on these responses (rm_gold_agreement)
+      "reward_models": {"<reward stage>": {agreement, pairs, gold_ties}} | null   each reward model
+                                        (every round's; or the proxy) against gold on these responses
+                                        (rm_gold_agreement)
     }
 
 Non-finite numbers are written as null. Next to it, ``<run>/eval/samples.jsonl`` holds the rows without token arrays, each with its

@@ -47,9 +47,11 @@ def round_policies(run_path: Path) -> list[str]:
 
 
 def round_reward_models(cfg, run: Path, policies: dict[str, list[dict]], log) -> dict | None:
-    """Iterated runs only (None otherwise): each round's reward model (``reward``, ``reward@2``, ...)
-    scores every policy's eval responses, and :func:`~alignlab.eval.evaluate.rm_gold_agreement` says
-    how often it orders two responses to a prompt as the gold reward does (eval.json ``reward_models``)."""
+    """Each reward model of the run against gold on the eval responses (eval.json ``reward_models``):
+    :func:`~alignlab.eval.evaluate.rm_gold_agreement` says how often it orders two responses to a
+    prompt as the gold reward does. An iterated run scores every response with each round's reward
+    model (``reward``, ``reward@2``, ...); a one-round run reads the proxy scores already there
+    (keyed ``reward`` when the proxy is the run's reward stage, else ``proxy``). None without either."""
     from alignlab.data.records import Message
     from alignlab.eval.evaluate import rm_gold_agreement
     from alignlab.rollout.rewards import load_reward_source
@@ -61,9 +63,14 @@ def round_reward_models(cfg, run: Path, policies: dict[str, list[dict]], log) ->
         for s in list_stages(run)
         if split_round(s)[0] == "reward" and split_round(s)[1] <= last and StageFolder(run / s).final.is_dir()
     ]
-    if not any(split_round(s)[1] > 1 for s in names):
-        return None
     rows = [r for rs in policies.values() for r in rs]
+    if not any(split_round(s)[1] > 1 for s in names):
+        if not cfg.proxy or not rows or any("score" not in r for r in rows):
+            return None
+        name = "reward" if Path(cfg.proxy) == StageFolder(run / "reward").final else "proxy"
+        found = rm_gold_agreement(rows, [r["score"] for r in rows])
+        log.info("%s: agrees with gold on %s of %d response pairs", name, found["agreement"], found["pairs"])
+        return {name: found}
     prompts = [tuple(Message(m["role"], m["content"]) for m in r["prompt"]) for r in rows]
     out = {}
     for name in names:

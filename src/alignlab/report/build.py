@@ -537,6 +537,31 @@ def _section_rewardbench(rb: dict | None) -> str:
     return "<h3>RewardBench accuracy</h3>" + _table(["scorer", "overall", "pairs", *subsets], rows)
 
 
+def _section_reward_model(summary: dict) -> str:
+    """A one-round run's reward model: its held-out accuracy (reward COMPLETE) and its agreement with
+    gold on the eval responses (eval.json ``reward_models``); iterated runs show both per round."""
+    stage = next((st for st in summary.get("stages") or [] if st["name"] == "reward"), None)
+    done = (stage or {}).get("complete") or {}
+    rms = ((summary.get("eval") or {}).get("reward_models") or {}).get("reward") or {}
+    if not done and not rms:
+        return ""
+    held = done.get("eval") or {}
+    row = [
+        fmt(held.get("accuracy")),
+        fmt(done.get("eval_pairs")),
+        fmt(rms.get("agreement")),
+        fmt(rms.get("pairs")),
+        fmt(rms.get("gold_ties")),
+    ]
+    note = (
+        "<p class='note'>Held-out accuracy: the share of held-out preference pairs the reward model ranks as "
+        "labelled. Agreement with gold: over every two eval responses to the same prompt, how often it orders "
+        "them as the gold reward does (gold ties left out).</p>"
+    )
+    cols = ["held-out accuracy", "held-out pairs", "agreement with gold", "response pairs", "gold ties"]
+    return "<h2>Reward model</h2>" + note + _table(cols, [row])
+
+
 def _section_rounds(rounds: list[dict] | None) -> str:
     """Iterated RLHF: per round, the labels, the reward model's accuracy and each policy's gold."""
     if not rounds:
@@ -595,7 +620,7 @@ def render_html(summary: dict, pngs: dict[str, bytes] | None = None) -> str:
     body = head + _section_stages(summary) + _section_curves(summary, pngs)
     if summary.get("eval"):
         body += _section_eval(summary["eval"], pngs)
-    body += _section_rounds(summary.get("rounds"))
+    body += _section_rounds(summary.get("rounds")) or _section_reward_model(summary)
     body += _section_samples(summary.get("samples") or [])
     title = esc(f"alignlab report: {summary['run']}")
     return (
