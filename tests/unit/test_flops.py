@@ -46,3 +46,19 @@ def test_lora_training_counts_little_weight_gradient_work_and_tracking_is_idempo
     got = flops.since(start)
     assert got["trained_tokens"] == 4
     assert got["flops"] == pytest.approx(4 * (4 * n + 2 * n * f))
+
+
+def test_a_decoding_step_counts_only_its_new_tokens():
+    """generate passes the whole context's mask with one new token per row: that is 2 tokens, not 2 × 7."""
+    loaded = _tiny()
+    model = loaded.model.eval()
+    ids = torch.randint(3, 200, (2, 6))
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        start = flops.snapshot()
+        model(
+            input_ids=ids[:, -1:],
+            attention_mask=torch.ones(2, 7, dtype=torch.long),
+            past_key_values=out.past_key_values,
+        )
+    assert flops.since(start)["forward_tokens"] == 2

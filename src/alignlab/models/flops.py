@@ -13,8 +13,8 @@ dense-transformer count with N the model's parameters less its input embedding (
 
 Attention over the context (2·n_layer·T·d per token) and recomputation under activation
 checkpointing are left out, as in a model-FLOPs-utilisation count. A token position is a real token
-when the call has a 2-D attention mask, else every position of the batch (packed rows: their
-padding too). A stage's cost (``trainers.run.stage_cost``) is the change of these counts while it ran.
+when the call has a 2-D attention mask (of a decoding step with a KV cache: the mask's last columns,
+the new tokens), else every position of the batch (packed rows: their padding too). A stage's cost (``trainers.run.stage_cost``) is the change of these counts while it ran.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ def non_embedding_parameters(model) -> int:
 
 def _positions(args, kwargs) -> int:
     ids = kwargs.get("input_ids", args[0] if args else None)
-    embeds = kwargs.get("inputs_embeds")
-    mask = kwargs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-        return int(mask.sum())
-    shaped = ids if isinstance(ids, torch.Tensor) else embeds
+    shaped = ids if isinstance(ids, torch.Tensor) else kwargs.get("inputs_embeds")
     if not isinstance(shaped, torch.Tensor):
         return 0
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        # a decoding step with a KV cache passes the whole context's mask: its last columns are the new tokens
+        return int(mask[:, -shaped.shape[1] :].sum())
     return int(shaped.shape[0] * shaped.shape[1])
 
 
