@@ -36,3 +36,27 @@ def test_heldout_nll_equals_the_log_softmax_of_full_logits():
         want = -picked[n_prompt - 1 :].sum().item()  # the response tokens (answer + EOS)
         assert row["tokens"] == len(ex.response_ids)
         assert row["nll"] == pytest.approx(want, rel=1e-4)
+
+
+def test_the_alignment_tax_reads_the_sft_stages_own_split_from_its_config(tmp_path):
+    """The SFT stage trained with seed 5 and a limit: eval (seed 0) scores exactly that stage's held-out records."""
+    import logging
+
+    from alignlab.config import EvalConfig, SFTConfig, from_dict, to_dict
+    from alignlab.config.parse import save_config
+    from alignlab.eval.stage import _heldout_records
+    from alignlab.trainers.common import load_split
+
+    sft = from_dict(
+        SFTConfig, {"data": {"train": "demo:sft", "eval_fraction": 0.2, "limit": 100}, "train": {"seed": 5}}
+    )
+    run = tmp_path / "runs" / "r"
+    (run / "sft").mkdir(parents=True)
+    save_config(sft, run / "sft" / "config.yaml")
+    cfg = from_dict(EvalConfig, {"heldout_limit": 50, "seed": 0})
+    got = _heldout_records(cfg, run)
+    want = load_split(sft.data, "sft", 5, logging.getLogger("t"))[1]
+    assert [r.where for r in got] == [r.where for r in want][:50] and len(got) == 20
+    plain = _heldout_records(cfg, tmp_path / "no-run")  # no SFT stage: the knobs' split
+    assert [r.where for r in plain] != [r.where for r in got]
+    assert to_dict(cfg)["heldout_data"] == "demo:sft"
