@@ -404,3 +404,28 @@ def test_a_reference_folder_is_the_pi_ref_of_the_kl_penalty(tmp_path):
     assert against_other[0]["kl"] > 0.1
     done = json.loads((Path(summary["run_dir"]) / "COMPLETE").read_text())
     assert done["consumed"]["reference"] == str(tmp_path / "other")
+
+
+def test_eval_sampling_in_bfloat16_takes_both_log_probs_from_forward_passes():
+    """Below float32 the cached decoding path rounds differently: eval's policy log-probs then come
+    from the same forward pass as a response_logprobs call, and the baseline's KL is exactly 0."""
+    from alignlab.config.sections import RolloutConfig
+    from alignlab.data.records import Message, PromptRecord
+    from alignlab.eval.stage import sample_policy
+    from alignlab.models.load import load_model
+
+    loaded = load_model(
+        from_dict(ModelConfig, {"name_or_path": "tiny", "dtype": "bfloat16"}), seed=0, for_training=False
+    )
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    recs = [PromptRecord((Message("user", "hi there"),)), PromptRecord((Message("user", "a b c"),))]
+    ids = [[5, 6, 7], [8, 9]]
+    rollout = from_dict(RolloutConfig, {"max_new_tokens": 6})
+    rows = sample_policy(
+        loaded.model, loaded.tokenizer, recs, ids, k=2, rollout=rollout, seed=0, ref_model=loaded.model
+    )
+    for r in rows:
+        assert len(r["logprobs"]) == r["length"] and r["ref_logprobs"] == r["logprobs"]
+    float32 = load_model(from_dict(ModelConfig, {"name_or_path": "tiny"}), seed=0, for_training=False)
+    rows32 = sample_policy(float32.model, float32.tokenizer, recs, ids, k=2, rollout=rollout, seed=0, ref_model=None)
+    assert all(r["ref_logprobs"] is None and len(r["logprobs"]) == r["length"] for r in rows32)

@@ -67,7 +67,7 @@ def round_reward_models(cfg, run: Path, policies: dict[str, list[dict]], log) ->
     if not any(split_round(s)[1] > 1 for s in names):
         if not cfg.proxy or not rows or any("score" not in r for r in rows):
             return None
-        name = "reward" if Path(cfg.proxy) == StageFolder(run / "reward").final else "proxy"
+        name = "reward" if Path(cfg.proxy).resolve() == StageFolder(run / "reward").final.resolve() else "proxy"
         found = rm_gold_agreement(rows, [r["score"] for r in rows])
         log.info("%s: agrees with gold on %s of %d response pairs", name, found["agreement"], found["pairs"])
         return {name: found}
@@ -95,9 +95,11 @@ def _load(path: Path, model_cfg, seed: int):
 def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, seed: int, ref_model=None) -> list[dict]:
     """k responses per prompt with per-token log-probs under the model and (if given) ``ref_model``.
 
-    The model's own log-probs are recorded while sampling (``SamplingParams.logprobs``: equal to a
-    forward pass to float rounding), so only π_ref needs a forward pass — and none when the model
-    is its own reference (the baseline).
+    In float32 the model's own log-probs are recorded while sampling (``SamplingParams.logprobs``:
+    equal to a forward pass to 2e-5), so only π_ref needs a forward pass, and none when the model
+    is its own reference (the baseline). In lower precision the cached decoding path and a full
+    forward pass round differently, and the difference would add up over a response into the KL
+    estimate: there both come from the same forward pass.
     """
     import dataclasses
 
@@ -108,24 +110,26 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
     from alignlab.rollout.passes import response_logprobs
     from alignlab.rollout.sampling import sample_rollout, sampling_params
 
+    recorded = next(model.parameters()).dtype == torch.float32
     engine = TransformersEngine(model, tokenizer, batch_size=rollout.generation_batch_size)
-    params = dataclasses.replace(sampling_params(rollout, seed=seed), logprobs=True)
+    params = dataclasses.replace(sampling_params(rollout, seed=seed), logprobs=recorded)
     exp, gens = sample_rollout(engine, tokenizer, prompt_ids, params, k=k)
     device = next(model.parameters()).device
-    refs = []
-    if ref_model is not None and ref_model is not model:
-        with torch.no_grad():
-            for s in range(0, len(exp), rollout.forward_batch_size):
-                part = exp.select(torch.arange(s, min(s + rollout.forward_batch_size, len(exp))))
-                refs.append(
-                    response_logprobs(ref_model, part, temperature=rollout.temperature, device=device)[0].float().cpu()
-                )
-    ref = torch.cat(refs) if refs else None
+    passes = {"ref": ref_model if ref_model is not model else None, "own": None if recorded else model}
+    out: dict[str, list] = {name: [] for name, m in passes.items() if m is not None}
+    with torch.no_grad():
+        for s in range(0, len(exp), rollout.forward_batch_size):
+            part = exp.select(torch.arange(s, min(s + rollout.forward_batch_size, len(exp))))
+            for name in out:
+                lp = response_logprobs(passes[name], part, temperature=rollout.temperature, device=device)[0]
+                out[name].append(lp.float().cpu())
+    done = {name: torch.cat(chunks) for name, chunks in out.items()}
     rows = []
     for i, g in enumerate(gens):
         n = int(exp.response_mask[i].sum())
         rec = records[i // k]
-        logp = [float(x) for x in g.logprobs[:n]]
+        logp = [float(x) for x in g.logprobs[:n]] if recorded else done["own"][i, :n].tolist()
+        ref = done["ref"][i, :n].tolist() if "ref" in done else (logp if ref_model is model else None)
         rows.append(
             {
                 "prompt": messages_of(rec.prompt),
@@ -133,7 +137,7 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
                 "finished": g.finished,
                 "length": len(g.response_ids),
                 "logprobs": logp,
-                "ref_logprobs": ref[i, :n].tolist() if ref is not None else (logp if ref_model is model else None),
+                "ref_logprobs": ref,
             }
         )
     return rows
@@ -195,7 +199,7 @@ def run_eval(cfg) -> dict:
         if cfg.judge:
             stage.consumed["judge"] = cfg.judge
         records = load_records(cfg.data.train, "prompt", limit=cfg.data.limit).records
-        held_recs = _heldout_records(cfg)
+        held_recs = _heldout_records(cfg, run)
         if held_recs:
             stage.consumed["heldout"] = cfg.heldout_data
         heldout = {}
@@ -287,11 +291,34 @@ def checkpoint_policies(cfg, run: Path, records, ids, ref, gold_fn, proxy, log) 
     return out
 
 
-def _heldout_records(cfg) -> list:
+def _heldout_records(cfg, run: Path) -> list:
+    """The alignment tax's reference answers. When the run's SFT stage trained on ``heldout_data``,
+    its own held-out split, exactly (its data settings and seed, read from its config.yaml), so no
+    answer the policies were fine-tuned on is scored; otherwise :func:`~alignlab.eval.heldout.heldout_records`."""
     if cfg.heldout_limit <= 0:
         return []
-    from alignlab.eval.heldout import heldout_records
+    import logging
 
+    import yaml
+
+    from alignlab.config import SFTConfig, from_dict
+    from alignlab.errors import ConfigError
+    from alignlab.eval.heldout import heldout_records
+    from alignlab.runs import StageFolder
+    from alignlab.trainers.common import load_split
+
+    saved = StageFolder(run / "sft").config
+    sft = None
+    if saved.is_file():
+        try:
+            sft = from_dict(SFTConfig, yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+        except ConfigError:  # written by another alignlab version: fall back to the knobs
+            sft = None
+    if sft is not None:
+        if sft.data.train == cfg.heldout_data:
+            held = load_split(sft.data, "sft", sft.train.seed, logging.getLogger("alignlab.eval"))[1]
+            if held:
+                return list(held[: cfg.heldout_limit])
     return heldout_records(cfg.heldout_data, fraction=cfg.heldout_fraction, limit=cfg.heldout_limit, seed=cfg.seed)
 
 
