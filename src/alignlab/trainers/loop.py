@@ -171,7 +171,7 @@ def on_cadence(cfg, step: int, total: int, *, evaluate, save) -> dict | None:
 
 def mean_stats(acc: list[dict]) -> dict:
     """Unweighted mean of each stat over a list of stats dicts (e.g. RL minibatches)."""
-    return weighted_mean_stats([(1.0, st) for st in acc])
+    return distributed.weighted_mean_stats([(1.0, st) for st in acc])
 
 
 def progress_bar(total: int, initial: int, enabled: bool, desc: str):
@@ -349,16 +349,6 @@ class _NoMetrics:
 
 
 # ----------------------------------------------------------------------------- fit: offline stages
-def weighted_mean_stats(acc: list[tuple[float, dict]]) -> dict:
-    """Mean of each stat over micro-batches, weighted like the loss (by what it averages over)."""
-    out: dict[str, float] = {}
-    for key in acc[0][1]:
-        pairs = [(w, float(s[key])) for w, s in acc if key in s]
-        total = sum(w for w, _ in pairs)
-        out[key] = sum(w * v for w, v in pairs) / total if total > 0 else sum(v for _, v in pairs) / len(pairs)
-    return out
-
-
 def fit(
     *,
     cfg,
@@ -459,7 +449,7 @@ def fit(
                 )
         if acc:  # a skipped step keeps showing the last stats
             last.clear()
-            last.update(weighted_mean_stats(acc) if parallel is None else distributed.weighted_mean_stats(acc))
+            last.update(distributed.weighted_mean_stats(acc))  # over every process's micro-batches (one: these)
         elapsed = time.perf_counter() - tokens["t0"]
         seen = tokens["seen"] if parallel is None else distributed.all_reduce_sum([tokens["seen"]])[0]
         return StepOutcome({**last, "grad_norm": float(norm), "tokens_per_s": seen / max(elapsed, 1e-9)})
