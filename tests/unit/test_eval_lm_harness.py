@@ -23,6 +23,7 @@ def _stub(monkeypatch, result=None, error=None):
         seen = {
             "kw": kw,
             "offline": os.environ.get("HF_DATASETS_OFFLINE"),
+            "hub_offline": __import__("huggingface_hub").constants.HF_HUB_OFFLINE,  # imported before: its own flag
             "files": sorted(p.name for p in path.iterdir()),
         }
         calls.append(seen)
@@ -70,6 +71,7 @@ def test_stub_gets_each_full_weights_folder_and_its_results_reach_eval_json(monk
     assert kw["model"] == "hf" and kw["tasks"] == ["hellaswag", "arc_easy"] and kw["limit"] == 5
     assert kw["device"] == "cpu" and kw["random_seed"] == 3
     assert calls[0]["offline"] == "1"  # no download from inside the harness
+    assert calls[0]["hub_offline"] is True
     assert out == {
         "tasks": ["hellaswag", "arc_easy"],
         "limit": 5,

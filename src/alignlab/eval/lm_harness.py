@@ -25,14 +25,35 @@ from alignlab.errors import AlignlabError, ConfigError
 OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
 
+# (module, attribute) that hold the offline switches once a library is imported: they read the
+# environment only at import time, and transformers (hence huggingface_hub) is imported by then
+OFFLINE_FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_DATASETS_OFFLINE"))
+
+
 @contextlib.contextmanager
 def offline():
-    """Hugging Face libraries told not to download (variables restored afterwards)."""
+    """Hugging Face libraries told not to download: the variables for libraries not yet imported,
+    the modules' own flags for those that are (everything restored afterwards)."""
+    import importlib
+    import sys
+
     old = {k: os.environ.get(k) for k in OFFLINE_ENV}
     os.environ.update({k: "1" for k in OFFLINE_ENV})
+    flags = []
+    for module, name in OFFLINE_FLAGS:
+        if module.split(".")[0] in sys.modules:
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:
+                continue
+            if hasattr(mod, name):
+                flags.append((mod, name, getattr(mod, name)))
+                setattr(mod, name, True)
     try:
         yield
     finally:
+        for mod, name, value in flags:
+            setattr(mod, name, value)
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
