@@ -527,10 +527,7 @@ def run_pipeline(
         if folder.path.exists() and holder is not None:
             holder.resume = True  # an interrupted stage continues where it stopped
             echo(f"{head}: continuing the interrupted stage in {folder.path}")
-        elif folder.path.exists():
-            shutil.rmtree(folder.path)  # an inference stage has no checkpoints: start it again
-            echo(f"{head}: running into {folder.path}")
-        else:
+        else:  # a new stage, or an inference stage (no checkpoints: open_stage starts it afresh)
             echo(f"{head}: running into {folder.path}")
         for key, path in p.wired.items():
             echo(f"alignlab:       {key} = {path}")

@@ -142,3 +142,20 @@ def _serve_views(runs_dir):
     rollout = client.get("/api/runs/tiny/ppo/rollouts/1").json()
     assert rollout
     assert client.get("/runs/..%2F..%2Fetc").status_code == 404
+
+
+def test_the_report_of_a_finished_run_runs_again(tmp_path):
+    """`alignlab report runs/x` (the README's "the report again") rewrites a complete report instead of refusing."""
+    import yaml
+
+    from alignlab.profiles import load_profile
+
+    tiny = load_profile("tiny")
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump({k: tiny[k] for k in ("sft", "report")}))
+    r = alignlab("run", "--profile", "two.yaml", "train.max_steps=2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = tmp_path / "runs" / "tiny" / "report"
+    first = (report / "COMPLETE").stat().st_mtime_ns
+    again = alignlab("report", "runs/tiny", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (report / "COMPLETE").stat().st_mtime_ns > first and (report / "report.html").is_file()

@@ -185,6 +185,10 @@ def open_stage(cfg, stage: str):
     output_dir, run_name = location(cfg)
     run = RunDir(output_dir, run_name, stage)
     holder = getattr(cfg, "train", None)
+    if holder is None and run.path.exists() and distributed.is_main():
+        import shutil
+
+        shutil.rmtree(run.path)  # an inference stage (eval, report, label) has no checkpoints: it starts afresh
     run.prepare(cfg, resume=bool(getattr(holder, "resume", False)))
     flat = flatten(to_dict(cfg))
     run.consumed = {k: flat[inp.key] for k, inp in get_stage(stage).inputs.items() if flat.get(inp.key) is not None}
