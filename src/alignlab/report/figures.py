@@ -47,6 +47,14 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def _panels(keys: list, panel_height: float):
+    """A figure with one panel per key, three to a row: (fig, [(key, axes), ...])."""
+    cols = min(3, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig = _figure(4.0 * cols, panel_height * rows)
+    return fig, [(key, fig.add_subplot(rows, cols, i + 1)) for i, key in enumerate(keys)]
+
+
 def render_figure(fig, path: str | Path | None = None) -> bytes:
     """PNG bytes of ``fig`` (no metadata, so the bytes carry no links); written to ``path`` too if given."""
     import io
@@ -68,11 +76,8 @@ def stage_figure(stage: dict):
     keys = [k for k in PLOT_KEYS if any(k in (metrics.get(split) or {}) for split in metrics)]
     if not keys:
         return None
-    cols = min(3, len(keys))
-    rows = (len(keys) + cols - 1) // cols
-    fig = _figure(4.0 * cols, 2.8 * rows)
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig, panels = _panels(keys, 2.8)
+    for key, ax in panels:
         for split, style in (("train", "-"), ("eval", "o-")):
             series = (metrics.get(split) or {}).get(key)
             if not series:
@@ -253,11 +258,8 @@ def monitor_figure(stage: dict):
     keys = sorted(k for k in train if k.startswith("monitor/"))
     if not keys:
         return None
-    cols = min(3, len(keys))
-    rows = (len(keys) + cols - 1) // cols
-    fig = _figure(4.0 * cols, 2.4 * rows)
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig, panels = _panels(keys, 2.4)
+    for key, ax in panels:
         pts = [(s, v) for s, v in zip(train[key]["steps"], train[key]["values"]) if v is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color="tab:red", linewidth=1.2)
         ax.set_title(key.removeprefix("monitor/"), fontsize=10)
