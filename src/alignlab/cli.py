@@ -321,7 +321,11 @@ def make_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value settings after a flag (argparse takes positionals only before it)
+        if not (hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*(args.overrides or []), *extra]
     args.argv = sys.argv[1:] if argv is None else list(argv)  # what --num-processes runs again in each process
     if args.command is None:
         parser.print_help()

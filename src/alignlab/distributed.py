@@ -32,7 +32,7 @@ from contextlib import contextmanager, nullcontext
 from alignlab.errors import ConfigError
 
 STRATEGIES = ("ddp", "fsdp2")
-STAGES = ("sft", "reward", "dpo")  # stages whose training loop (fit) runs on several processes
+STAGES = ("sft", "reward", "dpo", "ppo", "rloo", "grpo")  # stages that run on several processes
 
 
 # ----------------------------------------------------------------------------- the process group
@@ -357,3 +357,32 @@ def strip_launch_flags(argv: list[str]) -> list[str]:
         elif not a.startswith("--num-processes="):
             out.append(a)
     return out
+
+
+# ----------------------------------------------------------------------------- gathering
+def all_gather_object(obj) -> list:
+    """Every process's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
+    if not active():
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_gather_rows(t):
+    """Every process's ``t`` ``(n_r, ...)`` in rank order, as a list of tensors (``n_r`` may differ; the
+    trailing dimensions must not). Detached: no gradient flows back through the gather."""
+    if not active():
+        return [t.detach()]
+    import torch
+    import torch.distributed as dist
+
+    counts = [int(c) for c in all_reduce_sum([float(len(t)) if r == rank() else 0.0 for r in range(world_size())])]
+    width = max(counts)
+    padded = torch.zeros((width, *t.shape[1:]), dtype=t.dtype, device=_device())
+    padded[: len(t)] = t.detach().to(padded.device)
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return [p[:n].to(t.device) for p, n in zip(parts, counts)]

@@ -258,14 +258,15 @@ def test_cli_rl_stages_on_the_tiny_profile(tmp_path, capsys):
 def test_nonfinite_updates_are_skipped_then_halt_with_a_checkpoint(tmp_path, monkeypatch):
     import alignlab.trainers.ppo as ppo
     from alignlab.errors import NumericalError
+    from alignlab.trainers.rl import RLContext
 
-    real = ppo.policy_forward
+    real = RLContext.policy_forward
 
-    def broken(*args, **kwargs):
-        logprobs, values, h = real(*args, **kwargs)
+    def broken(self, *args, **kwargs):
+        logprobs, values, h = real(self, *args, **kwargs)
         return logprobs * float("nan"), values, h
 
-    monkeypatch.setattr(ppo, "policy_forward", broken)
+    monkeypatch.setattr(RLContext, "policy_forward", broken)
     cfg = tiny_cfg("ppo", tmp_path, "train.max_steps=5", "train.max_bad_steps=3", "ppo_epochs=2", "mini_batch_size=8")
     with pytest.raises(NumericalError, match="non-finite"):
         ppo.train_ppo(cfg)  # 2 epochs x 2 minibatches per step: the 3rd bad update is in step 1

@@ -114,3 +114,26 @@ def test_rl_stages_write_their_rollouts_token_by_token(tmp_path, stage):
             isinstance(t, str) for t in r["tokens"]
         )  # the tiny byte-level tokenizer's pieces need not be valid UTF-8 alone
         assert all(abs(k - (a - b)) < 1e-5 for k, a, b in zip(r["kl"], r["logprobs"], r["ref_logprobs"]))  # k1
+
+
+@pytest.mark.parametrize("stage", ["grpo", "rloo"])
+def test_on_policy_update_reuses_the_rollout_pass_and_trains_the_same(tmp_path, monkeypatch, stage):
+    """One epoch over one minibatch (the tiny profile's group stages): the rollout pass's log-probs, with
+    their graph, are the update's; no second training forward runs, and the run equals the two-pass
+    run (old log-probs from a no-grad pass, then a training forward over the same tokens)."""
+    from alignlab.trainers import group
+    from alignlab.trainers.rl import RLContext
+
+    calls = []
+    forward = RLContext.policy_forward
+    monkeypatch.setattr(RLContext, "policy_forward", lambda self, *a, **k: calls.append(1) or forward(self, *a, **k))
+    args = ("train.max_steps=3", "ppo_epochs=1", "mini_batch_size=32")
+    live = train_rows(_train(stage, tiny_cfg(stage, tmp_path / "live", *args)))
+    assert calls == []
+    monkeypatch.setattr(group, "on_policy", lambda cfg: False)
+    two_pass = train_rows(_train(stage, tiny_cfg(stage, tmp_path / "two", *args)))
+    assert len(calls) == 3  # one training forward per step on the two-pass path
+    for a, b in zip(live, two_pass):
+        for key in ("loss", "score", "kl", "entropy"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a[key], b[key])
+    assert live[-1]["loss"] != live[0]["loss"]

@@ -366,7 +366,11 @@ class RLOOConfig(RLSections):
     )
     beta: float = knob(0.05, "β: weight of the summed per-token KL subtracted from each score")
     kl_estimator: str = knob("k1", "per-token KL estimator: k1, k2 or k3")
-    mini_batch_size: int = knob(16, "rollout rows per optimizer step")
+    mini_batch_size: int = knob(
+        16,
+        "rollout rows per optimizer step (with ppo_epochs 1 and at least batch_size x group_size rows the "
+        "update is on-policy: the rollout's log-prob pass is also the training forward, one pass saved)",
+    )
     ppo_epochs: int = knob(1, "passes over each rollout")
     cliprange: float = knob(0.2, "ε: clip range of the sequence ratio (loss=clip)")
 
@@ -403,7 +407,11 @@ class GRPOConfig(RLSections):
     group_size: int = knob(4, "G: responses sampled per prompt")
     loss: str = knob("grpo", GROUP_LOSS_HELP)
     beta: float | None = knob(None, "β: weight of the k3 KL to π_ref in the loss (grpo, dr_grpo: 0.04; dapo, gspo: 0)")
-    mini_batch_size: int = knob(16, "rollout rows per optimizer step")
+    mini_batch_size: int = knob(
+        16,
+        "rollout rows per optimizer step (with ppo_epochs 1 and at least batch_size x group_size rows the "
+        "update is on-policy: the rollout's log-prob pass is also the training forward, one pass saved)",
+    )
     ppo_epochs: int = knob(1, "passes over each rollout")
     cliprange: float | None = knob(None, "ε: clip range of the ratio (grpo, dr_grpo: 0.2)")
     cliprange_low: float | None = knob(None, "ε_low (dapo: 0.2, gspo: 3e-4)")

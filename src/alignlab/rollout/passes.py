@@ -5,6 +5,8 @@ Shapes: B responses, P prompt columns (left-padded), R response columns (right-p
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from alignlab.losses.kl import kl_estimate
@@ -53,17 +55,27 @@ def reference_logprobs(models: RLModels, exp: Experience, *, temperature: float)
 
 
 @torch.no_grad()
-def rollout_pass(models: RLModels, exp: Experience, *, temperature: float, with_values: bool, batch_size: int) -> dict:
+def rollout_pass(
+    models: RLModels, exp: Experience, *, temperature: float, with_values: bool, batch_size: int, live: bool = False
+) -> dict:
     """Fill ``exp.old_logprobs``, ``exp.ref_logprobs`` (and ``exp.values``) in chunks of ``batch_size`` rows.
+
+    ``live``: the policy's pass keeps its graph, in ``exp.live_logprobs`` — for an update that is
+    on-policy (one epoch over one minibatch: the log-probs it trains are π_old's, so this pass is
+    also the training forward, and the second forward over the same tokens is saved).
 
     Returns stats: ``entropy`` (per-token mean entropy of π at ``temperature`` over valid tokens).
     """
     _, head = trunk_and_head(models.model)
-    olds, refs, vals = [], [], []
+    olds, refs, vals, lives = [], [], [], []
     ent_sum, ent_count = 0.0, 0.0
     for start in range(0, len(exp), batch_size):
         part = exp.select(torch.arange(start, min(start + batch_size, len(exp))))
-        logprobs, values, h = policy_forward(models, part, temperature=temperature, with_values=with_values)
+        with torch.enable_grad() if live else contextlib.nullcontext():
+            logprobs, values, h = policy_forward(models, part, temperature=temperature, with_values=with_values)
+        if live:
+            lives.append(logprobs)
+            logprobs, h = logprobs.detach(), h.detach()
         mask = part.response_mask.to(h.device)
         n = float(mask.sum())
         ent_sum += float(entropy_chunks(head, h, mask, temperature=temperature)) * n
@@ -75,6 +87,8 @@ def rollout_pass(models: RLModels, exp: Experience, *, temperature: float, with_
     exp.old_logprobs = torch.cat(olds)  # (B, R)
     exp.ref_logprobs = torch.cat(refs)  # (B, R)
     exp.values = torch.cat(vals) if vals else None  # (B, R)
+    with torch.enable_grad():  # (the concatenation is part of the graph too)
+        exp.live_logprobs = torch.cat(lives) if lives else None  # (B, R), with grad
     return {"entropy": ent_sum / max(ent_count, 1.0)}
 
 

@@ -26,7 +26,7 @@ from alignlab.losses.kl import kl_estimate, kl_loss_term
 from alignlab.losses.ppo import dapo_loss, grpo_loss, gspo_loss, reinforce_loss, rloo_loss
 from alignlab.losses.reduce import masked_mean
 from alignlab.rollout.experience import Experience
-from alignlab.rollout.passes import policy_forward, sequence_kl
+from alignlab.rollout.passes import sequence_kl
 from alignlab.trainers.rl import RLAlgorithm, RLContext, run_rl_stage, sample_and_score
 
 
@@ -102,18 +102,32 @@ RLOO_LOSSES = {"reinforce": _rloo_reinforce, "clip": _rloo_clip}
 GROUP_LOSSES = {"grpo": _grpo, "dr_grpo": _grpo, "dapo": _grpo, "gspo": _grpo}  # the GRPO stage's `loss` names
 
 
+def on_policy(cfg) -> bool:
+    """One epoch over one minibatch that holds the whole rollout: the update's log-probs *are* π_old's,
+    so the rollout's pass doubles as the training forward (one process; with several, each process
+    trains on other rows than it sampled)."""
+    from alignlab import distributed
+
+    rows = cfg.train.batch_size * cfg.group_size
+    return cfg.ppo_epochs == 1 and cfg.mini_batch_size >= rows and not distributed.active()
+
+
 def build_group(ctx: RLContext, targets, loss_fn) -> RLAlgorithm:
     cfg = ctx.cfg
+    live = on_policy(cfg)
 
     def make_experience(records, prompt_ids):
-        exp, stats = sample_and_score(ctx, records, prompt_ids, k=cfg.group_size, with_values=False)
+        exp, stats = sample_and_score(ctx, records, prompt_ids, k=cfg.group_size, with_values=False, live=live)
         stats.update(targets(exp, cfg))
         if exp.keep is not None:  # dynamic sampling: train only on the groups that carry a signal
             exp = exp.select(torch.nonzero(exp.keep).flatten())
         return exp, stats
 
     def loss(mb: Experience):
-        logprobs, _, _ = policy_forward(ctx.models, mb, temperature=cfg.rollout.temperature, with_values=False)
+        if mb.live_logprobs is not None:  # on-policy: the rollout pass's log-probs, with their graph
+            logprobs = mb.live_logprobs
+        else:
+            logprobs, _, _ = ctx.policy_forward(mb, temperature=cfg.rollout.temperature, with_values=False)
         return loss_fn(logprobs, mb, mb.response_mask.to(logprobs.device), cfg)
 
     return RLAlgorithm(make_experience, loss)

@@ -27,7 +27,7 @@ from alignlab.losses.ppo import entropy_bonus, explained_variance, ppo_policy_lo
 from alignlab.losses.reduce import masked_sum
 from alignlab.models.logprobs import trunk_and_head
 from alignlab.rollout.experience import Experience
-from alignlab.rollout.passes import policy_forward, sequence_kl
+from alignlab.rollout.passes import sequence_kl
 from alignlab.rollout.rewards import RunningMoments
 from alignlab.trainers.rl import RLAlgorithm, RLContext, run_rl_stage, sample_and_score
 
@@ -86,7 +86,7 @@ def build_ppo(ctx: RLContext) -> RLAlgorithm:
         return exp, stats
 
     def loss(mb: Experience):
-        logprobs, values, h = policy_forward(ctx.models, mb, temperature=temperature, with_values=with_values)
+        logprobs, values, h = ctx.policy_forward(mb, temperature=temperature, with_values=with_values)
         device = logprobs.device
         mask = mb.response_mask.to(device)
         total, stats = ppo_policy_loss(

@@ -34,9 +34,12 @@ from typing import Any
 
 import torch
 
+from alignlab import distributed
+from alignlab.errors import ConfigError
 from alignlab.models.policy import RLModels, TrainableState, build_models
 from alignlab.rollout.experience import Experience
-from alignlab.rollout.passes import rollout_pass
+from alignlab.rollout.parallel import gather_rollout, my_share, split_policy_forward
+from alignlab.rollout.passes import policy_forward, rollout_pass
 from alignlab.rollout.rewards import last_user_text
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
 from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
@@ -54,8 +57,12 @@ def timed(timings: dict, name: str):
         timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + time.perf_counter() - t0
 
 
-def sample_and_score(ctx: RLContext, records, prompt_ids, *, k: int, with_values: bool) -> tuple[Experience, dict]:
-    """The part of making experience every RL stage shares: sample, score, no-grad pass. Returns (exp, stats)."""
+def sample_and_score(
+    ctx: RLContext, records, prompt_ids, *, k: int, with_values: bool, live: bool = False
+) -> tuple[Experience, dict]:
+    """The part of making experience every RL stage shares: sample, score, no-grad pass. Returns (exp, stats).
+
+    ``live``: the policy's pass keeps its graph for an on-policy update (``rollout_pass``)."""
     cfg = ctx.cfg
     stats: dict = {}
     with timed(stats, "generation"):
@@ -63,18 +70,28 @@ def sample_and_score(ctx: RLContext, records, prompt_ids, *, k: int, with_values
     with timed(stats, "scoring"):
         exp.scores = score_rollout(ctx.reward, records, gens, truncation_penalty=cfg.rollout.truncation_penalty, k=k)
     exp.prompt_texts = [last_user_text(r.prompt) for r in records for _ in range(k)]
+    own: dict = {}  # stats of this process's share of the rollout
     if getattr(ctx.reward, "last_disagreement", None) is not None:  # a reward-model ensemble's spread
-        stats["rm/disagreement"] = ctx.reward.last_disagreement
+        own["rm/disagreement"] = ctx.reward.last_disagreement
     with timed(stats, "logprobs"):
-        stats.update(
+        own.update(
             rollout_pass(
                 ctx.models,
                 exp,
                 temperature=cfg.rollout.temperature,
                 with_values=with_values,
                 batch_size=cfg.rollout.forward_batch_size,
+                live=live,
             )
         )
+    texts = [g.text for g in gens]
+    if distributed.active():  # every process now holds the whole rollout (rollout.parallel)
+        own = distributed.weighted_mean_stats([(float(exp.response_mask.sum()), own)])
+        tok = ctx.models.tokenizer
+        exp, texts = gather_rollout(
+            exp, texts, k=k, pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        )
+    stats.update(own)
     lengths = exp.response_lengths
     stats.update(
         {
@@ -86,7 +103,7 @@ def sample_and_score(ctx: RLContext, records, prompt_ids, *, k: int, with_values
         }
     )
     if ctx.monitors is not None:  # the whole rollout, before any stage drops rows (DAPO's dynamic sampling)
-        stats.update(ctx.monitors.measure(exp.prompt_texts, [g.text for g in gens], k=k, stats=stats))
+        stats.update(ctx.monitors.measure(exp.prompt_texts, texts, k=k, stats=stats))
     return exp, stats
 
 
@@ -105,6 +122,13 @@ class RLContext:
     eval_records: list = field(default_factory=list)
     eval_ids: list[list[int]] = field(default_factory=list)
     monitors: TrainingMonitors | None = None  # reward-hacking and collapse monitors on every rollout
+
+    def policy_forward(self, mb: Experience, *, temperature: float, with_values: bool):
+        """The training forward pass over a minibatch: (log-probs (B, R), values (B, R) or None, hidden
+        states (B, R, H), None with several processes, which split the rows: rollout.parallel)."""
+        if distributed.active():
+            return split_policy_forward(self.models, mb, temperature=temperature, with_values=with_values)
+        return policy_forward(self.models, mb, temperature=temperature, with_values=with_values)
 
 
 @dataclass
@@ -156,8 +180,12 @@ def write_rollout(ctx: RLContext, exp: Experience, step: int) -> None:
     atomic_write_jsonl(ctx.run.folder.rollout_path(step), rows)
 
 
-def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop) -> tuple[dict, bool]:
+def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop, parallel=None) -> tuple[dict, bool]:
     """``ppo_epochs`` passes over ``exp`` in shuffled minibatches, one optimizer step each.
+
+    ``parallel`` (several processes): ``loss_fn`` runs inside the wrapper (DDP), and each process
+    backpropagates ``W · loss``: its loss is the whole minibatch's, but its gradient only its rows'
+    (see :mod:`alignlab.rollout.parallel`), and DDP averages over the ``W`` processes.
 
     Returns (mean stats over the applied updates, halt): ``halt`` when the non-finite guard has
     seen ``train.max_bad_steps`` bad updates in a row. ``skipped_updates`` counts the minibatches
@@ -168,10 +196,10 @@ def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop) -
     for epoch in range(cfg.ppo_epochs):
         g = torch.Generator().manual_seed((cfg.train.seed * 1_000_003 + step) * 1_009 + epoch)
         for mb in exp.minibatches(cfg.mini_batch_size, g):
-            loss, stats = loss_fn(mb)
-            finite = bool(torch.isfinite(loss))
+            loss, stats = loss_fn(mb) if parallel is None else parallel.forward(mb)
+            finite = bool(torch.isfinite(loss))  # the same in every process (the whole minibatch's loss)
             if finite:
-                loss.backward()
+                (loss if parallel is None else loss * parallel.world).backward()
             norm, stepped = loop.apply(finite)
             if stepped:
                 acc.append({"loss": loss.detach(), **stats})
@@ -202,18 +230,28 @@ def rl_fit(
     tcfg = ctx.cfg.train
     order = DataOrder(len(ctx.train_records), tcfg.batch_size, tcfg.seed)
     total = tcfg.max_steps or max(1, math.ceil(tcfg.epochs * order.per_epoch))
+    params = ctx.models.trainable_parameters()
+    parallel = None
+    if distributed.active():
+        check_parallel(ctx.cfg)
+        parallel = distributed.DataParallel(ctx.models.model, params, algo.loss, tcfg.strategy)
+        params = parallel.params
+        ctx.run.log.info(parallel.describe())
 
     def update(step: int, loop: Loop) -> StepOutcome:
         index = order.batch(step)
         t0 = time.perf_counter()
-        exp, stats = algo.make_experience([ctx.train_records[i] for i in index], [ctx.train_ids[i] for i in index])
+        if parallel is not None:
+            index = my_share(index)  # this process samples its share; the rollout is then gathered whole
+        with own_stream(tcfg.seed, step) if parallel is not None else contextlib.nullcontext():
+            exp, stats = algo.make_experience([ctx.train_records[i] for i in index], [ctx.train_ids[i] for i in index])
         if ctx.monitors is not None:
             ctx.monitors.warn(step + 1, ctx.run.log, stage=ctx.run.stage)
         every = ctx.cfg.rollout.save_every
-        if every and (step + 1) % every == 0:
+        if every and (step + 1) % every == 0 and distributed.is_main():
             write_rollout(ctx, exp, step + 1)
         t1 = time.perf_counter()
-        train_stats, halt = update_on(ctx, exp, step, algo.loss, loop)
+        train_stats, halt = update_on(ctx, exp, step, algo.loss, loop, parallel)
         stats.update(train_stats)
         stats["time/training"] = time.perf_counter() - t1
         if halt:
@@ -230,7 +268,7 @@ def rl_fit(
         cfg=tcfg,
         run=ctx.run,
         model=ctx.models.model,
-        params=ctx.models.trainable_parameters(),
+        params=params,
         total=total,
         update=update,
         save_model=save_model,
@@ -241,7 +279,32 @@ def rl_fit(
         postfix=lambda st: {"score": f"{st.get('score', float('nan')):.3f}", "kl": f"{st.get('kl', float('nan')):.3f}"},
         eval_mode=False,
         stop_after=stop_after,
+        parallel=parallel,
     )
+
+
+@contextlib.contextmanager
+def own_stream(seed: int, step: int):
+    """With several processes: this process samples step ``step``'s rollout from its own RNG stream,
+    seeded by (seed, step, rank), and leaves the shared stream as it was (so every process's, and
+    rank 0's checkpointed, RNG state stays the same)."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(((seed * 1_000_003 + step) * 1_009 + distributed.rank()) % 2**63)
+        yield
+
+
+def check_parallel(cfg) -> None:
+    """Refuse, in one line, what the RL stages do not do on several processes."""
+    W = distributed.world_size()
+    if cfg.train.strategy != "ddp":
+        raise ConfigError(
+            f"the RL stages run on several processes with train.strategy=ddp only (got {cfg.train.strategy!r})"
+        )
+    if cfg.train.batch_size < W:
+        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be at least the number of processes ({W})")
+    if getattr(cfg, "entropy_coef", 0.0):
+        raise ConfigError("entropy_coef > 0 is not supported on several processes yet: run in one process")
 
 
 # ----------------------------------------------------------------------------- a whole stage
@@ -360,7 +423,7 @@ def run_rl_stage(
         if not result.finished:
             return summary
         run.replace_final(save_policy)
-        if len(values):
+        if len(values) and distributed.is_main():
             from safetensors.torch import save_file
 
             save_file(

@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = (
     "train.max_bad_steps",
     "train.num_samples",
     "model.device",
+    "train.output_dir",  # where the run folder lives, not what it trains: a moved run resumes
     "train.strategy",  # checkpoints hold full weights and optimizer state whatever the strategy
     # the training monitors' thresholds only decide when a warning is written, never what is trained
     *(
