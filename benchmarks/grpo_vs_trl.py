@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -303,18 +302,12 @@ def measure(algo: str, args) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--worker", help=argparse.SUPPRESS)
+    harness.add_run_args(p, output="grpo_vs_trl", peers=PEERS)
     p.add_argument("--algos", default="grpo,rloo", help="comma-separated: grpo, rloo")
-    p.add_argument("--peers", default=",".join(PEERS), help="TRL set-ups, from " + ", ".join(PEERS))
     p.add_argument("--steps", type=int, default=5, help="optimizer steps (rollouts) per run; the first is not timed")
     p.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
     p.add_argument("--group-size", type=int, default=4, help="responses sampled per prompt")
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated at most per response")
-    p.add_argument("--repeats", type=int, default=1, help="runs per framework, alternating")
-    p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=900, help="seconds one run may take")
-    p.add_argument("--output", default="grpo_vs_trl", help="results/<output>.json")
     args = p.parse_args()
     if args.worker:
         return worker_main(args.worker)
@@ -328,16 +321,7 @@ def main() -> None:
     bad = [x for x in args.peers if x not in PEERS] + [a for a in algos if a not in BETA]
     if bad:
         p.error(f"unknown: {bad}")
-    result = {
-        "benchmark": "grpo_vs_trl",
-        "date": harness.now(),
-        "loadavg_start": harness.loadavg(),
-        "machine": harness.machine(),
-        "versions": harness.versions(harness.peer_python()),
-        "threads": args.threads,
-        "command": " ".join(sys.argv),
-        "algos": [],
-    }
+    result = {**harness.result_header("grpo_vs_trl", args.threads), "algos": []}
     t0 = time.perf_counter()
     for algo in algos:
         harness.log(f"{algo}")

@@ -16,6 +16,7 @@ scheduler, logging) and nothing before the loop (imports, model load, tokenisati
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -201,7 +202,7 @@ def run_command(
             if pid:
                 break
             rss = _rss_mib(proc.pid, ("VmRSS", "RssAnon", "RssFile")) if sample_rss else None
-            if rss is not None:
+            if rss is not None and rss[0] is not None:  # (an exiting process has no VmRSS)
                 samples.append([round(time.perf_counter() - t0, 2), *rss])
             if time.monotonic() > deadline:
                 proc.kill()
@@ -367,6 +368,30 @@ def pooled_median(runs: list[dict], key: str, *, peers: list[str]) -> dict:
         "peer": peer_meds.get(best),
         "ratio": (ours / peer_meds[best]) if (best and ours is not None and peer_meds[best]) else None,
     }
+
+
+def result_header(benchmark: str, threads: int) -> dict:
+    """What every results file starts with: the benchmark, date, machine, versions, load, threads, command."""
+    return {
+        "benchmark": benchmark,
+        "date": now(),
+        "loadavg_start": loadavg(),
+        "machine": machine(),
+        "versions": versions(peer_python()),
+        "threads": threads,
+        "command": " ".join(sys.argv),
+    }
+
+
+def add_run_args(p, *, output: str, peers: list[str], timeout: float = 900) -> None:
+    """The arguments every whole-command benchmark takes (worker spec, TRL set-ups, repeats, threads, ...)."""
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--peers", default=",".join(peers), help="TRL set-ups, from " + ", ".join(peers))
+    p.add_argument("--repeats", type=int, default=1, help="runs per set-up, alternating")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=timeout, help="seconds one run may take")
+    p.add_argument("--output", default=output, help="results/<output>.json")
 
 
 def write_result(name: str, data: dict) -> Path:
