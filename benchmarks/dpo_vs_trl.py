@@ -381,16 +381,7 @@ def main() -> None:
     ]
     if bad:
         p.error(f"unknown: {bad}")
-    result = {
-        "benchmark": "dpo_vs_trl",
-        "date": harness.now(),
-        "loadavg_start": harness.loadavg(),
-        "machine": harness.machine(),
-        "versions": harness.versions(harness.peer_python()),
-        "threads": args.threads,
-        "command": " ".join(sys.argv),
-        "configs": [],
-    }
+    result = {**harness.result_header("dpo_vs_trl", args.threads), "configs": []}
     t0 = time.perf_counter()
     for name in [n.strip() for n in args.configs.split(",") if n.strip()]:
         harness.log(f"config {name}")

@@ -16,6 +16,7 @@ scheduler, logging) and nothing before the loop (imports, model load, tokenisati
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -29,7 +30,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
-PEER_ENV = BENCH / ".envs" / "trl"
+# the peer environment; ALIGNLAB_PEER_ENV points at another checkout's (e.g. from a git worktree)
+PEER_ENV = Path(os.environ.get("ALIGNLAB_PEER_ENV", BENCH / ".envs" / "trl"))
 
 
 # ----------------------------------------------------------------------------- environment
@@ -113,69 +115,120 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- child runs
-def run_worker(script: Path, spec: dict, *, threads: int, timeout: float) -> dict:
+def run_worker(script: Path, spec: dict, *, threads: int, timeout: float, sample_rss: bool = False) -> dict:
     """Run ``script --worker`` on ``spec`` in a fresh peer-env process; its report plus peak memory.
 
-    The child writes its report (a JSON object) to ``spec["out"]``. Adds ``max_rss_mib`` (this
-    child's ``ru_maxrss``), ``wall_s`` (the whole process, imports and model load included) and
-    the load average just before the start, and ``other_load_cores``: how many cores' worth of CPU
-    the rest of the machine used on average during the run (from /proc/stat, minus this child).
+    The child writes its report (a JSON object) to ``spec["out"]``; :func:`run_command` adds the
+    process figures (``max_rss_mib``, ``wall_s``, load) to it.
     """
     with tempfile.TemporaryDirectory(prefix="alignlab-bench-") as tmp:
         tmp = Path(tmp)
         spec = {**spec, "out": str(tmp / "report.json"), "workdir": str(tmp / "work"), "threads": threads}
         (tmp / "spec.json").write_text(json.dumps(spec))
-        env = dict(os.environ)
-        env.update(
-            OMP_NUM_THREADS=str(threads),
-            MKL_NUM_THREADS=str(threads),
-            TOKENIZERS_PARALLELISM="false",
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_OFFLINE="1",
-            HF_DATASETS_OFFLINE="1",
-            WANDB_DISABLED="true",
-            HF_DATASETS_CACHE=str(tmp / "hf-datasets"),
-            PYTHONWARNINGS="ignore",
+        proc = run_command(
+            [peer_python(), str(script), "--worker", str(tmp / "spec.json")],
+            threads=threads,
+            timeout=timeout,
+            tmp=tmp,
+            name=spec.get("name", ""),
+            sample_rss=sample_rss,
         )
-        log_path = tmp / "child.log"
-        load_before = loadavg()
-        busy0 = cpu_busy_s()
-        t0 = time.perf_counter()
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [peer_python(), str(script), "--worker", str(tmp / "spec.json")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=ROOT,
-            )
-            deadline = time.monotonic() + timeout
-            while True:
-                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    pid, status, usage = os.wait4(proc.pid, 0)
-                    proc.returncode = -9
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"worker timed out after {timeout:.0f} s: {spec.get('name')}\n{tail}")
-                time.sleep(0.25)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.perf_counter() - t0
-        busy = cpu_busy_s() - busy0
-        if proc.returncode != 0 or not Path(spec["out"]).is_file():
-            tail = log_path.read_text(errors="replace")[-4000:]
-            raise RuntimeError(f"worker failed (exit {proc.returncode}): {spec.get('name')}\n{tail}")
+        if not Path(spec["out"]).is_file():
+            raise RuntimeError(f"worker wrote no report: {spec.get('name')}\n{proc['log_tail']}")
         report = json.loads(Path(spec["out"]).read_text())
-    report["max_rss_mib"] = round(usage.ru_maxrss / 1024, 1)  # Linux: kilobytes
-    report["wall_s"] = round(wall, 2)
-    report["loadavg_before"] = load_before
+    proc.pop("log_tail")
+    return {**report, **proc}
+
+
+def bench_env(threads: int, tmp: Path) -> dict:
+    """The environment of every measured child: thread counts, offline Hugging Face, no telemetry."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_DISABLED="true",
+        HF_DATASETS_CACHE=str(tmp / "hf-datasets"),
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def _rss_mib(pid: int, fields: tuple[str, ...] = ("VmRSS",)) -> float | list[float] | None:
+    """``pid``'s resident memory in MiB from /proc/<pid>/status: one field, or a list of ``fields``."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    found = {line.split(":")[0]: round(int(line.split()[1]) / 1024, 1) for line in lines if line.startswith(fields)}
+    values = [found.get(f) for f in fields]
+    return values[0] if len(fields) == 1 else values
+
+
+def run_command(
+    argv: list[str],
+    *,
+    threads: int,
+    timeout: float,
+    tmp: Path,
+    name: str = "",
+    cwd: Path = ROOT,
+    env: dict | None = None,
+    sample_rss: bool = False,
+) -> dict:
+    """Run ``argv`` as one measured child process (see :func:`bench_env`) and return its process figures.
+
+    ``max_rss_mib`` (this child's ``ru_maxrss``), ``wall_s`` (the whole process), ``cpu_s``, the load
+    average just before the start, ``other_load_cores`` (how many cores' worth of CPU the rest of
+    the machine used on average during the run, from /proc/stat minus this child),
+    with ``sample_rss`` ``rss_samples`` (``[seconds since start, VmRSS, RssAnon, RssFile]`` in MiB every
+    0.25 s: anonymous memory apart from mapped files), and ``log_tail``. Raises
+    on a non-zero exit or a timeout.
+    """
+    env = {**bench_env(threads, tmp), **(env or {})}
+    log_path = tmp / "child.log"
+    load_before = loadavg()
+    busy0 = cpu_busy_s()
+    t0, epoch0 = time.perf_counter(), time.time()
+    samples = []
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            rss = _rss_mib(proc.pid, ("VmRSS", "RssAnon", "RssFile")) if sample_rss else None
+            if rss is not None and rss[0] is not None:  # (an exiting process has no VmRSS)
+                samples.append([round(time.perf_counter() - t0, 2), *rss])
+            if time.monotonic() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                tail = log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"timed out after {timeout:.0f} s: {name}\n{tail}")
+            time.sleep(0.25)
+        returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    busy = cpu_busy_s() - busy0
+    tail = log_path.read_text(errors="replace")[-4000:]
+    if returncode != 0:
+        raise RuntimeError(f"failed (exit {returncode}): {name}\n{tail}")
     child_cpu = usage.ru_utime + usage.ru_stime
-    report["cpu_s"] = round(child_cpu, 2)
-    # cores kept busy by everything else on the machine while this run went on (other users' jobs)
-    report["other_load_cores"] = round(max(0.0, busy - child_cpu) / wall, 2) if wall > 0 else None
-    return report
+    return {
+        "max_rss_mib": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+        "wall_s": round(wall, 2),
+        "started_at": epoch0,  # time.time() at the start: log lines' clock times minus this = seconds into the run
+        "started_perf": t0,  # perf_counter() at the start (a system-wide monotonic clock: the child's stamps minus this)
+        "loadavg_before": load_before,
+        "cpu_s": round(child_cpu, 2),
+        # cores kept busy by everything else on the machine while this run went on (other users' jobs)
+        "other_load_cores": round(max(0.0, busy - child_cpu) / wall, 2) if wall > 0 else None,
+        **({"rss_samples": samples} if sample_rss else {}),
+        "log_tail": tail,
+    }
 
 
 def read_spec(path: str) -> dict:
@@ -211,17 +264,36 @@ class StepClock:
 
         self.stamps: list[float] = []
         self.cpu_stamps: list[float] = []
+        self.rss_mib: list[float | None] = []  # this process's VmRSS right after each step
         self._handle = register_optimizer_step_post_hook(self._hook)
 
     def _hook(self, optimizer, args, kwargs) -> None:
         self.stamps.append(time.perf_counter())
         self.cpu_stamps.append(time.process_time())  # all threads of this process
+        self.rss_mib.append(_rss_mib(os.getpid()))
 
     def close(self) -> None:
         self._handle.remove()
 
     def as_dict(self) -> dict:
-        return {"stamps": self.stamps, "cpu_stamps": self.cpu_stamps}
+        return {"stamps": self.stamps, "cpu_stamps": self.cpu_stamps, "rss_after_step_mib": self.rss_mib}
+
+
+def cli_worker(spec: dict) -> dict:
+    """Run the ``alignlab`` command (``alignlab.cli.main``) on ``spec["argv"]`` with a :class:`StepClock`.
+
+    The same code path as typing ``alignlab <argv>``; the clock only stamps each optimizer step.
+    ``start`` is the clock at the process's first line of benchmark code (before alignlab is imported).
+    """
+    start = time.perf_counter()
+    clock = StepClock()
+    from alignlab.cli import main
+
+    code = main(list(spec["argv"]))
+    clock.close()
+    if code:
+        raise SystemExit(f"alignlab {' '.join(spec['argv'])} exited with {code}")
+    return {**clock.as_dict(), "start": start, "end": time.perf_counter()}
 
 
 def timing(report: dict, warmup: int, work: list[float]) -> dict:
@@ -296,6 +368,30 @@ def pooled_median(runs: list[dict], key: str, *, peers: list[str]) -> dict:
         "peer": peer_meds.get(best),
         "ratio": (ours / peer_meds[best]) if (best and ours is not None and peer_meds[best]) else None,
     }
+
+
+def result_header(benchmark: str, threads: int) -> dict:
+    """What every results file starts with: the benchmark, date, machine, versions, load, threads, command."""
+    return {
+        "benchmark": benchmark,
+        "date": now(),
+        "loadavg_start": loadavg(),
+        "machine": machine(),
+        "versions": versions(peer_python()),
+        "threads": threads,
+        "command": " ".join(sys.argv),
+    }
+
+
+def add_run_args(p, *, output: str, peers: list[str], timeout: float = 900) -> None:
+    """The arguments every whole-command benchmark takes (worker spec, TRL set-ups, repeats, threads, ...)."""
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--peers", default=",".join(peers), help="TRL set-ups, from " + ", ".join(peers))
+    p.add_argument("--repeats", type=int, default=1, help="runs per set-up, alternating")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in every run (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=timeout, help="seconds one run may take")
+    p.add_argument("--output", default=output, help="results/<output>.json")
 
 
 def write_result(name: str, data: dict) -> Path:

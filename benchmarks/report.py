@@ -45,10 +45,11 @@ def _ckpt(config: dict) -> str:
 
 def rows() -> list[list[str]]:
     out = []
-    for sft in filter(None, (_load("sft_throughput"), _load("sft_defaults"))):
+    for sft in filter(None, (_load("sft_throughput"), _load("sft_defaults"), _load("sft_throughput_116"))):
         for c in sft["configs"]:
             tp, st, mem = c["tokens_per_s"], c["tokens_per_s_step_median"], c["peak_rss_mib"]
-            what = f"SFT {c['name']} (bs {c['batch_size']}, len ≤{c['max_length']}, {c['timed_steps']} timed steps × {len(tp['all'].get('alignlab', []))} runs each{_ckpt(c)})"
+            peer = f"TRL {sft.get('versions', {}).get('trl', '?')}, {sft.get('threads', '?')} thread(s)"
+            what = f"SFT {c['name']} (bs {c['batch_size']}, len ≤{c['max_length']}, {c['timed_steps']} timed steps × {len(tp['all'].get('alignlab', []))} runs each{_ckpt(c)}; {peer})"
             load = _load_note(sft, c["runs"])
             out.append(
                 [
@@ -111,6 +112,79 @@ def rows() -> list[list[str]]:
                     dpo["date"][:10],
                 ]
             )
+    grpo = _load("grpo_vs_trl")
+    for a in grpo["algos"] if grpo else []:
+        sp, mem, wall = a["steps_per_s"], a["peak_rss_mib"], a["wall_s"]
+        peer = f"TRL {grpo['versions'].get('trl', '?')}, {grpo['threads']} thread(s)"
+        what = (
+            f"{a['algo'].upper()} whole command (SmolLM2-135M full FT, {a['prompts_per_step']} prompts × {a['group_size']} "
+            f"× ≤{a['max_new_tokens']} new tokens, β {a['beta']}, {a['steps']} steps{_ckpt(a)}; {peer})"
+        )
+        load = _load_note(grpo, a["runs"])
+        parts = "; ".join(
+            f"{r['framework']} step {r['step_s_median']:.1f} s = gen {r['median_after_first']['generation']:.1f} + "
+            f"score {r['median_after_first']['scoring']:.2f} + logprobs {r['median_after_first']['logprobs']:.1f} + "
+            f"train {r['median_after_first']['training']:.1f}"
+            for r in a["runs"]
+        )
+        out.append(
+            [
+                what + " · steps/s (steps 2..N)",
+                _num(sp["ours"], ".3f"),
+                f"{sp['best_peer']} {_num(sp['peer'], '.3f')}",
+                _num(sp["ratio"], ".2f") + "× (target ≥ 2)",
+                parts,
+                load,
+                grpo["date"][:10],
+            ]
+        )
+        out.append(
+            [
+                f"{a['algo'].upper()} whole command · peak RSS (MiB)",
+                _num(mem["ours"], ".0f"),
+                f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
+                _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
+                "wall s: " + ", ".join(f"{fw} {v:.0f}" for fw, v in wall["medians"].items()),
+                load,
+                grpo["date"][:10],
+            ]
+        )
+    cmd = _load("dpo_command_vs_trl")
+    if cmd:
+        c = cmd["config"]
+        w, mem = c["wall_s"], c["peak_rss_mib"]
+        what = (
+            f"DPO whole command (`alignlab dpo` vs a TRL {cmd['versions'].get('trl', '?')} script; HH-RLHF {c['pairs']} pairs, "
+            f"{c['batch_size_pairs']}/step, {c['steps']} steps, len ≤{c['max_length']}, reference pass + checkpoint + final save; "
+            f"{cmd['threads']} thread(s))"
+        )
+        load = _load_note(cmd, c["runs"])
+        during = "; ".join(
+            f"{r['framework']} RSS in steps {r['rss_during_steps_mib'].get('min', 0):.0f}–{r['rss_during_steps_mib'].get('max', 0):.0f}"
+            for r in c["runs"]
+        )
+        out.append(
+            [
+                what + " · wall s",
+                _num(w["ours"], ".0f"),
+                f"{w['best_peer']} {_num(w['peer'], '.0f')}",
+                _num(w["peer"] / w["ours"] if w["ours"] else None, ".2f") + "× faster (target ≥ 2)",
+                ", ".join(f"{fw} {v:.0f} s" for fw, v in w["medians"].items() if fw != "alignlab"),
+                load,
+                cmd["date"][:10],
+            ]
+        )
+        out.append(
+            [
+                "DPO whole command · peak RSS (MiB)",
+                _num(mem["ours"], ".0f"),
+                f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
+                _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
+                during,
+                load,
+                cmd["date"][:10],
+            ]
+        )
     rm = _load("rm_hh_accuracy")
     if rm:
         d = rm["data"]

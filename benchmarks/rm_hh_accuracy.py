@@ -150,13 +150,7 @@ def main() -> None:
         sys.exit(f"train and held-out parts share {split['shared_prompts']} prompts; refusing to report")
     harness.log(f"split: {split}")
     result = {
-        "benchmark": "rm_hh_accuracy",
-        "date": harness.now(),
-        "loadavg_start": harness.loadavg(),
-        "machine": harness.machine(),
-        "versions": harness.versions(harness.peer_python()),
-        "threads": args.threads,
-        "command": " ".join(sys.argv),
+        **harness.result_header("rm_hh_accuracy", args.threads),
         "data": {"file": args.data, "first_records_used": args.train_pairs + args.eval_pairs, **split},
         "settings": {
             "model": "smollm2-135m",

@@ -346,16 +346,7 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
-    result = {
-        "benchmark": "sft_throughput",
-        "date": harness.now(),
-        "loadavg_start": harness.loadavg(),
-        "machine": harness.machine(),
-        "versions": harness.versions(harness.peer_python()),
-        "threads": args.threads,
-        "command": " ".join(sys.argv),
-        "configs": [],
-    }
+    result = {**harness.result_header("sft_throughput", args.threads), "configs": []}
     t0 = time.perf_counter()
     for name in names:
         harness.log(f"config {name}")

@@ -24,6 +24,8 @@ rows' reference log-probs are cached like the others. Rows ``0..B-1`` are the ex
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from alignlab.data.collate import collate_pairs, collate_shared_pairs, collate_unpaired
@@ -204,6 +206,7 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
         # π_ref: computed now, before fit() restores any checkpoint or takes a step
         refs = {"train": None, "eval": None}
         if spec.needs_reference:
+            t0 = time.perf_counter()
             identity = model_identity(cfg.model, seed, model)
             for split, data in (("train", train_set), ("eval", eval_set)):
                 if len(data):
@@ -225,6 +228,7 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
                         progress=cfg.train.progress,
                         log=run.log,
                     )
+            run.log.info("reference log-probs ready (%.1f s)", time.perf_counter() - t0)
 
         save_fn, load_fn = model_io(model, tokenizer, cfg.model, seed)
         eval_fn = None
