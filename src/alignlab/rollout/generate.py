@@ -10,7 +10,10 @@ A LoRA policy samples with its adapters folded into the weights (:func:`folded_a
 matmul per layer instead of three plus the adapter bookkeeping (SmolLM2-135M, batch 8, 2-core CPU:
 31 -> 45 tokens/s). The base weights are never written (the merged tensors are swapped in and the
 originals put back), so π_ref — the same network with its adapter off — and exact resume are
-untouched.
+untouched. On a CPU in float32 the linear layers then run on oneDNN-packed weights
+(:func:`alignlab.rollout.packing.packed_linears`; ``packed=False`` turns it off): the decoding steps'
+small-M matmuls, the LM head above all, were the bulk of a step. How close a call comes to the
+machine's compute limit: :func:`alignlab.rollout.throughput.compute_limit_fraction`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from alignlab.data.collate import left_pad
+from alignlab.rollout.packing import packed_linears
 
 
 @dataclass(frozen=True)
@@ -154,10 +158,11 @@ class _LogprobRecorder:
 
 class TransformersEngine:
     """Batched sampling with ``model.generate`` (KV cache, left padding, stop at EOS); a LoRA model
-    samples with its adapters folded in (:func:`folded_adapters`)."""
+    samples with its adapters folded in (:func:`folded_adapters`), on packed weights on a CPU
+    (``packed``; :mod:`alignlab.rollout.packing`)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model, tokenizer, batch_size: int = 16, packed: bool = True):
+        self.model, self.tokenizer, self.batch_size, self.packed = model, tokenizer, batch_size, packed
 
     def sync_weights(self) -> None:
         """Nothing to do: this engine samples from the training model itself."""
@@ -176,7 +181,8 @@ class TransformersEngine:
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             try:
-                with folded_adapters(model):
+                rows = max(1, min(self.batch_size, len(prompts)))  # of a decoding step
+                with folded_adapters(model), packed_linears(model, rows) if self.packed else contextlib.nullcontext():
                     out = self._sample(prompts, params, model, device, eos, pad)
             finally:
                 model.train(was_training)

@@ -9,8 +9,9 @@ is unit-tested on any machine; :func:`make_engine` builds the engine.
 policy saved to a folder (a LoRA policy is saved merged), and ``sync_weights()`` — which the RL
 stages call after every policy update — copies the current weights (LoRA merged as
 ``W + scale·B·A``, without touching the training model) into vLLM's model. vLLM is imported only
-inside this class. NOTE: this engine is not exercised by alignlab's tests (they run on CPU
-without vLLM); the transformers engine is the tested path.
+inside this class. alignlab's tests run on CPU without vLLM: they exercise this class's seams
+(the folder it starts from, what ``sync_weights`` sends after an update, the sampling parameters
+and outputs) against a fake ``vllm`` module (tests/unit/test_vllm_sync.py), not vLLM itself.
 """
 
 from __future__ import annotations

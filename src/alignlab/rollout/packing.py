@@ -1,0 +1,75 @@
+"""Linear layers on prepacked weights while sampling on a CPU (oneDNN), for the decoding steps' small-M matmuls.
+
+A decoding step multiplies a few rows (the batch) by every weight matrix. ``F.linear`` hands MKL a
+transposed weight each call, and for these shapes MKL reaches a fraction of the machine's matmul
+rate (SmolLM2-135M's 49k-row LM head at batch 32: 22 GFLOP/s against 100+ for a large square
+product). oneDNN's matmul on a weight reordered once into its blocked layout
+(``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU freezing pass uses) runs the same
+product 1.3–2.3× faster at batches 8–64. :func:`packed_linears` packs every ``nn.Linear`` of a
+model on entry (about one extra copy of its weights, a fraction of a second for 135M parameters)
+and puts the layers back on exit.
+
+The products are the same sums in another order, so logits differ from ``F.linear``'s in the last
+bits (about 1e-6 relative); the RNG stream is untouched, so a sampled token changes only where a
+draw falls within that rounding of a boundary between two tokens (none did in
+``benchmarks/generation.py``'s check). Only float32 on CPU, without gradients, is packed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def packing_available(model) -> bool:
+    """True when ``model``'s weights are float32 on a CPU and this torch build has oneDNN's packed linear."""
+    try:
+        p = next(model.parameters())
+    except StopIteration:
+        return False
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    return (
+        p.device.type == "cpu"
+        and p.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(mkldnn, "_reorder_linear_weight")
+        and hasattr(mkldnn, "_linear_pointwise")
+    )
+
+
+def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None, in_features: int, out_features: int):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:  # the packed op has no backward
+            raise RuntimeError("packed_linears is for sampling only (no gradients)")
+        rows = x.reshape(-1, in_features)  # (B·T, in)
+        y = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")  # (B·T, out)
+        return y.reshape(*x.shape[:-1], out_features)
+
+    return forward
+
+
+@contextlib.contextmanager
+def packed_linears(model, batch_size: int):
+    """Within the block every ``nn.Linear`` of ``model`` runs on a oneDNN-packed copy of its current weight.
+
+    ``batch_size`` (the rows of a decoding step) tunes the packed layout; any number of rows works.
+    Pack after any weight swap that should be seen (``folded_adapters``): the copy is taken on
+    entry. A no-op where :func:`packing_available` is False.
+    """
+    if not packing_available(model):
+        yield
+        return
+    patched = []
+    try:
+        with torch.no_grad():
+            for m in model.modules():
+                if type(m) is torch.nn.Linear:  # exactly nn.Linear: a subclass may change forward
+                    packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_size)
+                    bias = None if m.bias is None else m.bias.detach()
+                    m.forward = _packed_forward(packed, bias, m.in_features, m.out_features)
+                    patched.append(m)
+        yield
+    finally:
+        for m in patched:
+            del m.forward  # back to the class's forward
