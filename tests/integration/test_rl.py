@@ -78,6 +78,19 @@ def test_learns_a_rule_reward_with_bounded_kl(tmp_path, stage):
         "beta",
     ):
         assert key in rows[-1]
+    # sampling speed against the compute limit: tokens/s over (matmul FLOP/s / 2N)
+    from alignlab.rollout.throughput import compute_limit_tokens_per_s
+
+    assert 0 < rows[-1]["gen_limit_frac"] < 1
+    assert rows[-1]["gen_limit_frac"] == pytest.approx(
+        rows[-1]["gen_tokens_per_s"] / compute_limit_tokens_per_s(_tiny_policy()), rel=1e-6
+    )
+
+
+def _tiny_policy():
+    from alignlab.models.load import load_model
+
+    return load_model(from_dict(ModelConfig, {"name_or_path": "tiny"}), seed=0).model
 
 
 def test_ppo_logs_value_and_clip_stats(tmp_path):

@@ -42,6 +42,7 @@ from alignlab.rollout.parallel import gather_rollout, my_share, split_policy_for
 from alignlab.rollout.passes import policy_forward, rollout_pass
 from alignlab.rollout.rewards import last_user_text
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
+from alignlab.rollout.throughput import compute_limit_fraction
 from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
 from alignlab.trainers.monitoring import TrainingMonitors, build_monitors
 from alignlab.trainers.run import RunDir, open_stage
@@ -102,6 +103,8 @@ def sample_and_score(
             "gen_tokens_per_s": float(lengths.sum()) / max(stats["time/generation"], 1e-9),
         }
     )
+    # against the compute limit (2N FLOPs per token at this machine's measured fp32 matmul rate)
+    stats["gen_limit_frac"] = compute_limit_fraction(stats["gen_tokens_per_s"], ctx.models.model)
     if ctx.monitors is not None:  # the whole rollout, before any stage drops rows (DAPO's dynamic sampling)
         stats.update(ctx.monitors.measure(exp.prompt_texts, texts, k=k, stats=stats))
     return exp, stats
