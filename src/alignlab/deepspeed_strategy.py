@@ -14,11 +14,13 @@ gradients across processes (ZeRO-2), and the parameters too (ZeRO-3). How alignl
   the step and clears the gradients when the norm is not finite (in float32 too), like
   :func:`alignlab.trainers.loop.clip_and_step`; a non-finite loss in any process is made into NaN
   gradients everywhere, so every process skips the same step.
-* **ZeRO-3**: the stage's step module is one ZeRO-3 "leaf": DeepSpeed gathers the whole model
-  when a step starts and partitions it again after (the stage's code calls the trunk and the LM
-  head's weight directly, which per-layer gathering would not see); every parameter is
-  partitioned at rest (no persistence threshold). Evaluation, checkpoints and the final folder see
-  full weights (gathered by :meth:`Zero.full_tensor`).
+* **ZeRO-3**: every parameter is registered as an "external parameter" of the step module, so
+  DeepSpeed gathers the whole model when a step's forward starts, keeps it through backward and
+  partitions it again at ``engine.step()`` (the stage's code uses the LM head's weight directly,
+  which per-layer gathering would not see; a ZeRO-3 "leaf" module instead reduces its gradients in
+  a backward hook that fires too early when the module's inputs need no gradient). Every
+  parameter is partitioned at rest (no persistence threshold). Evaluation, checkpoints and the
+  model after training see the gathered parameters (:meth:`Zero.gathered`).
 * **checkpoints**: full weights and AdamW's state in the one-process format
   (:class:`FullZeroOptimizerState`), so a run resumes under ZeRO, under another strategy or in one
   process.
@@ -32,10 +34,12 @@ reductions. Ranks and the process group come from torchrun and torch.distributed
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from alignlab.errors import ConfigError
 
 ZERO_STAGES = {"zero2": 2, "zero3": 3}  # train.strategy -> ZeRO stage
+_HELD = -1  # a stand-in module id (DeepSpeed's are >= 0) that keeps gathered parameters gathered
 
 
 def require():
@@ -88,26 +92,34 @@ class Zero:
         self.stage = stage
         # the loop's parameter groups (decay, no decay), before ZeRO replaces them by flat partitions
         self.groups = [list(g["params"]) for g in optimizer.param_groups]
-        if stage == 3:
-            from deepspeed.utils import set_z3_leaf_module
-
-            set_z3_leaf_module(step_module, True)
         self.engine, zero_optimizer, _, _ = deepspeed.initialize(
             model=step_module, optimizer=optimizer, config=engine_config(stage, max_grad_norm), dist_init_required=False
         )
         self.zero_optimizer = zero_optimizer  # DeepSpeed's wrapper
         self.optimizer = optimizer  # the loop's AdamW, stepping this process's flat partitions
+        if stage == 3:  # one group: the step's forward gathers everything; step() partitions it again
+            for p in step_module.parameters():
+                deepspeed.zero.register_external_parameter(step_module, p)
+        self._kept = None  # finish(): the gathered parameters, kept
 
     def describe(self) -> str:
         """How much of the parameters and of AdamW's state this process holds (ZeRO-3: parameters partitioned)."""
         params = [p for g in self.groups for p in g]
         total = sum(_full_numel(p) for p in params)
         held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params)
-        opt = sum(t.numel() for g in self.optimizer.param_groups for t in g["params"])
+        opt = sum(t.numel() for i in range(len(self.groups)) for t in self.partitions(i))
         return (
             f"wrapper={type(self.engine).__name__} zero_stage={self.engine.zero_optimization_stage()} "
             f"params_held={held / total:.2f} optimizer_state_held={opt / total:.2f}"
         )
+
+    def partitions(self, i: int) -> list:
+        """This process's flat float32 partitions that AdamW steps for the loop's group ``i`` (ZeRO-3
+        splits a group into sub-groups and puts each in AdamW's group only while stepping it)."""
+        z = self.zero_optimizer
+        if self.stage == 3:
+            return [t for j, t in enumerate(z.fp32_partitioned_groups_flat) if z.sub_group_to_group_id[j] == i]
+        return list(self.optimizer.param_groups[i]["params"])
 
     def backward(self, loss, finite: bool) -> None:
         if not finite:  # some process's loss is not finite: NaN gradients everywhere, so every process skips
@@ -126,15 +138,32 @@ class Zero:
         return torch.tensor(norm), finite and math.isfinite(norm) and self.engine.was_step_applied()
 
     # ------------------------------------------------------------------ full weights (ZeRO-3)
-    @staticmethod
-    def full_tensor(p):
-        """ZeRO-3: the full value of parameter ``p``, gathered (collective); None for any other tensor."""
-        if not hasattr(p, "ds_id"):
-            return None
-        from deepspeed.zero import GatheredParameters
+    @contextmanager
+    def gathered(self):
+        """Inside: the model's parameters hold their full values (ZeRO-3 gathers them; collective)."""
+        import deepspeed
 
-        with GatheredParameters([p], modifier_rank=None):
-            return p.data.detach().clone()
+        if self.stage != 3 or self._kept is not None:
+            yield
+            return
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            # a forward outside a step (evaluation, sampling) runs ZeRO-3's per-module hooks, which
+            # partition a parameter again after its module unless some module still counts as using it
+            for p in params:
+                p.ds_active_sub_modules.add(_HELD)
+            try:
+                yield
+            finally:
+                for p in params:
+                    p.ds_active_sub_modules.discard(_HELD)
+
+    def finish(self) -> None:
+        """After training: the model keeps its full parameters (sampling, the final folder)."""
+        if self.stage == 3 and self._kept is None:
+            kept = self.gathered()
+            kept.__enter__()
+            self._kept = kept
 
     def optimizer_state(self) -> FullZeroOptimizerState:
         return FullZeroOptimizerState(self)
@@ -160,17 +189,13 @@ class FullZeroOptimizerState:
     def __init__(self, zero: Zero):
         self.zero, self._state = zero, None
 
-    def _partitions(self, i: int) -> list:
-        """This process's flat partitions that AdamW steps for the loop's group ``i``."""
-        return list(self.zero.optimizer.param_groups[i]["params"])
-
     def _fragment(self, i: int, p, key: str):
         """ZeRO-2: (this process's slice of ``p``'s state ``key``, its start and length in ``p`` flattened),
         or None when this process's partition holds no element of ``p``."""
         m = p._hp_mapping
         if m is None:
             return None
-        state = self.zero.optimizer.state[self._partitions(i)[0]][key]
+        state = self.zero.optimizer.state[self.zero.partitions(i)[0]][key]
         part = state.narrow(0, m.hp_fragment_address.start, m.hp_fragment_address.numel)
         return part, m.lp_fragment_address.start, m.lp_fragment_address.numel
 
@@ -208,7 +233,7 @@ class FullZeroOptimizerState:
         opt = self.zero.optimizer
         state, groups, index = {}, [], 0
         for i, params in enumerate(self.zero.groups):
-            inner = [opt.state[t] for t in self._partitions(i) if opt.state.get(t)]
+            inner = [opt.state[t] for t in self.zero.partitions(i) if opt.state.get(t)]
             ids = list(range(index, index + len(params)))
             for k, p in zip(ids, params) if inner else ():  # no step yet: AdamW creates its state lazily
                 full = {key: self._get(i, p, key) for key in self.KEYS}
@@ -234,7 +259,7 @@ class FullZeroOptimizerState:
             rows = [state["state"].get(k) for k in saved["params"]]
             if not rows or rows[0] is None:
                 continue
-            for t in self._partitions(i):  # AdamW's state for the flat partitions, filled below
+            for t in self.zero.partitions(i):  # AdamW's state for the flat partitions, filled below
                 opt.state[t] = {"step": rows[0]["step"].clone(), **{key: torch.zeros_like(t) for key in self.KEYS}}
             for p, row in zip(params, rows):
                 for key in self.KEYS:

@@ -263,7 +263,11 @@ class DataParallel:
         For evaluation and saving. Every process must enter it (it gathers); the trained state stays
         the sharded one, so writes to these parameters inside are lost. ZeRO-3 gathers the same way.
         """
-        if self.strategy not in ("fsdp2", "zero3") or self._gathered is not None:
+        if self.zero is not None:
+            with self.zero.gathered():
+                yield
+            return
+        if self.strategy != "fsdp2" or self._gathered is not None:
             yield
             return
         swapped = self._gather()
@@ -276,29 +280,24 @@ class DataParallel:
     def finish(self) -> None:
         """After training: leave the model with its full parameters, so the stage's own code (sampling,
         saving the final folder) uses it like a one-process model."""
-        if self.strategy in ("fsdp2", "zero3") and self._gathered is None:
+        if self.zero is not None:
+            self.zero.finish()
+        elif self.strategy == "fsdp2" and self._gathered is None:
             self._gathered = self._gather()
 
     def _gather(self) -> list:
-        """Swap every sharded parameter of the model for a plain one holding its full value; returns
-        (module, name, sharded parameter) to swap back."""
         import torch
         from torch.distributed.tensor import DTensor
 
-        if self.zero is not None:
-            full_tensor = self.zero.full_tensor
-        else:
-            # FSDP's state-dict hooks put the shards back unless its group is in the sharded state
-            self.engine.reshard()
-            full_tensor = lambda p: p.full_tensor().detach() if isinstance(p, DTensor) else None  # noqa: E731
+        # FSDP's state-dict hooks put the shards back unless its group is in the sharded state
+        self.engine.reshard()
         full: dict[int, torch.nn.Parameter] = {}
         swapped = []
         for module in self.engine.modules():
             for name, p in list(module._parameters.items()):
-                if id(p) not in full:  # tied weights stay tied
-                    value = full_tensor(p) if p is not None else None
-                    full[id(p)] = None if value is None else torch.nn.Parameter(value, requires_grad=p.requires_grad)
-                if full[id(p)] is not None:
+                if isinstance(p, DTensor):
+                    if id(p) not in full:  # tied weights stay tied
+                        full[id(p)] = torch.nn.Parameter(p.full_tensor().detach(), requires_grad=p.requires_grad)
                     swapped.append((module, name, p))
                     module._parameters[name] = full[id(p)]
         return swapped
