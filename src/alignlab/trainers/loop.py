@@ -281,7 +281,7 @@ def train_loop(
     loop = Loop(cfg, run, params, optimizer, NonFiniteGuard(cfg.max_bad_steps), parallel)
 
     def save(at_step: int) -> None:
-        if hasattr(opt_io, "gather"):  # FSDP2: every process takes part; rank 0 gets the full state
+        if hasattr(opt_io, "gather"):  # FSDP2, ZeRO: every process takes part; rank 0 gets the full state
             opt_io.gather()
         with full_params():
             if main:
