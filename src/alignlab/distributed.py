@@ -1,4 +1,4 @@
-"""Several processes (torchrun): the process group, data parallelism (DDP or FSDP2), rank-0 writes.
+"""Several processes (torchrun): the process group, data parallelism (DDP, FSDP2, ZeRO), rank-0 writes.
 
 A stage runs in several processes when launched by ``torchrun`` (``alignlab <stage> --num-processes N``
 re-executes itself under ``python -m torch.distributed.run --standalone``). Every process runs the
@@ -7,7 +7,7 @@ every micro-batch (``indices[rank::world]``), so the *global* batch is the one-p
 weighs each slice by the global count of its units (tokens, pairs: ``batch["loss_weight"]``). The
 gradient is then that of the one-process run, whatever the number of processes.
 
-Two strategies (``train.strategy``):
+Strategies (``train.strategy``):
 
 * ``ddp``: torch's ``DistributedDataParallel``; each process holds the whole model, gradients are
   all-reduced (averaged) during backward.
@@ -16,8 +16,11 @@ Two strategies (``train.strategy``):
   trunk and the LM head separately, so per-layer groups are not used yet) and reduce-scatters the
   gradients. Checkpoints and the final folder hold full, unsharded weights (gathered first), in
   the same format as a one-process run's.
+* ``zero2`` / ``zero3``: DeepSpeed's ZeRO stage 2 (AdamW's state and gradients partitioned) or 3
+  (parameters too), when deepspeed is installed; the engine runs backward and the optimizer step
+  (:mod:`alignlab.deepspeed_strategy`).
 
-Both wrap a small module whose ``forward`` is the stage's ``step_fn``: the stage's code calls the
+All wrap a small module whose ``forward`` is the stage's ``step_fn``: the stage's code calls the
 model's trunk and head itself, so the wrapper's hooks must sit around the whole step.
 
 Only rank 0 writes files (config, log, metrics, checkpoints, final, COMPLETE); the others wait at
@@ -31,8 +34,8 @@ from contextlib import contextmanager, nullcontext
 
 from alignlab.errors import ConfigError
 
-STRATEGIES = ("ddp", "fsdp2")
-STAGES = ("sft", "reward", "dpo", "ppo", "rloo", "grpo")  # stages that run on several processes
+STRATEGIES = ("ddp", "fsdp2", "zero2", "zero3")
+STAGES = ("sft", "reward", "dpo", "ppo", "rloo", "grpo")  # stages that run on several processes (RL: ddp only)
 
 
 # ----------------------------------------------------------------------------- the process group
@@ -163,15 +166,32 @@ class DataParallel:
     """One stage's model trained by several processes: ``forward(batch)`` runs ``step_fn`` wrapped.
 
     ``params`` are the parameters to train (with FSDP2, the sharded ones that replace them).
+    ``optimizer`` is ``make_optimizer(params)`` when given (ZeRO needs it: its engine takes the loop's
+    AdamW over); with ZeRO the engine also does backward and the step (``engine_steps``).
     """
 
-    def __init__(self, model, params: list, step_fn, strategy: str):
+    def __init__(self, model, params: list, step_fn, strategy: str, *, make_optimizer=None, max_grad_norm=0.0):
         import torch
 
         check_strategy(strategy)
         self.model, self.strategy, self.world, self.rank = model, strategy, world_size(), rank()
+        self.zero = None  # the DeepSpeed engine's owner under zero2 / zero3
         step = _step_module(step_fn)
-        if strategy == "ddp":
+        if strategy in ("zero2", "zero3"):
+            from alignlab import deepspeed_strategy
+
+            step.model = model
+            self.params = params
+            if make_optimizer is None:
+                raise ValueError(f"train.strategy={strategy}: DataParallel needs make_optimizer")
+            self.zero = deepspeed_strategy.Zero(
+                step,
+                make_optimizer(params),
+                stage=deepspeed_strategy.ZERO_STAGES[strategy],
+                max_grad_norm=max_grad_norm,
+            )
+            self.engine = self.zero.engine
+        elif strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             step.params = torch.nn.ParameterList(params)  # the same Parameter objects as the model's
@@ -192,15 +212,24 @@ class DataParallel:
             by_name = dict(model.named_parameters(remove_duplicate=False))
             self.engine = step
             self.params = [by_name[n] for n in names]
+        if self.zero is not None:
+            self.optimizer = self.zero.optimizer
+        else:
+            self.optimizer = make_optimizer(self.params) if make_optimizer is not None else None
+        self.engine_steps = self.zero is not None  # the engine clips and steps (see step())
         self._gathered: list | None = None
 
     def describe(self) -> str:
         import torch.distributed as dist
 
+        wrapped = (
+            self.zero.describe()
+            if self.zero is not None
+            else f"wrapper={type(self.engine).__name__} param_type={type(self.params[0].data).__name__}"
+        )
         return (
             f"distributed: world_size={self.world} rank={self.rank} backend={dist.get_backend()} "
-            f"strategy={self.strategy} wrapper={type(self.engine).__name__} "
-            f"param_type={type(self.params[0].data).__name__}"
+            f"strategy={self.strategy} {wrapped}"
         )
 
     def forward(self, batch):
@@ -208,12 +237,23 @@ class DataParallel:
 
     def sync(self, enabled: bool):
         """Context for one micro-batch's forward and backward: gradients are reduced only when ``enabled``
-        (the step's last micro-batch); the others accumulate locally."""
-        if enabled:
+        (the step's last micro-batch); the others accumulate locally. ZeRO: the engine reduces as it goes."""
+        if enabled or self.zero is not None:
             return nullcontext()
         if self.strategy == "ddp":
             return self.engine.no_sync()
         return _fsdp_no_sync(self.engine)
+
+    def backward(self, loss, finite: bool = True) -> None:
+        """Backward of one micro-batch's (weighted) loss; ``finite``: every process's loss is finite."""
+        if self.zero is not None:
+            self.zero.backward(loss, finite)
+        else:
+            loss.backward()
+
+    def step(self, finite: bool):
+        """ZeRO only (``engine_steps``): clip, step and clear the gradients; (norm before clipping, stepped)."""
+        return self.zero.step(finite)
 
     # ------------------------------------------------------------------ full weights (FSDP2)
     @contextmanager
@@ -221,8 +261,12 @@ class DataParallel:
         """Inside: the model holds plain, full parameters (FSDP2 gathers them; DDP already does).
 
         For evaluation and saving. Every process must enter it (it gathers); the trained state stays
-        the sharded one, so writes to these parameters inside are lost.
+        the sharded one, so writes to these parameters inside are lost. ZeRO-3 gathers the same way.
         """
+        if self.zero is not None:
+            with self.zero.gathered():
+                yield
+            return
         if self.strategy != "fsdp2" or self._gathered is not None:
             yield
             return
@@ -236,7 +280,9 @@ class DataParallel:
     def finish(self) -> None:
         """After training: leave the model with its full parameters, so the stage's own code (sampling,
         saving the final folder) uses it like a one-process model."""
-        if self.strategy == "fsdp2" and self._gathered is None:
+        if self.zero is not None:
+            self.zero.finish()
+        elif self.strategy == "fsdp2" and self._gathered is None:
             self._gathered = self._gather()
 
     def _gather(self) -> list:
@@ -260,9 +306,11 @@ class DataParallel:
     def optimizer_state(self, optimizer):
         """An object with ``state_dict``/``load_state_dict`` that checkpoints can use for ``optimizer``.
 
-        DDP: the optimizer itself (every process holds the whole state). FSDP2: the full state, in the
-        one-process format (parameters by index), gathered on rank 0 by :meth:`FullOptimizerState.gather`.
+        DDP: the optimizer itself (every process holds the whole state). FSDP2 and ZeRO: the full state,
+        in the one-process format (parameters by index), gathered on rank 0 by ``gather()``.
         """
+        if self.zero is not None:
+            return self.zero.optimizer_state()
         if self.strategy == "ddp":
             return optimizer
         return FullOptimizerState(self.engine, optimizer)

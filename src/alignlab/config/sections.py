@@ -97,7 +97,9 @@ class TrainConfig:
     num_samples: int = knob(4, "responses sampled from held-out prompts after training (0: none)")
     strategy: str = knob(
         "ddp",
-        "with several processes (torchrun, --num-processes): ddp (whole model in each) or fsdp2 (sharded, torch's fully_shard)",
+        "with several processes (torchrun, --num-processes): ddp (whole model in each), fsdp2 (sharded, torch's "
+        "fully_shard), zero2 or zero3 (DeepSpeed ZeRO stage 2: AdamW state and gradients partitioned; 3: parameters "
+        "too; needs deepspeed)",
     )
 
 

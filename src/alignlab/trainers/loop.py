@@ -208,10 +208,14 @@ class Loop:
     params: list
     optimizer: torch.optim.Optimizer
     guard: NonFiniteGuard
+    parallel: Any = None  # distributed.DataParallel; under ZeRO its engine clips and steps
 
     def apply(self, finite: bool) -> tuple[torch.Tensor, bool]:
         """Clip and step on the accumulated gradients (skipped when non-finite); tell the guard."""
-        norm, stepped = clip_and_step(self.params, self.optimizer, self.cfg.max_grad_norm, finite=finite)
+        if self.parallel is not None and self.parallel.engine_steps:
+            norm, stepped = self.parallel.step(finite)
+        else:
+            norm, stepped = clip_and_step(self.params, self.optimizer, self.cfg.max_grad_norm, finite=finite)
         if stepped:
             self.guard.good()
         return norm, stepped
@@ -248,9 +252,13 @@ def train_loop(
     saved first). ``stop_after`` ends after that step as if the process were killed (resume tests).
 
     ``parallel`` (several processes): rank 0 alone writes metrics and checkpoints, which hold the
-    full weights and optimizer state (gathered first under FSDP2); evaluation sees full weights.
+    full weights and optimizer state (gathered first under FSDP2 and ZeRO); evaluation sees full
+    weights. Under ZeRO (``zero2``, ``zero3``) the DeepSpeed engine runs backward and the step.
     """
-    optimizer = make_optimizer(params, cfg)
+    if parallel is not None and parallel.optimizer is not None:
+        optimizer = parallel.optimizer  # built with the model's wrapper (ZeRO's engine takes it over)
+    else:
+        optimizer = make_optimizer(params, cfg)
     scheduler = make_scheduler(optimizer, cfg, total)
     opt_io = parallel.optimizer_state(optimizer) if parallel else optimizer  # what checkpoints save and load
     full_params = parallel.full_params if parallel else nullcontext
@@ -270,10 +278,10 @@ def train_loop(
         metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
     else:
         metrics = _NoMetrics()
-    loop = Loop(cfg, run, params, optimizer, NonFiniteGuard(cfg.max_bad_steps))
+    loop = Loop(cfg, run, params, optimizer, NonFiniteGuard(cfg.max_bad_steps), parallel)
 
     def save(at_step: int) -> None:
-        if hasattr(opt_io, "gather"):  # FSDP2: every process takes part; rank 0 gets the full state
+        if hasattr(opt_io, "gather"):  # FSDP2, ZeRO: every process takes part; rank 0 gets the full state
             opt_io.gather()
         with full_params():
             if main:
@@ -378,7 +386,7 @@ def fit(
 
     **Several processes** (``WORLD_SIZE`` > 1, see :mod:`alignlab.distributed`): ``batch_size`` is
     the global micro-batch; process ``r`` of ``W`` takes its items ``[r::W]`` and its loss is weighed
-    by ``W · w_i / Σ w`` with ``Σ w`` over every process (DDP and FSDP2 then average the
+    by ``W · w_i / Σ w`` with ``Σ w`` over every process (DDP, FSDP2 and ZeRO then average the
     gradients over processes), so the step's gradient is that of the one-process run.
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -389,13 +397,20 @@ def fit(
     parallel = None
     distributed.check_strategy(cfg.strategy)
     if distributed.active():
-        if cfg.strategy == "fsdp2" and cfg.resume:
-            # FSDP2 loads full weights into the model before sharding it (the shards then hold them)
+        if cfg.strategy != "ddp" and cfg.resume:
+            # FSDP2 and ZeRO load full weights into the model before sharding it (the shards then hold them)
             latest = ckpt.latest_complete(run.ckpt_dir)
             if latest is not None:
                 load_model(latest / "model")
             load_model = lambda folder: None  # noqa: E731 - already restored
-        parallel = distributed.DataParallel(model, params, step_fn, cfg.strategy)
+        parallel = distributed.DataParallel(
+            model,
+            params,
+            step_fn,
+            cfg.strategy,
+            make_optimizer=lambda ps: make_optimizer(ps, cfg),
+            max_grad_norm=cfg.max_grad_norm,
+        )
         params = parallel.params
         run.log.info(parallel.describe())
     world, rank = distributed.world_size(), distributed.rank()
@@ -432,7 +447,7 @@ def fit(
                     loss, stats = parallel.forward(batch)
                     finite = distributed.all_true(bool(torch.isfinite(loss)))
                     # backward even when some process's loss is non-finite: DDP expects it; the step is skipped
-                    (loss * (w * world / total_w)).backward()
+                    parallel.backward(loss * (w * world / total_w), finite)
                 if not finite:
                     break
             tokens["seen"] += 0 if standin else int(batch.get("n_tokens", 0))
