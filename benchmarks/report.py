@@ -112,43 +112,8 @@ def rows() -> list[list[str]]:
                     dpo["date"][:10],
                 ]
             )
-    grpo = _load("grpo_vs_trl")
-    for a in grpo["algos"] if grpo else []:
-        sp, mem, wall = a["steps_per_s"], a["peak_rss_mib"], a["wall_s"]
-        peer = f"TRL {grpo['versions'].get('trl', '?')}, {grpo['threads']} thread(s)"
-        what = (
-            f"{a['algo'].upper()} whole command (SmolLM2-135M full FT, {a['prompts_per_step']} prompts × {a['group_size']} "
-            f"× ≤{a['max_new_tokens']} new tokens, β {a['beta']}, {a['steps']} steps{_ckpt(a)}; {peer})"
-        )
-        load = _load_note(grpo, a["runs"])
-        parts = "; ".join(
-            f"{r['framework']} step {r['step_s_median']:.1f} s = gen {r['median_after_first']['generation']:.1f} + "
-            f"score {r['median_after_first']['scoring']:.2f} + logprobs {r['median_after_first']['logprobs']:.1f} + "
-            f"train {r['median_after_first']['training']:.1f}"
-            for r in a["runs"]
-        )
-        out.append(
-            [
-                what + " · steps/s (steps 2..N)",
-                _num(sp["ours"], ".3f"),
-                f"{sp['best_peer']} {_num(sp['peer'], '.3f')}",
-                _num(sp["ratio"], ".2f") + "× (target ≥ 2)",
-                parts,
-                load,
-                grpo["date"][:10],
-            ]
-        )
-        out.append(
-            [
-                f"{a['algo'].upper()} whole command · peak RSS (MiB)",
-                _num(mem["ours"], ".0f"),
-                f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
-                _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
-                "wall s: " + ", ".join(f"{fw} {v:.0f}" for fw, v in wall["medians"].items()),
-                load,
-                grpo["date"][:10],
-            ]
-        )
+    for name in ("grpo_vs_trl", "grpo_vs_trl_onpolicy"):  # the second: after the on-policy change
+        out += _grpo_rows(_load(name), name)
     cmd = _load("dpo_command_vs_trl")
     if cmd:
         c = cmd["config"]
@@ -236,6 +201,49 @@ def main() -> None:
         text += "\n" + block + "\n"
     README.write_text(text, encoding="utf-8")
     print(table())
+
+
+def _grpo_rows(grpo: dict | None, name: str) -> list:
+    """Table rows of one grpo_vs_trl*.json file."""
+    out: list = []
+    for a in grpo["algos"] if grpo else []:
+        sp, mem, wall = a["steps_per_s"], a["peak_rss_mib"], a["wall_s"]
+        peer = f"TRL {grpo['versions'].get('trl', '?')}, {grpo['threads']} thread(s)"
+        what = (
+            f"{a['algo'].upper()} whole command (SmolLM2-135M full FT, {a['prompts_per_step']} prompts × {a['group_size']} "
+            f"× ≤{a['max_new_tokens']} new tokens, β {a['beta']}, {a['steps']} steps{_ckpt(a)}; {peer})"
+            + (" after the on-policy change" if name.endswith("onpolicy") else "")
+        )
+        load = _load_note(grpo, a["runs"])
+        parts = "; ".join(
+            f"{r['framework']} step {r['step_s_median']:.1f} s = gen {r['median_after_first']['generation']:.1f} + "
+            f"score {r['median_after_first']['scoring']:.2f} + logprobs {r['median_after_first']['logprobs']:.1f} + "
+            f"train {r['median_after_first']['training']:.1f}"
+            for r in a["runs"]
+        )
+        out.append(
+            [
+                what + " · steps/s (steps 2..N)",
+                _num(sp["ours"], ".3f"),
+                f"{sp['best_peer']} {_num(sp['peer'], '.3f')}",
+                _num(sp["ratio"], ".2f") + "× (target ≥ 2)",
+                parts,
+                load,
+                grpo["date"][:10],
+            ]
+        )
+        out.append(
+            [
+                f"{a['algo'].upper()} whole command{' (on-policy)' if name.endswith('onpolicy') else ''} · peak RSS (MiB)",
+                _num(mem["ours"], ".0f"),
+                f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
+                _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
+                "wall s: " + ", ".join(f"{fw} {v:.0f}" for fw, v in wall["medians"].items()),
+                load,
+                grpo["date"][:10],
+            ]
+        )
+    return out
 
 
 if __name__ == "__main__":
