@@ -97,6 +97,7 @@ METRICS = {
     "value/loss": "value-function loss (PPO)",
     "policy/clipfrac": "fraction of tokens whose ratio was clipped",
     "policy/approx_kl": "k3 estimate of KL(π_old‖π_θ) between sampling and update",
+    "gen_limit_frac": "RL stages: sampling tokens/s over the compute limit (matmul FLOP/s / 2N per token)",
     "gold": "RL stages with `gold:` set: mean gold reward of the rollout's responses (next to the proxy `score`)",
     "rm/disagreement": "a reward-model ensemble's mean spread (std over heads) on the rollout's responses",
     # RL stages' monitors on each rollout (alignlab.trainers.monitoring; the thresholds are the `monitors` knobs)

@@ -15,7 +15,7 @@ import pytest
 # Every run of this test: PPO checkpoints every 5 of its 30 rollouts; the group stages after it are
 # cut short (they are not what is tested, only what `alignlab run` does after a resumed stage).
 OVERRIDES = ["train.progress=false", "ppo.train.save_every=5", "rloo.train.max_steps=3", "grpo.train.max_steps=3"]
-TIMING = ("time/", "tokens_per_s", "gen_tokens_per_s")
+TIMING = ("time/", "tokens_per_s", "gen_tokens_per_s", "gen_limit_frac")  # wall-clock figures
 
 
 def command():

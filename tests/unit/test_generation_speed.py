@@ -74,3 +74,16 @@ def test_packed_engine_samples_the_same_tokens():
     assert [g.response_ids for g in fast] == [g.response_ids for g in plain]
     for f, p in zip(fast, plain):
         assert f.logprobs == pytest.approx(p.logprobs, abs=1e-4)
+
+
+def test_measuring_the_matmul_rate_leaves_the_global_rng_alone():
+    """A resumed run measures the rate at another step than the straight run: it must not move the
+    stream the rollouts sample from (exact resume)."""
+    import torch
+
+    from alignlab.rollout.throughput import matmul_gflops
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    assert matmul_gflops("cpu", size=64, repeats=1) > 0
+    assert torch.equal(torch.get_rng_state(), before)

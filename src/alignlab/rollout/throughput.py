@@ -40,11 +40,13 @@ def matmul_gflops(device: str = "cpu", size: int = 2048, repeats: int = 5) -> fl
     """The device's fp32 ``torch.mm`` rate in GFLOP/s: the best of ``repeats`` (size × size)² products.
 
     The best, not the mean, so that a moment of other load on a shared machine does not lower the
-    limit. About 1 s on a 2-core CPU; cached per (device, size, repeats).
+    limit. About 1 s on a 2-core CPU; cached per (device, size, repeats). Leaves the global RNG as
+    it was (a run that resumes measures it at another step than the straight run).
     """
     dev = torch.device(device)
-    a = torch.randn(size, size, device=dev)
-    b = torch.randn(size, size, device=dev)
+    g = torch.Generator(device=dev).manual_seed(0)  # its own stream: the training RNG must not move
+    a = torch.randn(size, size, device=dev, generator=g)
+    b = torch.randn(size, size, device=dev, generator=g)
 
     def sync():
         if dev.type == "cuda":
