@@ -61,8 +61,9 @@ class DataConfig:
     )
     share_prompt: bool = knob(
         True,
-        "pairs (dpo paired losses, reward pairs): one row [prompt | chosen | rejected], each prompt computed once "
-        "(a 4-D mask hides chosen from rejected; same numbers, fewer tokens); off when the model cannot take 4-D masks",
+        "pairs (dpo paired losses, reward pairs): one row [prompt | chosen | rejected]; RL groups (grpo, rloo, k > 1): "
+        "one row [prompt | y1 | ... | yk] in the log-prob and training passes. Each prompt computed once (a 4-D mask "
+        "hides one response from another; same numbers, fewer tokens); off when the model cannot take 4-D masks",
     )
 
 

@@ -246,13 +246,14 @@ def shares_prefix_exactly(model, *, tolerance: float | None = None) -> tuple[boo
     return True, f"relative difference {err:.2g}"
 
 
-def prompt_sharing_works(model, log) -> bool:
-    """Probe once (:func:`shares_prefix_exactly`) whether pairs may share their prompt; log the answer or the fallback."""
+def prompt_sharing_works(model, log, what: str = "pair") -> bool:
+    """Probe once (:func:`shares_prefix_exactly`) whether rows (``what``: pairs, groups) may share their prompt;
+    log the answer or the fallback."""
     ok, why = shares_prefix_exactly(model)
     if ok:
-        log.info("data.share_prompt: each pair's prompt computed once (probe: %s)", why)
+        log.info("data.share_prompt: each %s's prompt computed once (probe: %s)", what, why)
     else:
-        log.warning("data.share_prompt: this model's attention does not honour 4-D masks (%s); pairs unshared", why)
+        log.warning("data.share_prompt: this model's attention does not honour 4-D masks (%s); %ss unshared", why, what)
     return ok
 
 

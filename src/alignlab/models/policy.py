@@ -37,6 +37,7 @@ class RLModels:
     ref_model: Any = None  # frozen copy of the initial weights (full fine-tuning); None with LoRA
     value_head: Any = None  # models.value.ValueHead or None
     value_model: Any = None  # a separate trunk for the value head, or None (head on the policy's trunk)
+    share_prompt: bool = False  # rows with the same prompt compute it once (rollout.shared_prompt)
 
     @property
     def device(self) -> torch.device:

@@ -1,6 +1,8 @@
 """Forward passes over a rollout: the policy's and the reference's log-probs of the sampled tokens, values, entropy.
 
-Shapes: B responses, P prompt columns (left-padded), R response columns (right-padded).
+Shapes: B responses, P prompt columns (left-padded), R response columns (right-padded). With
+``RLModels.share_prompt`` the rows that share a prompt run as one row (:mod:`alignlab.rollout.shared_prompt`);
+the hidden states come back in the same ``(B, R, H)`` layout, so nothing after the trunk changes.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ from alignlab.losses.reduce import masked_sum
 from alignlab.models.logprobs import entropy_chunks, hidden_states, logprobs_from_hidden, reference_mode, trunk_and_head
 from alignlab.models.policy import RLModels
 from alignlab.rollout.experience import Experience
+from alignlab.rollout.shared_prompt import shared_layout, shared_response_hidden
 
 
-def response_hidden(model, exp: Experience, device) -> torch.Tensor:
-    """Hidden states at the positions that predict each response token: ``(B, R, H)``."""
+def response_hidden(model, exp: Experience, device, share: bool = False) -> torch.Tensor:
+    """Hidden states at the positions that predict each response token: ``(B, R, H)``.
+
+    ``share``: rows with the same prompt compute it once (when some do; exact where the model honours 4-D masks)."""
+    layout = shared_layout(exp) if share else None
+    if layout is not None:
+        return shared_response_hidden(model, layout, device)
     P = exp.prompt_width
     hidden = hidden_states(
         model, exp.input_ids.to(device), exp.attention_mask.to(device), exp.position_ids.to(device)
@@ -25,9 +33,11 @@ def response_hidden(model, exp: Experience, device) -> torch.Tensor:
     return hidden[:, P - 1 : -1]  # (B, R, H): position P-1+t predicts response token t
 
 
-def response_logprobs(model, exp: Experience, *, temperature: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def response_logprobs(
+    model, exp: Experience, *, temperature: float, device, share: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(log π(y_t) at ``temperature`` ``(B, R)`` float32, the hidden states ``(B, R, H)``)."""
-    h = response_hidden(model, exp, device)
+    h = response_hidden(model, exp, device, share)
     _, head = trunk_and_head(model)
     mask = exp.response_mask.to(device)  # the head runs only on real response tokens; padding reads 0
     return logprobs_from_hidden(head, h, exp.response_ids.to(device), mask=mask, temperature=temperature), h
@@ -37,10 +47,11 @@ def policy_forward(
     models: RLModels, exp: Experience, *, temperature: float, with_values: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(logprobs ``(B, R)``, values ``(B, R)`` or None, policy hidden states ``(B, R, H)``), with grad."""
-    logprobs, h = response_logprobs(models.model, exp, temperature=temperature, device=models.device)
+    share = models.share_prompt
+    logprobs, h = response_logprobs(models.model, exp, temperature=temperature, device=models.device, share=share)
     values = None
     if with_values and models.value_head is not None:
-        vh = h if models.value_model is None else response_hidden(models.value_model, exp, models.device)
+        vh = h if models.value_model is None else response_hidden(models.value_model, exp, models.device, share)
         values = models.value_head(vh)  # (B, R)
     return logprobs, values, h
 
@@ -48,10 +59,11 @@ def policy_forward(
 @torch.no_grad()
 def reference_logprobs(models: RLModels, exp: Experience, *, temperature: float) -> torch.Tensor:
     """log π_ref(y_t) ``(B, R)``: the adapter-less policy (LoRA) or the frozen initial copy."""
+    share = models.share_prompt
     if models.ref_model is not None:
-        return response_logprobs(models.ref_model, exp, temperature=temperature, device=models.device)[0]
+        return response_logprobs(models.ref_model, exp, temperature=temperature, device=models.device, share=share)[0]
     with reference_mode(models.model) as m:
-        return response_logprobs(m, exp, temperature=temperature, device=models.device)[0]
+        return response_logprobs(m, exp, temperature=temperature, device=models.device, share=share)[0]
 
 
 @torch.no_grad()
