@@ -35,7 +35,7 @@ from contextlib import contextmanager, nullcontext
 from alignlab.errors import ConfigError
 
 STRATEGIES = ("ddp", "fsdp2", "zero2", "zero3")
-STAGES = ("sft", "reward", "dpo", "ppo", "rloo", "grpo")  # stages that run on several processes (RL: ddp only)
+STAGES = ("sft", "reward", "dpo", "ppo", "rloo", "grpo")  # stages that run on several processes
 
 
 # ----------------------------------------------------------------------------- the process group
@@ -165,18 +165,23 @@ def _step_module(step_fn):
 class DataParallel:
     """One stage's model trained by several processes: ``forward(batch)`` runs ``step_fn`` wrapped.
 
-    ``params`` are the parameters to train (with FSDP2, the sharded ones that replace them).
+    ``params`` are the parameters to train (with FSDP2, the sharded ones that replace them): the
+    model's, and those of ``extra`` (a module trained beside it, e.g. a value head), wrapped with it.
     ``optimizer`` is ``make_optimizer(params)`` when given (ZeRO needs it: its engine takes the loop's
     AdamW over); with ZeRO the engine also does backward and the step (``engine_steps``).
     """
 
-    def __init__(self, model, params: list, step_fn, strategy: str, *, make_optimizer=None, max_grad_norm=0.0):
+    def __init__(
+        self, model, params: list, step_fn, strategy: str, *, make_optimizer=None, max_grad_norm=0.0, extra=None
+    ):
         import torch
 
         check_strategy(strategy)
         self.model, self.strategy, self.world, self.rank = model, strategy, world_size(), rank()
         self.zero = None  # the DeepSpeed engine's owner under zero2 / zero3
         step = _step_module(step_fn)
+        if extra is not None and len(extra):
+            step.extra = extra  # modules trained beside the model (a value head): wrapped with it
         if strategy in ("zero2", "zero3"):
             from alignlab import deepspeed_strategy
 
@@ -205,11 +210,11 @@ class DataParallel:
         else:
             from torch.distributed.fsdp import fully_shard
 
-            name_of = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-            names = [name_of[id(p)] for p in params]
             step.model = model
+            name_of = {id(p): n for n, p in step.named_parameters(remove_duplicate=False)}
+            names = [name_of[id(p)] for p in params]
             fully_shard(step)  # replaces every parameter of the model by a DTensor shard
-            by_name = dict(model.named_parameters(remove_duplicate=False))
+            by_name = dict(step.named_parameters(remove_duplicate=False))
             self.engine = step
             self.params = [by_name[n] for n in names]
         if self.zero is not None:

@@ -1,13 +1,14 @@
-"""Two CPU processes (torchrun, gloo, DDP) run the RL stages like one.
+"""Two CPU processes (torchrun, gloo; DDP, FSDP2, ZeRO-3) run the RL stages like one.
 
 The sampled tokens of a run depend on how its prompts are split over processes (each process
 samples its share from its own stream), so the exact comparison goes through
 ``rl_row_seeded_main.py``, which samples every response from a stream of its own (seeded by its
 prompt), the same in one process and in two. Given the same tokens, a
 PPO and a GRPO run in two processes log the same per-step losses and stats as in one (1e-5), and
-end with the same weights. A run with real sampling through ``--num-processes 2`` checks the
-launcher, the gathered rollout, and that such a run resumes exactly.
-Each test reads the log for the world size and the DDP wrapper (CPU launchers can fall back to one
+end with the same weights; so does PPO under FSDP2 and ZeRO-3 (sampling on gathered weights, the
+policy and value head sharded). A run with real sampling through ``--num-processes 2`` (FSDP2)
+checks the launcher, the gathered rollout, and that such a run resumes exactly.
+Each test reads the log for the world size and the wrapper (CPU launchers can fall back to one
 plain process silently).
 """
 
@@ -48,11 +49,14 @@ def _run(cmd, root):
     return proc
 
 
-def _row_seeded(stage, root, name, processes):
+def _row_seeded(stage, root, name, processes, *extra):
+    if (root / name / stage / "COMPLETE").is_file():
+        return root / name / stage  # the one-process run, shared by the tests of this module
     launch = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     if processes > 1:
         launch.append(f"--nproc-per-node={processes}")
-    _run([*launch, ROW_SEEDED, *_args(stage, root, name), f"train.run_name={name}", "train.progress=false"], root)
+    cmd = [*launch, ROW_SEEDED, *_args(stage, root, name), f"train.run_name={name}", "train.progress=false", *extra]
+    _run(cmd, root)
     return root / name / stage
 
 
@@ -61,9 +65,16 @@ def _train_rows(stage_dir):
     return {r["step"]: r for r in rows if r["split"] == "train"}
 
 
-def _assert_ddp(stage_dir):
+WRAPPED = {  # what the log must say: the model really is wrapped (CPU set-ups can fall back silently)
+    "ddp": ("wrapper=DistributedDataParallel",),
+    "fsdp2": ("wrapper=FSDP", "param_type=DTensor"),
+    "zero3": ("wrapper=DeepSpeedEngine", "zero_stage=3", "params_held=0.5"),
+}
+
+
+def _assert_ddp(stage_dir, strategy="ddp"):
     log = (stage_dir / "log.txt").read_text()
-    for needle in ("world_size=2", "strategy=ddp", "wrapper=DistributedDataParallel"):
+    for needle in ("world_size=2", f"strategy={strategy}", *WRAPPED[strategy]):
         assert needle in log, log[-2000:]
     assert json.loads((stage_dir / "COMPLETE").read_text())["cost"]["processes"] == 2
 
@@ -78,6 +89,22 @@ def test_two_processes_update_like_one(root, stage):
     one = _row_seeded(stage, root, f"one-{stage}", 1)
     two = _row_seeded(stage, root, f"two-{stage}", 2)
     _assert_ddp(two)
+    _assert_same_run(one, two, stage)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "zero3"])
+def test_sharded_ppo_updates_like_one(root, strategy):
+    """PPO with its value head under FSDP2 (torch's fully_shard) and DeepSpeed ZeRO-3: the rollout is
+    sampled on gathered weights, the policy and value head train sharded, and the run equals one process."""
+    if strategy == "zero3":
+        pytest.importorskip("deepspeed")
+    one = _row_seeded("ppo", root, "one-ppo", 1)
+    two = _row_seeded("ppo", root, f"{strategy}-ppo", 2, f"train.strategy={strategy}")
+    _assert_ddp(two, strategy)
+    _assert_same_run(one, two, "ppo")
+
+
+def _assert_same_run(one, two, stage):
     a, b = _train_rows(one), _train_rows(two)
     assert sorted(b) == list(range(1, STEPS + 1))  # rank 0 alone wrote: one row per step
     compared = 0
@@ -104,12 +131,13 @@ def test_two_processes_update_like_one(root, stage):
 
 
 def test_sampling_run_splits_and_resumes_exactly(root):
-    """``alignlab grpo --num-processes 2`` samples (each process its share, its own stream); rank 0 writes
-    the gathered rollout, and a run resumed from its step-1 checkpoint logs step 2 as the straight
-    run does."""
+    """``alignlab grpo --num-processes 2 --strategy fsdp2`` samples (each process its share, its own
+    stream, on gathered weights); rank 0 writes the gathered rollout, and a run resumed from its step-1
+    checkpoint (full weights loaded before sharding) logs step 2 as the straight run does."""
 
     def run(out, *extra):
         cmd = [sys.executable, "-m", "alignlab", *_args("grpo", out, "s", steps=2), "--num-processes", "2"]
+        cmd += ["--strategy", "fsdp2"]
         _run(
             [*cmd, "train.run_name=s", "train.save_every=1", "train.progress=false", "rollout.save_every=1", *extra],
             root,
@@ -117,7 +145,7 @@ def test_sampling_run_splits_and_resumes_exactly(root):
         return out / "s" / "grpo"
 
     straight = run(root / "straight")
-    _assert_ddp(straight)
+    _assert_ddp(straight, "fsdp2")
     rollout = [json.loads(line) for line in (straight / "rollouts" / "step-00000001.jsonl").read_text().splitlines()]
     assert len(rollout) == 12  # rank 0 wrote the gathered rollout: 3 prompts x 4, both processes' rows
     # resume: the same run cut after step 1 (its step-2 checkpoint, final and COMPLETE removed)

@@ -145,6 +145,11 @@ def _load_pt(path: Path):
         ) from None
 
 
+def read_extra(folder: Path) -> dict:
+    """A checkpoint's stage state (``extra.pt``), name -> state dict; {} when it has none."""
+    return _load_pt(folder / "extra.pt") if (folder / "extra.pt").is_file() else {}
+
+
 def load_checkpoint(
     folder: Path, *, load_model: Callable[[Path], None], optimizer=None, scheduler=None
 ) -> tuple[dict, dict]:
@@ -157,7 +162,7 @@ def load_checkpoint(
     if scheduler is not None and (folder / "scheduler.pt").is_file():
         scheduler.load_state_dict(_load_pt(folder / "scheduler.pt"))
     set_rng_state(_load_pt(folder / "rng.pt"))
-    extra = _load_pt(folder / "extra.pt") if (folder / "extra.pt").is_file() else {}
+    extra = read_extra(folder)
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     _set_py_random_state(state.pop("python_random"))
     return state, extra

@@ -43,7 +43,7 @@ from alignlab.rollout.passes import policy_forward, rollout_pass
 from alignlab.rollout.rewards import last_user_text
 from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
 from alignlab.rollout.throughput import compute_limit_fraction
-from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, mean_stats, train_loop
+from alignlab.trainers.loop import DataOrder, FitResult, Loop, StepOutcome, make_optimizer, mean_stats, train_loop
 from alignlab.trainers.monitoring import TrainingMonitors, build_monitors
 from alignlab.trainers.run import RunDir, open_stage
 
@@ -201,8 +201,10 @@ def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop, p
         for mb in exp.minibatches(cfg.mini_batch_size, g):
             loss, stats = loss_fn(mb) if parallel is None else parallel.forward(mb)
             finite = bool(torch.isfinite(loss))  # the same in every process (the whole minibatch's loss)
-            if finite:
-                (loss if parallel is None else loss * parallel.world).backward()
+            if parallel is not None and (finite or parallel.engine_steps):  # ZeRO's engine runs every backward
+                parallel.backward(loss * parallel.world, finite)
+            elif finite:
+                loss.backward()
             norm, stepped = loop.apply(finite)
             if stepped:
                 acc.append({"loss": loss.detach(), **stats})
@@ -237,16 +239,29 @@ def rl_fit(
     parallel = None
     if distributed.active():
         check_parallel(ctx.cfg)
-        parallel = distributed.DataParallel(ctx.models.model, params, algo.loss, tcfg.strategy)
+        if tcfg.strategy != "ddp" and tcfg.resume:
+            # FSDP2 and ZeRO: the checkpoint's full weights go into the model before it is sharded
+            load_model = preload_for_sharding(ctx, algo, load_model)
+        parallel = distributed.DataParallel(
+            ctx.models.model,
+            params,
+            algo.loss,
+            tcfg.strategy,
+            make_optimizer=lambda ps: make_optimizer(ps, tcfg),
+            max_grad_norm=tcfg.max_grad_norm,
+            extra=ctx.models.value_modules(),
+        )
         params = parallel.params
         ctx.run.log.info(parallel.describe())
+    full_params = parallel.full_params if parallel is not None else contextlib.nullcontext
 
     def update(step: int, loop: Loop) -> StepOutcome:
         index = order.batch(step)
         t0 = time.perf_counter()
         if parallel is not None:
             index = my_share(index)  # this process samples its share; the rollout is then gathered whole
-        with own_stream(tcfg.seed, step) if parallel is not None else contextlib.nullcontext():
+        # sampling and the no-grad pass run on full weights (FSDP2 and ZeRO-3 gather them for the rollout)
+        with own_stream(tcfg.seed, step) if parallel is not None else contextlib.nullcontext(), full_params():
             exp, stats = algo.make_experience([ctx.train_records[i] for i in index], [ctx.train_ids[i] for i in index])
         if ctx.monitors is not None:
             ctx.monitors.warn(step + 1, ctx.run.log, stage=ctx.run.stage)
@@ -286,6 +301,38 @@ def rl_fit(
     )
 
 
+def preload_for_sharding(ctx: RLContext, algo: RLAlgorithm, load_model):
+    """Resume under FSDP2 or ZeRO: load the latest checkpoint's policy and value weights now, before
+    the wrapper shards them; returns the ``load_model`` the loop should call then (nothing left to do).
+    The value state is then restored here too, so the loop's copy of it loads nothing."""
+    from alignlab.trainers import checkpoint as ckpt
+
+    latest = ckpt.latest_complete(ctx.run.ckpt_dir)
+    if latest is None:
+        return load_model
+    load_model(latest / "model")
+    value = algo.extra_state.get("value")
+    if value is not None:
+        saved = ckpt.read_extra(latest).get("value")
+        if saved is not None:
+            value.load_state_dict(saved)
+        algo.extra_state["value"] = _SavedOnly(value)
+    return lambda folder: None
+
+
+class _SavedOnly:
+    """An extra state that is saved as usual but already loaded (see :func:`preload_for_sharding`)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def own_stream(seed: int, step: int):
     """With several processes: this process samples step ``step``'s rollout from its own RNG stream,
@@ -300,10 +347,6 @@ def own_stream(seed: int, step: int):
 def check_parallel(cfg) -> None:
     """Refuse, in one line, what the RL stages do not do on several processes."""
     W = distributed.world_size()
-    if cfg.train.strategy != "ddp":
-        raise ConfigError(
-            f"the RL stages run on several processes with train.strategy=ddp only (got {cfg.train.strategy!r})"
-        )
     if cfg.train.batch_size < W:
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be at least the number of processes ({W})")
     if getattr(cfg, "entropy_coef", 0.0):
@@ -364,6 +407,10 @@ def run_rl_stage(
         models = build_models(cfg.model, seed=cfg.train.seed, value=value, reference=cfg.reference)
         if cfg.reference:
             run.consumed["reference"] = cfg.reference
+        if cfg.data.share_prompt and getattr(cfg, "group_size", 1) > 1:  # rows of a group share their prompt
+            from alignlab.models.logprobs import prompt_sharing_works
+
+            models.share_prompt = prompt_sharing_works(models.model, run.log, what="group")
         tok = models.tokenizer
         engine = make_engine(
             cfg.rollout.engine,
