@@ -227,6 +227,12 @@ class RLSections:
         "π_ref for the KL penalty: a model folder (e.g. runs/<run>/sft/final; iterated runs wire it for ppo@r), "
         "loaded frozen beside the policy; empty: the policy as loaded (with LoRA its adapter off, else a frozen copy)",
     )
+    placement: str = knob(
+        "auto",
+        "devices of the frozen reference, the reward model and a separate value trunk: auto (one process with 2+ GPUs: "
+        "reference and reward on cuda:1, a separate value trunk on cuda:2 when there is one), same (all on "
+        "model.device), or role=device pairs such as reference=cuda:1,reward=cuda:1,value=cuda:2",
+    )
 
 
 def _check_rl(cfg, *, needs_groups: bool) -> None:

@@ -61,12 +61,15 @@ class RLModels:
         return torch.nn.ModuleDict(mods)
 
 
-def build_models(model_cfg, *, seed: int, value: str | None = None, reference: str | None = None) -> RLModels:
+def build_models(
+    model_cfg, *, seed: int, value: str | None = None, reference: str | None = None, devices: dict | None = None
+) -> RLModels:
     """Load the policy, set up π_ref, and a value head on its trunk (``head``) or a second copy (``separate``).
 
     π_ref is the model folder ``reference`` when given (loaded frozen: one more copy of the weights),
     else the policy as loaded: with LoRA the same network with its adapter disabled, with full
-    fine-tuning a frozen copy.
+    fine-tuning a frozen copy. ``devices`` (:func:`alignlab.models.placement.plan`): where the frozen
+    copy and a separate value trunk go (default: with the policy); the value head stays with the policy.
     """
     from alignlab.config import from_dict, to_dict
     from alignlab.config.sections import ModelConfig
@@ -84,6 +87,9 @@ def build_models(model_cfg, *, seed: int, value: str | None = None, reference: s
         disable_dropout(ref_model)
     elif not is_peft(model):
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    devices = devices or {}
+    if ref_model is not None and devices.get("reference"):
+        ref_model.to(devices["reference"])
     value_head = value_model = None
     if value is not None:
         device = next(model.parameters()).device
@@ -91,6 +97,8 @@ def build_models(model_cfg, *, seed: int, value: str | None = None, reference: s
         if value == "separate":
             value_model = load_model(model_cfg, seed=seed).model
             disable_dropout(value_model)
+            if devices.get("value"):
+                value_model.to(devices["value"])
     return RLModels(model, tokenizer, ref_model, value_head, value_model)
 
 

@@ -51,17 +51,25 @@ def policy_forward(
     logprobs, h = response_logprobs(models.model, exp, temperature=temperature, device=models.device, share=share)
     values = None
     if with_values and models.value_head is not None:
-        vh = h if models.value_model is None else response_hidden(models.value_model, exp, models.device, share)
+        if models.value_model is None:
+            vh = h
+        else:  # a separate trunk, maybe on a device of its own (models.placement): its states come to the head
+            vh = response_hidden(models.value_model, exp, _device_of(models.value_model), share).to(models.device)
         values = models.value_head(vh)  # (B, R)
     return logprobs, values, h
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
 def reference_logprobs(models: RLModels, exp: Experience, *, temperature: float) -> torch.Tensor:
     """log π_ref(y_t) ``(B, R)``: the adapter-less policy (LoRA) or the frozen initial copy."""
     share = models.share_prompt
-    if models.ref_model is not None:
-        return response_logprobs(models.ref_model, exp, temperature=temperature, device=models.device, share=share)[0]
+    if models.ref_model is not None:  # on its own device (models.placement); the log-probs stay there
+        ref = models.ref_model
+        return response_logprobs(ref, exp, temperature=temperature, device=_device_of(ref), share=share)[0]
     with reference_mode(models.model) as m:
         return response_logprobs(m, exp, temperature=temperature, device=models.device, share=share)[0]
 

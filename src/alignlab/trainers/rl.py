@@ -393,18 +393,27 @@ def run_rl_stage(
     ``build_algo(ctx)`` returns the stage's :class:`RLAlgorithm`; ``value`` is ``"head"``,
     ``"separate"`` or None (no value function).
     """
+    from alignlab.models import placement
+    from alignlab.models.load import resolve_device
     from alignlab.rollout.rewards import load_reward_source
     from alignlab.rollout.vllm_engine import make_engine
     from alignlab.trainers.common import load_split, model_io, seed_everything
 
+    devices = placement.plan(
+        cfg.placement,
+        policy_device=str(resolve_device(cfg.model.device)),
+        gpus=torch.cuda.device_count(),
+        processes=distributed.world_size(),
+    )
     # the reward source first: a wrong module:function fails before the run folder exists
     reward = load_reward_source(
-        cfg.reward.source, cfg.reward.kwargs, device=cfg.model.device, batch_size=cfg.reward.batch_size
+        cfg.reward.source, cfg.reward.kwargs, device=devices["reward"], batch_size=cfg.reward.batch_size
     )
     with open_stage(cfg, stage) as run:
         seed_everything(cfg.train.seed)
         train_records, eval_records = load_split(cfg.data, "prompt", cfg.train.seed, run.log)
-        models = build_models(cfg.model, seed=cfg.train.seed, value=value, reference=cfg.reference)
+        models = build_models(cfg.model, seed=cfg.train.seed, value=value, reference=cfg.reference, devices=devices)
+        run.log.info("placement %s: %s", cfg.placement, placement.describe(devices))
         if cfg.reference:
             run.consumed["reference"] = cfg.reference
         if cfg.data.share_prompt and getattr(cfg, "group_size", 1) > 1:  # rows of a group share their prompt
