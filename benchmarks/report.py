@@ -112,7 +112,8 @@ def rows() -> list[list[str]]:
                     dpo["date"][:10],
                 ]
             )
-    for name in ("grpo_vs_trl", "grpo_vs_trl_onpolicy"):  # the second: after the on-policy change
+    # after the on-policy change, then with each prompt computed once per group
+    for name in ("grpo_vs_trl", "grpo_vs_trl_onpolicy", "grpo_vs_trl_shared"):
         out += _grpo_rows(_load(name), name)
     cmd = _load("dpo_command_vs_trl")
     if cmd:
@@ -203,6 +204,9 @@ def main() -> None:
     print(table())
 
 
+_GRPO_TAG = {"onpolicy": " (on-policy)", "shared": " (shared prompts)"}
+
+
 def _grpo_rows(grpo: dict | None, name: str) -> list:
     """Table rows of one grpo_vs_trl*.json file."""
     out: list = []
@@ -212,7 +216,9 @@ def _grpo_rows(grpo: dict | None, name: str) -> list:
         what = (
             f"{a['algo'].upper()} whole command (SmolLM2-135M full FT, {a['prompts_per_step']} prompts × {a['group_size']} "
             f"× ≤{a['max_new_tokens']} new tokens, β {a['beta']}, {a['steps']} steps{_ckpt(a)}; {peer})"
-            + (" after the on-policy change" if name.endswith("onpolicy") else "")
+            + {"onpolicy": " after the on-policy change", "shared": " with each prompt computed once per group"}.get(
+                name.rsplit("_", 1)[-1], ""
+            )
         )
         load = _load_note(grpo, a["runs"])
         parts = "; ".join(
@@ -234,7 +240,7 @@ def _grpo_rows(grpo: dict | None, name: str) -> list:
         )
         out.append(
             [
-                f"{a['algo'].upper()} whole command{' (on-policy)' if name.endswith('onpolicy') else ''} · peak RSS (MiB)",
+                f"{a['algo'].upper()} whole command{_GRPO_TAG.get(name.rsplit('_', 1)[-1], '')} · peak RSS (MiB)",
                 _num(mem["ours"], ".0f"),
                 f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
                 _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
