@@ -106,6 +106,7 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
     import torch
 
     from alignlab.data.tokenize import messages_of
+    from alignlab.models.logprobs import shares_prefix_exactly
     from alignlab.rollout.generate import TransformersEngine
     from alignlab.rollout.passes import response_logprobs
     from alignlab.rollout.sampling import sample_rollout, sampling_params
@@ -117,11 +118,14 @@ def sample_policy(model, tokenizer, records, prompt_ids, *, k: int, rollout, see
     device = next(model.parameters()).device
     passes = {"ref": ref_model if ref_model is not model else None, "own": None if recorded else model}
     out: dict[str, list] = {name: [] for name, m in passes.items() if m is not None}
+    # the k responses of a prompt compute it once (rollout.shared_prompt), where the model honours 4-D masks
+    share = {name: k > 1 and shares_prefix_exactly(m)[0] for name, m in passes.items() if m is not None}
     with torch.no_grad():
         for s in range(0, len(exp), rollout.forward_batch_size):
             part = exp.select(torch.arange(s, min(s + rollout.forward_batch_size, len(exp))))
             for name in out:
-                lp = response_logprobs(passes[name], part, temperature=rollout.temperature, device=device)[0]
+                m = passes[name]
+                lp = response_logprobs(m, part, temperature=rollout.temperature, device=device, share=share[name])[0]
                 out[name].append(lp.float().cpu())
     done = {name: torch.cat(chunks) for name, chunks in out.items()}
     rows = []
