@@ -174,11 +174,13 @@ def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor) -> dict | None:
 
     if ids.shape[1] < 2:
         return None
-    first: dict[tuple, int] = {}
-    inverse = [first.setdefault(tuple(row), len(first)) for row in ids.tolist()]
-    if len(first) == len(inverse):
+    first: dict[tuple, int] = {}  # a distinct row -> the index of its first occurrence
+    rows = [first.setdefault(tuple(row), i) for i, row in enumerate(ids.tolist())]
+    if len(first) == len(rows):
         return None
-    reps = torch.tensor([inverse.index(j) for j in range(len(first))], device=ids.device)
+    slot = {r: j for j, r in enumerate(first.values())}  # first occurrence -> its row in the prefill batch
+    inverse = [slot[r] for r in rows]
+    reps = torch.tensor(list(first.values()), device=ids.device)
     u_ids, u_attn = ids[reps, :-1], attn[reps, :-1]
     positions = (u_attn.cumsum(-1) - 1).masked_fill(u_attn == 0, 1)  # as generate computes them
     trunk, _ = trunk_and_head(model)
