@@ -94,11 +94,13 @@ class DataOrder:
 
 
 def grad_norm(params) -> torch.Tensor:
+    """The global L2 norm of the gradients, computed as ``torch.nn.utils.clip_grad_norm_`` does (so
+    :func:`clip_and_step` can clip with it instead of taking every norm a second time)."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
-    if grads and hasattr(grads[0], "full_tensor"):  # FSDP2: each process holds shards (DTensors)
-        return torch.nn.utils.get_total_norm([g.float() for g in grads]).full_tensor()
-    grads = [g.float().norm() for g in grads]
-    return torch.stack(grads).norm() if grads else torch.zeros(())
+    if not grads:
+        return torch.zeros(())
+    total = torch.nn.utils.get_total_norm(grads)
+    return total.full_tensor() if hasattr(total, "full_tensor") else total  # FSDP2: DTensor shards
 
 
 class NonFiniteGuard:
@@ -126,8 +128,13 @@ def clip_and_step(params, optimizer, max_grad_norm: float, *, finite: bool = Tru
     norm = grad_norm(params) if finite else torch.tensor(float("nan"))
     stepped = finite and bool(torch.isfinite(norm))
     if stepped:
-        if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        # clip_grad_norm_'s scale, min(1, max / (norm + 1e-6)), from the norm above; at 1 the
+        # multiply would leave every gradient as it is, so it is skipped (a pass over all of them)
+        if max_grad_norm > 0 and max_grad_norm / (float(norm) + 1e-6) < 1.0:
+            if any(hasattr(p.grad, "full_tensor") for p in params if p.grad is not None):
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)  # FSDP2: scales the local shards
+            else:
+                torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm, stepped
