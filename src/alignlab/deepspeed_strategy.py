@@ -219,12 +219,26 @@ class FullZeroOptimizerState:
         from deepspeed.utils import safe_set_full_optimizer_state
 
         if self.zero.stage == 3:
-            safe_set_full_optimizer_state(p, value, key)
+            if p.ds_numel % p.ds_process_group.size() == 0:
+                safe_set_full_optimizer_state(p, value, key)
+            else:  # deepspeed 0.19.8 reads past the end of the last, padded partition (e.g. a bias of size 1)
+                self._set_padded_z3(p, key, value)
             return
         fragment = self._fragment(i, p, key)
         if fragment is not None:
             part, start, numel = fragment
             part.copy_(value.flatten().narrow(0, start, numel))
+
+    @staticmethod
+    def _set_padded_z3(p, key: str, value) -> None:
+        """ZeRO-3: this process's partition of ``p``'s state ``key`` from the full ``value``; the
+        partition's elements past the parameter's end (padding) are zero, as DeepSpeed creates them."""
+        opt = p._z3_optimizer
+        part, _ = opt._get_fp32_opt_state_partition(p, release_swap_buffers=False, optim_state_key=key)
+        n = part.numel()
+        mine = value.flatten()[n * opt._get_param_partition_rank(p) :][:n]
+        part.data.zero_()
+        part.data[: mine.numel()].copy_(mine)
 
     def gather(self) -> None:
         """Collective: every process calls it; rank 0 then holds the full state."""

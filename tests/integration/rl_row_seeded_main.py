@@ -4,10 +4,12 @@ test_rl_distributed.py, in one process or under torchrun).
 In a real run each process samples its share of a rollout from its own stream, so the tokens
 depend on the number of processes. Here every response is sampled alone, from a stream seeded by
 its prompt, its place in the prompt's group and the call's number: the same tokens in one process
-and in two, so everything after sampling can be compared exactly.
+and in two, so everything after sampling can be compared exactly. A resumed run says in
+``ROW_SEEDED_CALLS_BEFORE`` how many calls the run made before its checkpoint (one per step).
 """
 
 import dataclasses
+import os
 import sys
 import zlib
 
@@ -19,7 +21,7 @@ _make = engines.make_engine
 
 class RowSeeded:
     def __init__(self, engine):
-        self.engine, self.calls = engine, 0
+        self.engine, self.calls = engine, int(os.environ.get("ROW_SEEDED_CALLS_BEFORE", "0"))
 
     def generate(self, prompts, params):
         self.calls += 1

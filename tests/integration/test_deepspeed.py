@@ -55,11 +55,11 @@ def _check_like_one(root, references, stage, name, strategy):
     assert sorted(two) == list(range(1, STEPS + 1))  # rank 0 alone wrote the metrics: one row per step
     assert two == pytest.approx(one, abs=1e-5), (one, two)
     assert one[STEPS] < one[1]  # it trained: equal curves mean equal updates
-    # ZeRO-3 reduce-scatters each parameter's gradient (the tied embedding's in two parts) and sums
-    # in another order; through AdamW that rounding reaches 1.3e-5 on the embedding after 4 steps
-    # while the losses agree to 1e-6
-    atol = 5e-5 if strategy == "zero3" else 1e-5
-    _assert_final_loads_and_equals(stage_dir / "final", references[stage] / "final", atol=atol)
+    # ZeRO reduce-scatters each parameter's gradient (the tied embedding's in two parts) and sums in
+    # another order; through AdamW (whose update is sign-like where a gradient is at rounding level)
+    # that rounding reaches the tied embedding after 4 steps while the losses agree to 1e-6. Measured:
+    # zero3 1.3e-5 on an AMD EPYC, zero2 2.7e-5 on an AVX-512 Xeon; 5e-5 is 2% of one step at lr 3e-3
+    _assert_final_loads_and_equals(stage_dir / "final", references[stage] / "final", atol=5e-5)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
