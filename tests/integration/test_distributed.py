@@ -68,8 +68,13 @@ def _assert_wrapped(stage_dir, strategy):
     assert json.loads((stage_dir / "COMPLETE").read_text())["cost"]["processes"] == 2
 
 
-def _assert_final_loads_and_equals(final, reference, atol=1e-5):
-    """The final folder is a plain Hugging Face model that loads in one process; its weights are the reference's."""
+def _assert_final_loads_and_equals(final, reference, atol=5e-5):
+    """The final folder is a plain Hugging Face model that loads in one process; its weights are the reference's.
+
+    ``atol``: two processes sum the gradients in another order, and AdamW's update is sign-like where
+    a gradient is at rounding level, so such weights move apart by up to ~lr per step. The tied
+    embedding after 4 SFT steps at lr 3e-3: 2.7e-5 on an AVX-512 Xeon (under 1e-5 on an AMD EPYC);
+    5e-5 is 2% of one step. The per-step losses, compared at 1e-5, are the sharp check."""
     import torch
 
     from alignlab.config import ModelConfig, from_dict
