@@ -18,8 +18,9 @@ root="$(cd "$here/.." && pwd)"
 env="$here/.envs/trl"
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-# TRL 1.13.0 is the release this was measured with; override with TRL_SPEC=trl==X.Y.Z.
-TRL_SPEC=${TRL_SPEC:-trl==1.13.0}
+# The newest TRL release that installs here (1.16.0 on 2026-12-02; TRL became ~2x faster between
+# 1.13 and 1.16, so an old pin makes a stale peer); override with TRL_SPEC=trl==X.Y.Z.
+TRL_SPEC=${TRL_SPEC:-trl==1.16.0}
 
 mkdir -p "$here/.envs"
 if [ ! -x "$env/bin/python" ]; then
