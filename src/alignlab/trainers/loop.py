@@ -95,12 +95,10 @@ class DataOrder:
 
 def grad_norm(params) -> torch.Tensor:
     """The global L2 norm of the gradients, computed as ``torch.nn.utils.clip_grad_norm_`` does (so
-    :func:`clip_and_step` can clip with it instead of taking every norm a second time)."""
+    :func:`clip_and_step` can clip with it instead of taking every norm a second time). Under FSDP2
+    the gradients are DTensor shards and so is this norm (``.full_tensor()`` gives its value)."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    total = torch.nn.utils.get_total_norm(grads)
-    return total.full_tensor() if hasattr(total, "full_tensor") else total  # FSDP2: DTensor shards
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
 class NonFiniteGuard:
@@ -125,16 +123,14 @@ def clip_and_step(params, optimizer, max_grad_norm: float, *, finite: bool = Tru
     Clips the global norm to ``max_grad_norm`` (0: no clipping), steps, and always clears the
     gradients. Returns (the norm before clipping, NaN when skipped early; whether it stepped).
     """
-    norm = grad_norm(params) if finite else torch.tensor(float("nan"))
+    total = grad_norm(params) if finite else torch.tensor(float("nan"))
+    norm = total.full_tensor() if hasattr(total, "full_tensor") else total  # FSDP2: a DTensor
     stepped = finite and bool(torch.isfinite(norm))
     if stepped:
         # clip_grad_norm_'s scale, min(1, max / (norm + 1e-6)), from the norm above; at 1 the
         # multiply would leave every gradient as it is, so it is skipped (a pass over all of them)
         if max_grad_norm > 0 and max_grad_norm / (float(norm) + 1e-6) < 1.0:
-            if any(hasattr(p.grad, "full_tensor") for p in params if p.grad is not None):
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)  # FSDP2: scales the local shards
-            else:
-                torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
+            torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, total)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return norm, stepped
