@@ -121,6 +121,11 @@ class RolloutConfig:
     )
     generation_batch_size: int = knob(32, "prompts per model.generate call (transformers engine)")
     forward_batch_size: int = knob(16, "rows per no-grad forward pass for old/reference log-probs and values")
+    backward_batch_size: int = knob(
+        8,
+        "rows per forward+backward chunk of an on-policy RLOO/GRPO update (one epoch over one minibatch), "
+        "rounded to whole groups: smaller holds fewer activations at once, larger runs faster",
+    )
     vllm_gpu_memory_utilization: float = knob(0.3, "fraction of GPU memory vLLM may take (vllm engine only)")
     save_every: int = knob(
         1,

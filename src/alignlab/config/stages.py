@@ -227,6 +227,12 @@ class RLSections:
         "π_ref for the KL penalty: a model folder (e.g. runs/<run>/sft/final; iterated runs wire it for ppo@r), "
         "loaded frozen beside the policy; empty: the policy as loaded (with LoRA its adapter off, else a frozen copy)",
     )
+    reference_weights: str = knob(
+        "auto",
+        "where π_ref's frozen copy (full fine-tuning, or a reference folder) keeps its weights: memory; disk (an "
+        "unnamed file in the stage folder, read module by module in each reference pass: one copy of the weights "
+        "less in memory, one read of them per pass); auto = disk on a CPU, memory on a GPU",
+    )
     placement: str = knob(
         "auto",
         "devices of the frozen reference, the reward model and a separate value trunk: auto (one process with 2+ GPUs: "
@@ -246,11 +252,13 @@ def _check_rl(cfg, *, needs_groups: bool) -> None:
             "whose log-probs, ratios and KL the trainer never sees, so the update would be for another policy; "
             "lower rollout.temperature instead (the log-probs use the same temperature)"
         )
-    for key in ("max_new_tokens", "generation_batch_size", "forward_batch_size"):
+    for key in ("max_new_tokens", "generation_batch_size", "forward_batch_size", "backward_batch_size"):
         if getattr(r, key) < 1:
             raise ConfigError(f"'rollout.{key}' must be at least 1; got {getattr(r, key)}")
     if r.engine not in ("auto", "transformers", "vllm"):
         raise ConfigError(f"'rollout.engine' must be one of auto, transformers, vllm; got {r.engine!r}")
+    if cfg.reference_weights not in ("auto", "memory", "disk"):
+        raise ConfigError(f"'reference_weights' must be one of auto, memory, disk; got {cfg.reference_weights!r}")
     if cfg.train.grad_accum != 1:
         raise ConfigError(
             "'train.grad_accum' must be 1 for RL stages: each optimizer step takes one minibatch of mini_batch_size rows"
@@ -375,7 +383,8 @@ class RLOOConfig(RLSections):
     mini_batch_size: int = knob(
         16,
         "rollout rows per optimizer step (with ppo_epochs 1 and at least batch_size x group_size rows the "
-        "update is on-policy: the rollout's log-prob pass is also the training forward, one pass saved)",
+        "update is on-policy: the rollout's log-prob pass is also the training forward and backward, "
+        "rollout.backward_batch_size rows at a time)",
     )
     ppo_epochs: int = knob(1, "passes over each rollout")
     cliprange: float = knob(0.2, "ε: clip range of the sequence ratio (loss=clip)")
@@ -416,7 +425,8 @@ class GRPOConfig(RLSections):
     mini_batch_size: int = knob(
         16,
         "rollout rows per optimizer step (with ppo_epochs 1 and at least batch_size x group_size rows the "
-        "update is on-policy: the rollout's log-prob pass is also the training forward, one pass saved)",
+        "update is on-policy: the rollout's log-prob pass is also the training forward and backward, "
+        "rollout.backward_batch_size rows at a time)",
     )
     ppo_epochs: int = knob(1, "passes over each rollout")
     cliprange: float | None = knob(None, "ε: clip range of the ratio (grpo, dr_grpo: 0.2)")

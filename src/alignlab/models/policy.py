@@ -2,9 +2,9 @@
 
 The policy's dropout is switched off (log-probs of the same tokens must not change between the
 rollout and the update, or the ratio carries noise). π_ref is, with LoRA, the same network with its
-adapter disabled; with full fine-tuning a frozen deep copy of the initial weights (memory: one more
-copy of the weights — about 0.54 GB for SmolLM2-135M in float32 — but no gradients or optimizer
-state for it).
+adapter disabled; with full fine-tuning a frozen deep copy of the initial weights (one more copy of
+the weights, about 0.54 GB for SmolLM2-135M in float32, in memory or, on a CPU by default, in a
+file read module by module: :mod:`alignlab.models.streamed`).
 """
 
 from __future__ import annotations
@@ -62,7 +62,14 @@ class RLModels:
 
 
 def build_models(
-    model_cfg, *, seed: int, value: str | None = None, reference: str | None = None, devices: dict | None = None
+    model_cfg,
+    *,
+    seed: int,
+    value: str | None = None,
+    reference: str | None = None,
+    devices: dict | None = None,
+    reference_weights: str = "memory",
+    weights_dir: str | None = None,
 ) -> RLModels:
     """Load the policy, set up π_ref, and a value head on its trunk (``head``) or a second copy (``separate``).
 
@@ -70,6 +77,8 @@ def build_models(
     else the policy as loaded: with LoRA the same network with its adapter disabled, with full
     fine-tuning a frozen copy. ``devices`` (:func:`alignlab.models.placement.plan`): where the frozen
     copy and a separate value trunk go (default: with the policy); the value head stays with the policy.
+    ``reference_weights`` (memory, disk or auto): where a frozen copy keeps its weights
+    (:mod:`alignlab.models.streamed`; disk: an unnamed file in ``weights_dir``).
     """
     from alignlab.config import from_dict, to_dict
     from alignlab.config.sections import ModelConfig
@@ -90,6 +99,12 @@ def build_models(
     devices = devices or {}
     if ref_model is not None and devices.get("reference"):
         ref_model.to(devices["reference"])
+    if ref_model is not None and reference_weights == "auto":
+        reference_weights = "disk" if next(ref_model.parameters()).device.type == "cpu" else "memory"
+    if ref_model is not None and reference_weights == "disk":
+        from alignlab.models.streamed import stream_weights
+
+        stream_weights(ref_model, directory=weights_dir)
     value_head = value_model = None
     if value is not None:
         device = next(model.parameters()).device

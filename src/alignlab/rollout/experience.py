@@ -44,9 +44,7 @@ class Experience:
     )
     advantages: torch.Tensor | None = None  # (B, R) per token (PPO, GAE) or (B,) per sequence (RLOO, GRPO)
     returns: torch.Tensor | None = None  # (B, R) value targets A + V (PPO only)
-    live_logprobs: torch.Tensor | None = (
-        None  # (B, R) log π(y_t) with its graph: the rollout pass was the training forward (on-policy)
-    )
+    backpropagated: bool = False  # the update's gradient is already accumulated (an on-policy rollout pass)
     keep: torch.Tensor | None = None  # (B,) bool: rows that carry a learning signal (DAPO's dynamic sampling)
     prompt_texts: list[str] | None = None  # B prompt texts (the last user message), for the rollout files
 

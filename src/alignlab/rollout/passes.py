@@ -8,6 +8,8 @@ the hidden states come back in the same ``(B, R, H)`` layout, so nothing after t
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -15,6 +17,7 @@ from alignlab.losses.kl import kl_estimate
 from alignlab.losses.reduce import masked_sum
 from alignlab.models.logprobs import entropy_chunks, hidden_states, logprobs_from_hidden, reference_mode, trunk_and_head
 from alignlab.models.policy import RLModels
+from alignlab.models.streamed import holding
 from alignlab.rollout.experience import Experience
 from alignlab.rollout.shared_prompt import shared_layout, shared_response_hidden
 
@@ -69,47 +72,113 @@ def reference_logprobs(models: RLModels, exp: Experience, *, temperature: float)
     share = models.share_prompt
     if models.ref_model is not None:  # on its own device (models.placement); the log-probs stay there
         ref = models.ref_model
-        return response_logprobs(ref, exp, temperature=temperature, device=_device_of(ref), share=share)[0]
+        with holding(ref, trunk_and_head(ref)[1]):  # (a streamed copy: its head is read without a call)
+            return response_logprobs(ref, exp, temperature=temperature, device=_device_of(ref), share=share)[0]
     with reference_mode(models.model) as m:
         return response_logprobs(m, exp, temperature=temperature, device=models.device, share=share)[0]
 
 
+@contextlib.contextmanager
+def one_embedding_backward(model):
+    """Within the block the input embedding's backward waits: each forward's embedding output enters
+    the graph as a leaf that collects its gradient, and on leaving the block one lookup of all the
+    token ids, backpropagated once, carries them into the embedding weight (the same sums).
+
+    For a backward run chunk by chunk: the embedding's gradient is a dense ``(vocab, H)`` tensor
+    (SmolLM2: 113 MB, zero-filled before the rows are added), so once per chunk it cost more than a
+    chunk's matrix products (0.2 s of fresh pages each, measured on SmolLM2 in 1-group chunks).
+    """
+    emb = model.get_input_embeddings()
+    pending = []
+
+    def cut(module, args, out):
+        if not (torch.is_grad_enabled() and out.requires_grad):
+            return out
+        leaf = out.detach().requires_grad_()
+        pending.append((args[0], leaf))
+        return leaf
+
+    handle = emb.register_forward_hook(cut)
+    try:
+        yield
+    finally:
+        handle.remove()
+    done = [(ids, leaf.grad) for ids, leaf in pending if leaf.grad is not None]
+    if done:
+        ids = torch.cat([i.reshape(-1) for i, _ in done])
+        grads = torch.cat([g.reshape(-1, g.shape[-1]) for _, g in done])
+        with torch.enable_grad():
+            emb(ids).backward(grads)
+
+
 @torch.no_grad()
 def rollout_pass(
-    models: RLModels, exp: Experience, *, temperature: float, with_values: bool, batch_size: int, live: bool = False
+    models: RLModels,
+    exp: Experience,
+    *,
+    temperature: float,
+    with_values: bool,
+    batch_size: int,
+    backward: Callable[[Experience, slice, torch.Tensor], None] | None = None,
+    backward_rows: int = 0,
+    group: int = 1,
 ) -> dict:
     """Fill ``exp.old_logprobs``, ``exp.ref_logprobs`` (and ``exp.values``) in chunks of ``batch_size`` rows.
 
-    ``live``: the policy's pass keeps its graph, in ``exp.live_logprobs`` — for an update that is
-    on-policy (one epoch over one minibatch: the log-probs it trains are π_old's, so this pass is
-    also the training forward, and the second forward over the same tokens is saved).
+    ``backward`` (an on-policy update: one epoch over one minibatch, so the log-probs it trains
+    *are* π_old's): the reference's pass runs first; then the policy's keeps its graph, chunk by
+    chunk of ``backward_rows`` rows (rounded to whole groups of ``group`` rows: a group method's
+    advantages are computed within a group), and once a chunk's log-probs are in ``exp`` (the
+    rows after it hold 0), ``backward(exp, rows, logprobs)`` backpropagates the update's loss
+    through that chunk's log-probs ``(n, R)`` and its graph is freed. So this pass is also the
+    training forward, and one chunk's activations are alive at a time.
 
-    Returns stats: ``entropy`` (per-token mean entropy of π at ``temperature`` over valid tokens).
+    Returns stats: ``entropy`` (per-token mean entropy of π at ``temperature`` over valid tokens)
+    and, with ``backward``, ``time/backward`` (the seconds spent in it).
     """
     _, head = trunk_and_head(models.model)
-    olds, refs, vals, lives = [], [], [], []
-    ent_sum, ent_count = 0.0, 0.0
-    for start in range(0, len(exp), batch_size):
-        part = exp.select(torch.arange(start, min(start + batch_size, len(exp))))
-        with torch.enable_grad() if live else contextlib.nullcontext():
-            logprobs, values, h = policy_forward(models, part, temperature=temperature, with_values=with_values)
-        if live:
-            lives.append(logprobs)
-            logprobs, h = logprobs.detach(), h.detach()
-        mask = part.response_mask.to(h.device)
-        n = float(mask.sum())
-        ent_sum += float(entropy_chunks(head, h, mask, temperature=temperature)) * n
-        ent_count += n
-        olds.append(logprobs.float().cpu())
-        refs.append(reference_logprobs(models, part, temperature=temperature).float().cpu())
-        if values is not None:
-            vals.append(values.float().cpu())
-    exp.old_logprobs = torch.cat(olds)  # (B, R)
+    B, R = exp.response_ids.shape
+
+    def chunks(size: int):
+        for start in range(0, B, size):
+            rows = slice(start, min(start + size, B))
+            yield rows, exp.select(torch.arange(rows.start, rows.stop))
+
+    refs = [reference_logprobs(models, part, temperature=temperature).float().cpu() for _, part in chunks(batch_size)]
     exp.ref_logprobs = torch.cat(refs)  # (B, R)
+    if backward is not None:
+        batch_size = max(group, (backward_rows or batch_size) // group * group)
+        exp.old_logprobs = torch.zeros(B, R)
+    olds, vals = [], []
+    ent_sum, ent_count, backward_s = 0.0, 0.0, 0.0
+    with one_embedding_backward(models.model) if backward is not None else contextlib.nullcontext():
+        for rows, part in chunks(batch_size):
+            with torch.enable_grad() if backward is not None else contextlib.nullcontext():
+                live, values, h = policy_forward(models, part, temperature=temperature, with_values=with_values)
+            logprobs, h = live.detach(), h.detach()
+            mask = part.response_mask.to(h.device)
+            n = float(mask.sum())
+            ent_sum += float(entropy_chunks(head, h, mask, temperature=temperature)) * n
+            ent_count += n
+            olds.append(logprobs.float().cpu())
+            if values is not None:
+                vals.append(values.float().cpu())
+            if backward is not None:
+                exp.old_logprobs[rows] = olds[-1]
+                t0 = time.perf_counter()
+                with torch.enable_grad():
+                    backward(exp, rows, live)
+                backward_s += time.perf_counter() - t0
+            del live  # (its graph)
+        t0 = time.perf_counter()
+    backward_s += time.perf_counter() - t0  # (the embedding's)
+    exp.old_logprobs = torch.cat(olds)  # (B, R)
     exp.values = torch.cat(vals) if vals else None  # (B, R)
-    with torch.enable_grad():  # (the concatenation is part of the graph too)
-        exp.live_logprobs = torch.cat(lives) if lives else None  # (B, R), with grad
-    return {"entropy": ent_sum / max(ent_count, 1.0)}
+    stats = {"entropy": ent_sum / max(ent_count, 1.0)}
+    if backward is not None:
+        exp.backpropagated = True
+        stats["time/backward"] = backward_s
+    return stats
 
 
 def sequence_kl(exp: Experience, estimator: str) -> torch.Tensor:

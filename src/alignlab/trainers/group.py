@@ -104,30 +104,58 @@ GROUP_LOSSES = {"grpo": _grpo, "dr_grpo": _grpo, "dapo": _grpo, "gspo": _grpo}  
 
 def on_policy(cfg) -> bool:
     """One epoch over one minibatch that holds the whole rollout: the update's log-probs *are* π_old's,
-    so the rollout's pass doubles as the training forward (one process; with several, each process
-    trains on other rows than it sampled)."""
+    so the rollout's pass doubles as the training forward and backward (one process; with several,
+    each process trains on other rows than it sampled)."""
     from alignlab import distributed
 
     rows = cfg.train.batch_size * cfg.group_size
     return cfg.ppo_epochs == 1 and cfg.mini_batch_size >= rows and not distributed.active()
 
 
+def onpolicy_backward(cfg, targets, loss_fn):
+    """``rollout_pass``'s ``backward`` for an on-policy update of this stage (see :func:`on_policy`)."""
+
+    def backward(exp: Experience, rows: slice, logprobs: torch.Tensor) -> None:
+        """The on-policy update's gradient through the log-probs ``(n, R)`` of ``exp``'s rows ``rows``.
+
+        The loss is the whole rollout's (its normalisers count every kept row), evaluated with these
+        rows' log-probs and the others' held constant, so its gradient is these rows' share of the
+        whole loss's: every loss here is a sum of per-row terms over a fixed normaliser. The rows
+        are whole groups, so their advantages are exact even before the later rows' log-probs exist
+        (RLOO's reward holds the group's own KL)."""
+        exp = exp.select(torch.arange(len(exp)))  # (targets write into it)
+        lp = exp.old_logprobs.to(logprobs.device).index_put((torch.arange(rows.start, rows.stop),), logprobs)
+        targets(exp, cfg)
+        if exp.keep is not None:
+            kept = torch.nonzero(exp.keep).flatten()
+            exp, lp = exp.select(kept), lp[kept]
+            if not len(exp):
+                return
+        loss, _ = loss_fn(lp, exp, exp.response_mask.to(lp.device), cfg)
+        if torch.isfinite(loss):  # (a non-finite update is skipped whole: the final loss says so)
+            loss.backward()
+
+    return backward
+
+
 def build_group(ctx: RLContext, targets, loss_fn) -> RLAlgorithm:
     cfg = ctx.cfg
-    live = on_policy(cfg)
+    backward = onpolicy_backward(cfg, targets, loss_fn)
 
     def make_experience(records, prompt_ids):
-        exp, stats = sample_and_score(ctx, records, prompt_ids, k=cfg.group_size, with_values=False, live=live)
+        exp, stats = sample_and_score(
+            ctx, records, prompt_ids, k=cfg.group_size, with_values=False, backward=backward if on_policy(cfg) else None
+        )
         stats.update(targets(exp, cfg))
         if exp.keep is not None:  # dynamic sampling: train only on the groups that carry a signal
             exp = exp.select(torch.nonzero(exp.keep).flatten())
         return exp, stats
 
     def loss(mb: Experience):
-        if mb.live_logprobs is not None:  # on-policy: the rollout pass's log-probs, with their graph
-            logprobs = mb.live_logprobs
-        else:
-            logprobs, _, _ = ctx.policy_forward(mb, temperature=cfg.rollout.temperature, with_values=False)
+        if mb.backpropagated:  # on-policy: the gradient is in; the loss and its stats at π = π_old
+            with torch.no_grad():
+                return loss_fn(mb.old_logprobs, mb, mb.response_mask, cfg)
+        logprobs, _, _ = ctx.policy_forward(mb, temperature=cfg.rollout.temperature, with_values=False)
         return loss_fn(logprobs, mb, mb.response_mask.to(logprobs.device), cfg)
 
     return RLAlgorithm(make_experience, loss)

@@ -59,11 +59,12 @@ def timed(timings: dict, name: str):
 
 
 def sample_and_score(
-    ctx: RLContext, records, prompt_ids, *, k: int, with_values: bool, live: bool = False
+    ctx: RLContext, records, prompt_ids, *, k: int, with_values: bool, backward=None
 ) -> tuple[Experience, dict]:
     """The part of making experience every RL stage shares: sample, score, no-grad pass. Returns (exp, stats).
 
-    ``live``: the policy's pass keeps its graph for an on-policy update (``rollout_pass``)."""
+    ``backward``: an on-policy update backpropagates through the pass chunk by chunk (``rollout_pass``);
+    its seconds move from ``time/logprobs`` to ``time/backward``."""
     cfg = ctx.cfg
     stats: dict = {}
     with timed(stats, "generation"):
@@ -82,9 +83,12 @@ def sample_and_score(
                 temperature=cfg.rollout.temperature,
                 with_values=with_values,
                 batch_size=cfg.rollout.forward_batch_size,
-                live=live,
+                backward=backward,
+                backward_rows=cfg.rollout.backward_batch_size,
+                group=k,
             )
         )
+    stats["time/logprobs"] -= own.get("time/backward", 0.0)
     texts = [g.text for g in gens]
     if distributed.active():  # every process now holds the whole rollout (rollout.parallel)
         own = distributed.weighted_mean_stats([(float(exp.response_mask.sum()), own)])
@@ -203,7 +207,7 @@ def update_on(ctx: RLContext, exp: Experience, step: int, loss_fn, loop: Loop, p
             finite = bool(torch.isfinite(loss))  # the same in every process (the whole minibatch's loss)
             if parallel is not None and (finite or parallel.engine_steps):  # ZeRO's engine runs every backward
                 parallel.backward(loss * parallel.world, finite)
-            elif finite:
+            elif finite and not mb.backpropagated:  # (an on-policy rollout pass has backpropagated already)
                 loss.backward()
             norm, stepped = loop.apply(finite)
             if stepped:
@@ -271,7 +275,7 @@ def rl_fit(
         t1 = time.perf_counter()
         train_stats, halt = update_on(ctx, exp, step, algo.loss, loop, parallel)
         stats.update(train_stats)
-        stats["time/training"] = time.perf_counter() - t1
+        stats["time/training"] = time.perf_counter() - t1 + stats.get("time/backward", 0.0)
         if halt:
             return StepOutcome(
                 stats,
@@ -412,7 +416,15 @@ def run_rl_stage(
     with open_stage(cfg, stage) as run:
         seed_everything(cfg.train.seed)
         train_records, eval_records = load_split(cfg.data, "prompt", cfg.train.seed, run.log)
-        models = build_models(cfg.model, seed=cfg.train.seed, value=value, reference=cfg.reference, devices=devices)
+        models = build_models(
+            cfg.model,
+            seed=cfg.train.seed,
+            value=value,
+            reference=cfg.reference,
+            devices=devices,
+            reference_weights=cfg.reference_weights,
+            weights_dir=str(run.path),
+        )
         run.log.info("placement %s: %s", cfg.placement, placement.describe(devices))
         if cfg.reference:
             run.consumed["reference"] = cfg.reference
