@@ -64,6 +64,7 @@ def overrides(args, output_dir: str) -> list[str]:
         f"train.seed={args.seed}",
         "beta=0.1",
         "reference_cache=false",
+        *args.set,
     ]
 
 
@@ -72,6 +73,15 @@ def stage_config(args) -> dict:
     from alignlab.profiles import load_profile
 
     return to_dict(load_config(DPOConfig, None, overrides(args, "runs"), base=load_profile("default")["dpo"]))
+
+
+def _alignlab_checkpointing(args) -> str:
+    from alignlab.config import DPOConfig, from_dict
+    from alignlab.models.checkpointing import resolve_mode
+
+    cfg = from_dict(DPOConfig, stage_config(args))
+    mode = cfg.model.gradient_checkpointing
+    return f"{resolve_mode(cfg.model)} ({mode})" if mode == "auto" else mode
 
 
 # ----------------------------------------------------------------------------- workers
@@ -237,7 +247,8 @@ def measure(args) -> dict:
         "max_length": args.max_length,
         "beta": 0.1,
         "lr": 1e-6,
-        "gradient_checkpointing": {"alignlab": "selective (auto)", "trl": "full (TRL's default)"},
+        "gradient_checkpointing": {"alignlab": _alignlab_checkpointing(args), "trl": "full (TRL's default)"},
+        "alignlab_settings": list(args.set),
         "wall_s": harness.summarise(runs, "wall_s", peers=args.peers, lower_is_better=True),
         "peak_rss_mib": harness.summarise(runs, "max_rss_mib", peers=args.peers, lower_is_better=True),
         "targets": {"wall_speedup_min": 2.0, "peak_rss_ratio_max": 0.6},
@@ -252,6 +263,13 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=32, help="pairs trained on (one epoch)")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step (the default profile's)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per sequence (prompt ≤ half)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one more alignlab setting (repeatable; TRL's script takes the same batch and accumulation)",
+    )
     args = p.parse_args()
     if args.worker:
         return worker_main(args.worker)

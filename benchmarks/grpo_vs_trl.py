@@ -72,6 +72,7 @@ def overrides(algo: str, args, output_dir: str) -> list[str]:
         "rollout.engine=transformers",
         "reward.source=char_fraction",
         f"reward.kwargs=[chars={LOWERCASE}]",
+        *args.set,
     ]
 
 
@@ -308,6 +309,9 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8, help="prompts per rollout")
     p.add_argument("--group-size", type=int, default=4, help="responses sampled per prompt")
     p.add_argument("--max-new-tokens", type=int, default=16, help="tokens generated at most per response")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="one more alignlab setting (repeatable)"
+    )
     args = p.parse_args()
     if args.worker:
         return worker_main(args.worker)

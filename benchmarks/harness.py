@@ -433,7 +433,7 @@ def trl_training_args(cfg, workdir: str, gradient_checkpointing: bool = False) -
         output_dir=workdir,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.lr,
         lr_scheduler_type=t.scheduler if t.scheduler != "constant" else "constant_with_warmup",
         warmup_steps=t.warmup_steps,

@@ -113,7 +113,13 @@ def rows() -> list[list[str]]:
                 ]
             )
     # after the on-policy change, then with each prompt computed once per group
-    for name in ("grpo_vs_trl", "grpo_vs_trl_onpolicy", "grpo_vs_trl_shared"):
+    for name in (
+        "grpo_vs_trl",
+        "grpo_vs_trl_onpolicy",
+        "grpo_vs_trl_shared",
+        "grpo_vs_trl_chunked",
+        "grpo_vs_trl_streamed",
+    ):
         out += _grpo_rows(_load(name), name)
     cmd = _load("dpo_command_vs_trl")
     if cmd:
@@ -204,7 +210,12 @@ def main() -> None:
     print(table())
 
 
-_GRPO_TAG = {"onpolicy": " (on-policy)", "shared": " (shared prompts)"}
+_GRPO_TAG = {
+    "onpolicy": " (on-policy)",
+    "shared": " (shared prompts)",
+    "chunked": " (backward in chunks)",
+    "streamed": " (chunks, π_ref on disk)",
+}
 
 
 def _grpo_rows(grpo: dict | None, name: str) -> list:
@@ -216,9 +227,12 @@ def _grpo_rows(grpo: dict | None, name: str) -> list:
         what = (
             f"{a['algo'].upper()} whole command (SmolLM2-135M full FT, {a['prompts_per_step']} prompts × {a['group_size']} "
             f"× ≤{a['max_new_tokens']} new tokens, β {a['beta']}, {a['steps']} steps{_ckpt(a)}; {peer})"
-            + {"onpolicy": " after the on-policy change", "shared": " with each prompt computed once per group"}.get(
-                name.rsplit("_", 1)[-1], ""
-            )
+            + {
+                "onpolicy": " after the on-policy change",
+                "shared": " with each prompt computed once per group",
+                "chunked": " with the on-policy backward in chunks of 8 rows",
+                "streamed": " with the backward in chunks and π_ref's weights on disk (the defaults)",
+            }.get(name.rsplit("_", 1)[-1], "")
         )
         load = _load_note(grpo, a["runs"])
         parts = "; ".join(
