@@ -7,6 +7,7 @@ from torch.profiler import ProfilerActivity, profile
 from alignlab.config import DPOConfig, LoraConfig, load_config
 from alignlab.errors import ConfigError
 from alignlab.models.checkpointing import enable_checkpointing, resolve_mode
+from alignlab.models.dropout import use_gap_dropout
 from alignlab.models.load import apply_lora
 from alignlab.models.logprobs import token_logprobs
 from alignlab.models.presets import build_tiny
@@ -14,13 +15,15 @@ from alignlab.models.presets import build_tiny
 SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3)
 
 
-def grads_and_kept_bytes(mode: str, *, lora: bool = False):
+def grads_and_kept_bytes(mode: str, *, lora: bool = False, gap: bool = False):
     """Gradients of a summed log-prob and the bytes still allocated once the forward pass is done."""
     model, _ = build_tiny(seed=1, **SHAPE)
     assert enable_checkpointing(model, mode) == (mode != "none")
     if lora:
         torch.manual_seed(3)  # the adapters' initial weights
         model = apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.3))
+        if gap:
+            assert use_gap_dropout(model) > 0
     model.train()
     ids = torch.randint(3, 250, (3, 40), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(7)  # dropout masks: the same stream in every mode
@@ -32,11 +35,12 @@ def grads_and_kept_bytes(mode: str, *, lora: bool = False):
     return grads, kept
 
 
-@pytest.mark.parametrize("lora", [False, True])  # with LoRA dropout: the recomputation replays the RNG
-def test_every_mode_gives_the_same_gradients(lora):
-    want, _ = grads_and_kept_bytes("none", lora=lora)
+@pytest.mark.parametrize("lora,gap", [(False, False), (True, False), (True, True)])
+def test_every_mode_gives_the_same_gradients(lora, gap):
+    """With LoRA dropout (torch's or alignlab's gap dropout) the recomputation replays the RNG."""
+    want, _ = grads_and_kept_bytes("none", lora=lora, gap=gap)
     for mode in ("selective", "full"):
-        got, _ = grads_and_kept_bytes(mode, lora=lora)
+        got, _ = grads_and_kept_bytes(mode, lora=lora, gap=gap)
         assert got.keys() == want.keys()
         for name in want:
             assert torch.allclose(got[name], want[name], atol=1e-6, rtol=1e-5), (mode, name)

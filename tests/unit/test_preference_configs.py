@@ -2,6 +2,7 @@
 ignored are errors, and the CLI's --loss is an alias of loss=."""
 
 import pytest
+import torch
 
 from alignlab.cli import build_config, make_parser
 from alignlab.config import DPOConfig, RewardConfig, load_config
@@ -110,7 +111,7 @@ def test_dpo_turns_the_policys_dropout_off_by_default(tmp_path, monkeypatch):
     ]
     train_dpo(load_config(DPOConfig, None, args, base=base))
     assert len(calls) == 1
-    drops = [m.p for m in calls[0].modules() if m.__class__.__name__ == "Dropout"]
+    drops = [m.p for m in calls[0].modules() if isinstance(m, torch.nn.Dropout)]
     assert drops and all(p == 0.0 for p in drops)  # LoRA's dropout 0.5 is off in the policy pass
     calls.clear()
     train_dpo(load_config(DPOConfig, None, [*args, "train.run_name=on", "dropout=true"], base=base))

@@ -114,6 +114,10 @@ def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
         enable_checkpointing(model, resolve_mode(cfg))
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
+    if for_training:
+        from alignlab.models.dropout import use_gap_dropout
+
+        use_gap_dropout(model)  # the same dropout in law, drawing only the dropped positions
     model.to(device)
     model.train(for_training)
     from alignlab.models import flops
