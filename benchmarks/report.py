@@ -16,6 +16,11 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 README = BENCH / "README.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
+DPO_COMMANDS = (  # results file, what changed
+    ("dpo_command_vs_trl", ""),
+    ("dpo_command_vs_trl_full", " (alignlab with full checkpointing)"),
+    ("dpo_command_vs_trl_layout", " (pairs on the cheapest rows, no down-projection output kept)"),
+)
 
 
 def _load(name: str) -> dict | None:
@@ -43,9 +48,51 @@ def _ckpt(config: dict) -> str:
     return f"; activation checkpointing: alignlab {c['alignlab']}, TRL {c['trl']}"
 
 
+def _dpo_command_rows(cmd: dict | None, label: str) -> list[list[str]]:
+    """Wall time and peak memory of one `dpo_command_vs_trl.py` results file."""
+    out: list[list[str]] = []
+    if not cmd:
+        return out
+    c = cmd["config"]
+    w, mem = c["wall_s"], c["peak_rss_mib"]
+    what = (
+        f"DPO whole command (`alignlab dpo` vs a TRL {cmd['versions'].get('trl', '?')} script; HH-RLHF {c['pairs']} pairs, "
+        f"{c['batch_size_pairs']}/step, {c['steps']} steps, len ≤{c['max_length']}, reference pass + checkpoint + final save; "
+        f"{cmd['threads']} thread(s))"
+    )
+    load = _load_note(cmd, c["runs"])
+    during = "; ".join(
+        f"{r['framework']} RSS in steps {r['rss_during_steps_mib'].get('min', 0):.0f}–{r['rss_during_steps_mib'].get('max', 0):.0f}"
+        for r in c["runs"]
+    )
+    out.append(
+        [
+            what + label + " · wall s",
+            _num(w["ours"], ".0f"),
+            f"{w['best_peer']} {_num(w['peer'], '.0f')}",
+            _num(w["peer"] / w["ours"] if w["ours"] else None, ".2f") + "× faster (target ≥ 2)",
+            ", ".join(f"{fw} {v:.0f} s" for fw, v in w["medians"].items() if fw != "alignlab"),
+            load,
+            cmd["date"][:10],
+        ]
+    )
+    out.append(
+        [
+            f"DPO whole command{label} · peak RSS (MiB)",
+            _num(mem["ours"], ".0f"),
+            f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
+            _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
+            during,
+            load,
+            cmd["date"][:10],
+        ]
+    )
+    return out
+
+
 def rows() -> list[list[str]]:
     out = []
-    for sft in filter(None, (_load("sft_throughput"), _load("sft_defaults"), _load("sft_throughput_116"))):
+    for sft in filter(None, map(_load, ("sft_throughput", "sft_defaults", "sft_throughput_116", "sft_gap_probe"))):
         for c in sft["configs"]:
             tp, st, mem = c["tokens_per_s"], c["tokens_per_s_step_median"], c["peak_rss_mib"]
             peer = f"TRL {sft.get('versions', {}).get('trl', '?')}, {sft.get('threads', '?')} thread(s)"
@@ -73,7 +120,7 @@ def rows() -> list[list[str]]:
                     sft["date"][:10],
                 ]
             )
-    for dpo in filter(None, (_load("dpo_vs_trl"), _load("dpo_vs_trl_none"), _load("dpo_vs_trl_116"))):
+    for dpo in filter(None, map(_load, ("dpo_vs_trl", "dpo_vs_trl_none", "dpo_vs_trl_116", "dpo_vs_trl_layout"))):
         for c in dpo["configs"]:
             sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
             agree = all(v["agree"] for v in ag.values() if isinstance(v, dict))
@@ -121,42 +168,8 @@ def rows() -> list[list[str]]:
         "grpo_vs_trl_streamed",
     ):
         out += _grpo_rows(_load(name), name)
-    cmd = _load("dpo_command_vs_trl")
-    if cmd:
-        c = cmd["config"]
-        w, mem = c["wall_s"], c["peak_rss_mib"]
-        what = (
-            f"DPO whole command (`alignlab dpo` vs a TRL {cmd['versions'].get('trl', '?')} script; HH-RLHF {c['pairs']} pairs, "
-            f"{c['batch_size_pairs']}/step, {c['steps']} steps, len ≤{c['max_length']}, reference pass + checkpoint + final save; "
-            f"{cmd['threads']} thread(s))"
-        )
-        load = _load_note(cmd, c["runs"])
-        during = "; ".join(
-            f"{r['framework']} RSS in steps {r['rss_during_steps_mib'].get('min', 0):.0f}–{r['rss_during_steps_mib'].get('max', 0):.0f}"
-            for r in c["runs"]
-        )
-        out.append(
-            [
-                what + " · wall s",
-                _num(w["ours"], ".0f"),
-                f"{w['best_peer']} {_num(w['peer'], '.0f')}",
-                _num(w["peer"] / w["ours"] if w["ours"] else None, ".2f") + "× faster (target ≥ 2)",
-                ", ".join(f"{fw} {v:.0f} s" for fw, v in w["medians"].items() if fw != "alignlab"),
-                load,
-                cmd["date"][:10],
-            ]
-        )
-        out.append(
-            [
-                "DPO whole command · peak RSS (MiB)",
-                _num(mem["ours"], ".0f"),
-                f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
-                _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
-                during,
-                load,
-                cmd["date"][:10],
-            ]
-        )
+    for name, label in DPO_COMMANDS:
+        out += _dpo_command_rows(_load(name), label)
     rm = _load("rm_hh_accuracy")
     if rm:
         d = rm["data"]

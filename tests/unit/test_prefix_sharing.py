@@ -110,13 +110,15 @@ def test_packed_layout_keeps_pairs_apart():
 
 
 # ----------------------------------------------------------------------------- DPO: log-probs and gradients
-@pytest.mark.parametrize("pack_width", [None, 64])
+@pytest.mark.parametrize("pack_width,width", [(None, None), (64, None), (None, 48.0)])
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_shared_prompt_equals_unshared_logps_and_dpo_gradients(name, pack_width):
+def test_shared_prompt_equals_unshared_logps_and_dpo_gradients(name, pack_width, width):
     model = make_model(name)
     pairs = random_pairs(6)
     want, want_grads = dpo_step(model, collate_pairs(pairs, 0, pack_width), len(pairs))
-    shared = collate_shared_pairs(pairs, 0, pack_width)
+    shared = collate_shared_pairs(pairs, 0, pack_width, attention_width=width)
+    if width:  # the cheapest layout here mixes: several rows, some holding more than one pair
+        assert 1 < shared["input_ids"].shape[0] < len(pairs)
     got, got_grads = dpo_step(model, shared, len(pairs))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert_grads_close(got_grads, want_grads)

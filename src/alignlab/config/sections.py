@@ -57,7 +57,8 @@ class DataConfig:
     max_prompt_length: int = knob(384, "prompt tokens kept at most (cut from the left, keeping the latest turns)")
     packing: bool = knob(
         False,
-        "pack several sequences into one row, no padding (positions restart, attention blocked per sequence): sft and dpo",
+        "pack several sequences into one row, no padding (positions restart, attention blocked per sequence): sft and "
+        "dpo; shared-prompt pairs (share_prompt) are always placed on the rows of least padding-plus-attention work",
     )
     share_prompt: bool = knob(
         True,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from alignlab.data.layout import cheapest_rows
 from alignlab.data.tokenize import IGNORE, Example, PairExample, RankedExample
 
 
@@ -162,15 +163,19 @@ def collate_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None 
     return batch
 
 
-def collate_shared_pairs(pairs: list[PairExample], pad_id: int, pack_width: int | None = None) -> dict:
+def collate_shared_pairs(
+    pairs: list[PairExample], pad_id: int, pack_width: int | None = None, *, attention_width: float | None = None
+) -> dict:
     """B pairs laid out as ``[prompt | chosen | rejected]``: each prompt token is computed once.
 
     Within a pair the 4-D mask ``(R, 1, T, T)`` is causal, except that rejected tokens do not see
     chosen ones: chosen attends to prompt + chosen, rejected to prompt + rejected. Positions of the
     rejected segment continue from the end of the prompt, as if chosen were not there, so every
-    response token sees what it would see on its own row. One pair per row, or (``pack_width``)
-    several per row, first-fit decreasing into rows of ``max(pack_width, longest pair)`` columns;
-    never across pairs (block-diagonal, as :func:`pack_rows`).
+    response token sees what it would see on its own row. One pair per row; or (``pack_width``)
+    several per row, first-fit decreasing into rows of ``max(pack_width, longest pair)`` columns; or
+    (``attention_width``) the row count of least padding-plus-attention work
+    (:func:`alignlab.data.layout.cheapest_rows`). Attention never crosses pairs (block-diagonal, as
+    :func:`pack_rows`), so every layout gives the same numbers.
 
     Log-probs are not a plain shift here: the first rejected token is predicted from the **last
     prompt position**, which also predicts the first chosen token (that hidden state is read twice,
@@ -198,6 +203,8 @@ def collate_shared_pairs(pairs: list[PairExample], pad_id: int, pack_width: int 
             else:
                 bins.append([i])
                 used.append(lengths[i])
+    elif attention_width:
+        bins = cheapest_rows(lengths, attention_width)
     else:
         bins = [[i] for i in range(len(pairs))]
     B, R = len(pairs), len(bins)

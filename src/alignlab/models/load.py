@@ -111,7 +111,7 @@ def load_model(cfg, *, seed: int = 0, for_training: bool = True) -> Loaded:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if for_training:
-        enable_checkpointing(model, resolve_mode(cfg))
+        enable_checkpointing(model, resolve_mode(cfg), adapters=cfg.lora.enabled)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora)
     if for_training:

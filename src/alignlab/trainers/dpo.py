@@ -29,6 +29,7 @@ import time
 import torch
 
 from alignlab.data.collate import collate_pairs, collate_shared_pairs, collate_unpaired
+from alignlab.data.layout import DEFAULT_ATTENTION_WIDTH, attention_width
 from alignlab.data.tokenize import (
     Example,
     TokenStats,
@@ -50,7 +51,9 @@ from alignlab.trainers.run import open_stage
 class PairSet:
     """Tokenised pairs; ``batch(indices)`` gives 2B sequences (chosen, then rejected) and ``index``.
 
-    ``share_prompt``: each pair one ``[prompt | chosen | rejected]`` segment (``collate_shared_pairs``).
+    ``share_prompt``: each pair one ``[prompt | chosen | rejected]`` segment (``collate_shared_pairs``),
+    laid out on the rows of least padding-plus-attention work for ``attention_width``
+    (``data.layout``); ``pack_width`` then does not apply.
     """
 
     names = ("chosen", "rejected")
@@ -63,18 +66,23 @@ class PairSet:
         max_prompt_length: int,
         pack_width: int | None = None,
         share_prompt: bool = False,
+        attention_width: float = DEFAULT_ATTENTION_WIDTH,
     ):
         self.examples, self.stats = tokenize_pairs(
             records, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length
         )
         self.pad_id, self.pack_width, self.share_prompt = tokenizer.pad_token_id, pack_width, share_prompt
+        self.attention_width = attention_width
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def batch(self, indices: list[int]) -> dict:
-        collate = collate_shared_pairs if self.share_prompt else collate_pairs
-        batch = collate([self.examples[i] for i in indices], self.pad_id, self.pack_width)
+        pairs = [self.examples[i] for i in indices]
+        if self.share_prompt:
+            batch = collate_shared_pairs(pairs, self.pad_id, attention_width=self.attention_width)
+        else:
+            batch = collate_pairs(pairs, self.pad_id, self.pack_width)
         batch["index"] = torch.tensor(indices, dtype=torch.long)
         return batch
 
@@ -194,10 +202,13 @@ def train_dpo(cfg, *, stop_after: int | None = None) -> dict:
 
         pack_width = cfg.data.max_length if cfg.data.packing else None
         share = spec.paired and cfg.data.share_prompt and prompt_sharing_works(model, run.log)
+        width = attention_width(model.config)
 
         def make_set(records):
             if spec.paired:
-                return PairSet(records, tokenizer, **lengths, pack_width=pack_width, share_prompt=share)
+                return PairSet(
+                    records, tokenizer, **lengths, pack_width=pack_width, share_prompt=share, attention_width=width
+                )
             return UnpairedSet(records, tokenizer, **lengths, seed=seed, pack_width=pack_width)
 
         train_set, eval_set = make_set(train_records), make_set(eval_records)

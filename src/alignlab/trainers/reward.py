@@ -24,6 +24,7 @@ import json
 import torch
 
 from alignlab.data.collate import collate_pairs, collate_rankings, collate_shared_pairs
+from alignlab.data.layout import attention_width
 from alignlab.data.tokenize import Example, encode_prompt, tokenize_pairs, tokenize_rankings
 from alignlab.losses.reward import (
     bradley_terry,
@@ -199,12 +200,13 @@ def train_reward(cfg, *, stop_after: int | None = None) -> dict:
 
         else:
             items, stats = tokenize_pairs(train_records, tokenizer, **lengths)
-            collate = collate_pairs
-            if cfg.data.share_prompt:
-                collate = collate_shared_pairs if prompt_sharing_works(rm.backbone, run.log) else collate_pairs
+            share = cfg.data.share_prompt and prompt_sharing_works(rm.backbone, run.log)
+            width = attention_width(rm.backbone.config)
 
             def make_batch(pairs):
-                return collate(pairs, pad_id)
+                if share:  # on the rows of least padding-plus-attention work (data.layout)
+                    return collate_shared_pairs(pairs, pad_id, attention_width=width)
+                return collate_pairs(pairs, pad_id)
 
             def step_fn(batch):
                 return pair_loss(cfg, batch_rewards(rm, batch), batch["n_pairs"], batch.get("margins"))
