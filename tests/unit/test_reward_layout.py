@@ -236,7 +236,7 @@ def test_score_command_reads_both_layouts_alike(trained, tmp_path):
         assert main(["score", "--model", str(folder), "--data", str(data), "--out", str(path), "--device", "cpu"]) == 0
         out[name] = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(out["hf"]) == 18
-    for a, b in zip(out["hf"], out["old"]):
-        assert a["chosen_score"] == pytest.approx(b["chosen_score"], abs=1e-5)
-        assert a["rejected_score"] == pytest.approx(b["rejected_score"], abs=1e-5)
+    for a, b in zip(out["hf"], out["old"]):  # float32 rounding of the bias that carries the shift: relative
+        assert a["chosen_score"] == pytest.approx(b["chosen_score"], rel=1e-5, abs=1e-5)
+        assert a["rejected_score"] == pytest.approx(b["rejected_score"], rel=1e-5, abs=1e-5)
     assert len({round(r["chosen_score"], 4) for r in out["hf"]}) > 3  # scores differ by record
