@@ -34,6 +34,7 @@ import torch
 from alignlab import distributed
 from alignlab.errors import NumericalError
 from alignlab.trainers import checkpoint as ckpt
+from alignlab.trainers import host_memory
 from alignlab.trainers.run import MetricsLog, RunDir
 
 
@@ -133,6 +134,8 @@ def clip_and_step(params, optimizer, max_grad_norm: float, *, finite: bool = Tru
             torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, total)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if params and params[0].device.type == "cpu":
+        host_memory.release_free_heap()  # the step's activations and gradients are freed now
     return norm, stepped
 
 
@@ -277,6 +280,9 @@ def train_loop(
             step = state["step"]
             restore_position(state)
             after_resume()
+    # CPU training (ZeRO's engine owns its partitions' state): see host_memory's docstring
+    if (parallel is None or parallel.zero is None) and host_memory.place_adam_moments(optimizer):
+        host_memory.fix_mmap_threshold()
     if main:
         metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
     else:
