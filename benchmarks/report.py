@@ -20,6 +20,7 @@ DPO_COMMANDS = (  # results file, what changed
     ("dpo_command_vs_trl", ""),
     ("dpo_command_vs_trl_full", " (alignlab with full checkpointing)"),
     ("dpo_command_vs_trl_layout", " (pairs on the cheapest rows, no down-projection output kept)"),
+    ("dpo_command_vs_trl_heap", " (AdamW's moments in one block, heap trimmed after each step)"),
 )
 
 
