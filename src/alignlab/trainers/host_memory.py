@@ -85,7 +85,8 @@ def place_adam_moments(optimizer: torch.optim.Optimizer) -> bool:
         at = 0
         for p in ps:
             n, old = p.numel(), optimizer.state.get(p, {})
-            new = {"step": old["step"] if "step" in old else _zero_step(optimizer, p)}
+            # the step counter as AdamW's first step makes it on the CPU (fused or not): a float32 scalar
+            new = {"step": old["step"] if "step" in old else torch.zeros((), dtype=torch.float32)}
             for i, key in enumerate(("exp_avg", "exp_avg_sq")):
                 view = block[i, at : at + n].view_as(p)
                 if key in old:
@@ -94,11 +95,3 @@ def place_adam_moments(optimizer: torch.optim.Optimizer) -> bool:
             optimizer.state[p] = new
             at += n
     return True
-
-
-def _zero_step(optimizer, p) -> torch.Tensor:
-    """AdamW's step counter as its own first step makes it (a device tensor for fused and capturable)."""
-    group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
-    if group.get("fused") or group.get("capturable"):
-        return torch.zeros((), dtype=torch.float32, device=p.device)
-    return torch.tensor(0.0, dtype=torch.float32)
