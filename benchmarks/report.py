@@ -43,6 +43,19 @@ def _num(x, fmt: str) -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def _mem_row(what: str, mem: dict, peer: str, target: str, note: str, load: str, date: str) -> list:
+    """One table row of a peak-memory comparison (``mem``: ours, peer, ratio in MiB)."""
+    return [
+        what + " · peak RSS (MiB)",
+        _num(mem["ours"], ".0f"),
+        f"{peer} {_num(mem['peer'], '.0f')}",
+        _num(mem["ratio"], ".2f") + "×" + target,
+        note,
+        load,
+        date[:10],
+    ]
+
+
 def _ckpt(config: dict) -> str:
     """Which activation checkpointing each side ran (results written before the switch had none)."""
     c = config.get("gradient_checkpointing", {"alignlab": "none", "trl": "none"})
@@ -78,15 +91,7 @@ def _dpo_command_rows(cmd: dict | None, label: str) -> list[list[str]]:
         ]
     )
     out.append(
-        [
-            f"DPO whole command{label} · peak RSS (MiB)",
-            _num(mem["ours"], ".0f"),
-            f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
-            _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
-            during,
-            load,
-            cmd["date"][:10],
-        ]
+        _mem_row(f"DPO whole command{label}", mem, mem["best_peer"], " (target ≤ 0.6)", during, load, cmd["date"])
     )
     return out
 
@@ -110,17 +115,7 @@ def rows() -> list[list[str]]:
                     sft["date"][:10],
                 ]
             )
-            out.append(
-                [
-                    f"SFT {c['name']} · peak RSS (MiB)",
-                    _num(mem["ours"], ".0f"),
-                    f"TRL {_num(mem['peer'], '.0f')}",
-                    _num(mem["ratio"], ".2f") + "×",
-                    "",
-                    load,
-                    sft["date"][:10],
-                ]
-            )
+            out.append(_mem_row(f"SFT {c['name']}", mem, "TRL", "", "", load, sft["date"]))
     for dpo in filter(None, map(_load, ("dpo_vs_trl", "dpo_vs_trl_none", "dpo_vs_trl_116", "dpo_vs_trl_layout"))):
         for c in dpo["configs"]:
             sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
@@ -150,15 +145,7 @@ def rows() -> list[list[str]]:
                 ]
             )
             out.append(
-                [
-                    f"DPO {c['name']} · peak RSS (MiB)",
-                    _num(mem["ours"], ".0f"),
-                    f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
-                    _num(mem["ratio"], ".2f") + "× (target ≤ 0.5)",
-                    mem_others,
-                    load,
-                    dpo["date"][:10],
-                ]
+                _mem_row(f"DPO {c['name']}", mem, mem["best_peer"], " (target ≤ 0.5)", mem_others, load, dpo["date"])
             )
     # after the on-policy change, then with each prompt computed once per group
     for name in (
@@ -266,17 +253,9 @@ def _grpo_rows(grpo: dict | None, name: str) -> list:
                 grpo["date"][:10],
             ]
         )
-        out.append(
-            [
-                f"{a['algo'].upper()} whole command{_GRPO_TAG.get(name.rsplit('_', 1)[-1], '')} · peak RSS (MiB)",
-                _num(mem["ours"], ".0f"),
-                f"{mem['best_peer']} {_num(mem['peer'], '.0f')}",
-                _num(mem["ratio"], ".2f") + "× (target ≤ 0.6)",
-                "wall s: " + ", ".join(f"{fw} {v:.0f}" for fw, v in wall["medians"].items()),
-                load,
-                grpo["date"][:10],
-            ]
-        )
+        walls = "wall s: " + ", ".join(f"{fw} {v:.0f}" for fw, v in wall["medians"].items())
+        what = f"{a['algo'].upper()} whole command{_GRPO_TAG.get(name.rsplit('_', 1)[-1], '')}"
+        out.append(_mem_row(what, mem, mem["best_peer"], " (target ≤ 0.6)", walls, load, grpo["date"]))
     return out
 
 
