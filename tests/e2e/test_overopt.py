@@ -2,12 +2,14 @@
 reward model) keeps rising far ahead of the gold rule it was trained from, and eval.json shows it
 from the PPO checkpoints.
 
-How the gold curve bends depends on the CPU's floating-point kernels, since the run is chaotic. At
-140f357 on an AMD EPYC it rose and turned down: gold 0.68 at step 10, 0.89 at step 30, 0.47 at step
-50, 0.67 at step 80. At 174d878 on an AVX-512 Xeon it stalled: 0.68, 0.64, 0.66, 0.62, 0.55, 0.72,
-0.72, 0.71 (SFT 0.62), while the proxy went from −0.95 (SFT) to 1.05. So the test asserts what both
-show: the proxy's gain, the gold along training, and the monitor's warning while training. It
-does not assert the turn.
+How the gold curve bends depends on the CPU's floating-point kernels and on the sampler's random
+draws, since the run is chaotic. With 16 labelled pairs (before 2026-12-03) gold stalled near SFT's
+0.62-0.65 on an EPYC and a Xeon, but on other PPO seeds it rose to 0.96 (the proxy had learned the
+rule) or collapsed. With 8 pairs, on the AVX-512 Xeon and four PPO seeds (ppo.train.seed 0-3), gold
+fell 0.39-0.59 below SFT every time while the proxy rose 1.75-2.13 standard deviations, and the
+training monitor fired in all four; seed 0 went 0.70, 0.47, 0.31, 0.08, 0.07, 0.10, 0.15, 0.17
+(SFT 0.65). So the test asserts that shape: the proxy's gain, gold below SFT at the end, gold
+measured along training, and the monitor's warning. It does not assert where gold peaks.
 """
 
 import json
@@ -36,11 +38,11 @@ def test_overopt_profile_shows_the_proxy_racing_ahead_of_gold(tmp_path):
     assert [c["name"] for c in ckpts] == [f"ppo@{s}" for s in range(10, 81, 10)]
     gold = [c["gold"] for c in ckpts]
     assert all(0 <= g <= 1 for g in gold) and len(set(gold)) > 1  # measured at every checkpoint, and it moved
-    # the proxy (normalised scores) rose by over half a standard deviation; the gold (in [0, 1]) gained
-    # under a quarter of its range: measured 2.0 and 0.09 on the Xeon
+    # the proxy (normalised scores) rose by over half a standard deviation while the gold (in [0, 1])
+    # ended below SFT's: measured 2.13 and -0.48 on the Xeon (seed 0)
     proxy_gain = pol["ppo"]["proxy"]["mean"] - pol["sft"]["proxy"]["mean"]
     gold_gain = pol["ppo"]["gold"]["mean"] - pol["sft"]["gold"]["mean"]
-    assert proxy_gain > 0.5 and gold_gain < 0.25, (proxy_gain, gold_gain)
+    assert proxy_gain > 0.5 and gold_gain < 0, (proxy_gain, gold_gain)
     gap = ev["training_monitors"]["checkpoints"]["proxy_gold_gap"]
     assert gap["message"] and "fired" in gap, gap  # judged across the checkpoints (fired or not: see above)
     # during training: `gold` next to `score` in metrics.jsonl, and the monitor warned in the stage's log

@@ -341,6 +341,7 @@ def test_ppo_steps_are_the_same_with_selective_checkpointing(tmp_path, value_mod
 def test_lora_policy_samples_with_folded_adapters_and_its_weights_come_back_bit_exact():
     """TransformersEngine folds W + s·B·A in while sampling: same tokens, base weights untouched, π_ref unfolded."""
     from alignlab.models.load import load_model
+    from alignlab.models.logprobs import trunk_and_head
     from alignlab.rollout import generate as G
 
     policy = load_model(from_dict(ModelConfig, {"name_or_path": "tiny", "lora": {"enabled": True}}), seed=0)
@@ -355,14 +356,13 @@ def test_lora_policy_samples_with_folded_adapters_and_its_weights_come_back_bit_
     assert layers, "the tiny LoRA policy has foldable layers"
     original = layers[0].get_base_layer().weight.detach().clone()
     seen = []
-    real_generate = model.generate
+    trunk, _ = trunk_and_head(model)
 
-    def spy(*args, **kwargs):  # inside the call: adapters off, base weights = W + ΔW
+    def spy(module, args):  # inside the call: adapters off, base weights = W + ΔW
         layer = layers[0]
         seen.append((layer.disable_adapters, layer.get_base_layer().weight.clone()))
-        return real_generate(*args, **kwargs)
 
-    model.generate = spy
+    trunk.register_forward_pre_hook(spy)
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
     engine = G.TransformersEngine(model, tok)
     for params in (G.SamplingParams(max_new_tokens=12, temperature=0), G.SamplingParams(max_new_tokens=12, seed=3)):

@@ -39,18 +39,28 @@ def test_matmul_rate_is_measured_once_and_is_a_rate():
 
 
 @pytest.mark.skipif(not packing_available(torch.nn.Linear(2, 2)), reason="torch built without oneDNN")
-def test_packed_linears_compute_f_linear_and_put_the_layers_back():
+def test_packed_linears_compute_f_linear_and_put_the_layers_back(monkeypatch):
     model = _tiny().model.eval()
     ids = torch.randint(3, 259, (3, 7))
+    plain_calls = []
+    real_linear = torch.nn.functional.linear
     with torch.no_grad():
         want = model(input_ids=ids).logits
-        with packed_linears(model, batch_size=3):
+        monkeypatch.setattr(torch.nn.functional, "linear", lambda *a: plain_calls.append(1) or real_linear(*a))
+        with packed_linears(model, batch_size=21):
             linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
             assert linears and all("forward" in vars(m) for m in linears)
-            got = model(input_ids=ids).logits
-            one_row = model(input_ids=ids[:1]).logits  # another row count than the packing was tuned for
+            got = model(input_ids=ids).logits  # 21 rows: the packed product
+            one_row = model(input_ids=ids[:1]).logits  # fewer rows than the packing was tuned for
+            assert plain_calls == []
+            more = model(input_ids=ids[:, :6]).logits  # 18 rows
+        with packed_linears(model, batch_size=4):
+            prefill = model(input_ids=ids).logits  # more rows than a decoding step: F.linear
+            assert len(plain_calls) == len(linears)
     assert (got - want).abs().max() < 1e-4
     assert (one_row - want[:1]).abs().max() < 1e-4
+    assert (more - want[:, :6]).abs().max() < 1e-4
+    assert (prefill - want).abs().max() < 1e-4
     assert not any("forward" in vars(m) for m in model.modules())
     with packed_linears(model, batch_size=2):  # no backward through the packed op
         with pytest.raises(RuntimeError, match="sampling only"):

@@ -61,7 +61,7 @@ def test_prefill_runs_on_distinct_prompts_only():
     try:
         TransformersEngine(model, tok, batch_size=16).generate(prompts, SamplingParams(max_new_tokens=3, seed=0))
         assert seen[0] == (4, width - 1)  # the distinct prompts, all but their last column
-        assert seen[1] == (13, 1)  # generate then runs the last prompt column of every row
+        assert seen[1] == (13, 1)  # the decoding loop then runs the last prompt column of every row
         seen.clear()
         TransformersEngine(model, tok, batch_size=16, share_prefill=False).generate(
             prompts, SamplingParams(max_new_tokens=3, seed=0)

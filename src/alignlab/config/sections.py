@@ -120,7 +120,7 @@ class RolloutConfig:
     engine: str = knob(
         "auto", "auto (vLLM when installed and a GPU is present, else transformers), transformers or vllm"
     )
-    generation_batch_size: int = knob(32, "prompts per model.generate call (transformers engine)")
+    generation_batch_size: int = knob(32, "prompts per decoding batch (transformers engine)")
     forward_batch_size: int = knob(16, "rows per no-grad forward pass for old/reference log-probs and values")
     backward_batch_size: int = knob(
         8,
