@@ -118,3 +118,5 @@ def test_stops_once_every_row_has_ended():
     finally:
         handle.remove()
     assert out.tolist() == first.tolist() and len(calls) == 1
+    none, logps = decode(model, ids, attn, max_new_tokens=0, temperature=1.0, top_p=1.0, eos=2, pad=0, logprobs=True)
+    assert none.shape == (1, 0) and logps.shape == (1, 0)

@@ -147,6 +147,8 @@ def decode(
     """
     trunk, head = trunk_and_head(model)
     b, t = ids.shape
+    if max_new_tokens < 1:
+        return ids.new_empty((b, 0)), (torch.zeros(b, 0) if logprobs else None)
     cache = reserved_cache(trunk.config, max_new_tokens + 1, cache)
     name = cache_argument(trunk)
     mask = attn.new_ones((b, t + max_new_tokens))
