@@ -75,3 +75,14 @@ def test_linear_head_backward_refuses_to_run_twice():
     out.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="ran twice"):
         out.backward()
+
+
+def test_logsumexp_in_row_blocks_equals_torchs():
+    from alignlab.models.logprobs import logsumexp_rows
+
+    x = torch.randn(37, 301) * 20
+    x[3, :] = float("-inf")  # a fully masked row stays -inf
+    x[4, 7] = float("inf")
+    want = torch.logsumexp(x, dim=-1)
+    for rows in (1, 5, 16, 37, 64):
+        torch.testing.assert_close(logsumexp_rows(x, rows=rows), want, rtol=0, atol=0)

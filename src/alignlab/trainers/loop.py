@@ -33,6 +33,7 @@ import torch
 
 from alignlab import distributed
 from alignlab.errors import NumericalError
+from alignlab.models.tied_embedding import use_sparse_tied_embedding_grad
 from alignlab.trainers import checkpoint as ckpt
 from alignlab.trainers import host_memory
 from alignlab.trainers.run import MetricsLog, RunDir
@@ -283,6 +284,8 @@ def train_loop(
     # CPU training (ZeRO's engine owns its partitions' state): see host_memory's docstring
     if (parallel is None or parallel.zero is None) and host_memory.place_adam_moments(optimizer):
         host_memory.fix_mmap_threshold()
+    if parallel is None:
+        use_sparse_tied_embedding_grad(model)  # the lookup's gradient as rows, not a dense (V, H) tensor
     if main:
         metrics = MetricsLog(run.metrics_path, resume_step=step if resumed_from else None, tensorboard=cfg.tensorboard)
     else:
