@@ -21,12 +21,20 @@ DPO_COMMANDS = (  # results file, what changed
     ("dpo_command_vs_trl_full", " (alignlab with full checkpointing)"),
     ("dpo_command_vs_trl_layout", " (pairs on the cheapest rows, no down-projection output kept)"),
     ("dpo_command_vs_trl_heap", " (AdamW's moments in one block, heap trimmed after each step)"),
+    ("dpo_command_vs_trl_rows_1thread", " (tied embedding's gradient as rows, logsumexp in row blocks; Xeon)"),
+    ("dpo_command_vs_trl_rows", " (tied embedding's gradient as rows, logsumexp in row blocks; Xeon)"),
 )
 
 
 def _load(name: str) -> dict | None:
     p = BENCH / "results" / f"{name}.json"
     return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+
+
+def _cpu(d: dict) -> str:
+    """The machine's CPU in a few words (the EPYC and the AVX-512 Xeon read differently)."""
+    cpu = d.get("machine", {}).get("cpu", "?")
+    return "Xeon" if "Xeon" in cpu else "EPYC" if "EPYC" in cpu else cpu
 
 
 def _load_note(d: dict, runs: list[dict] | None = None) -> str:
@@ -116,11 +124,14 @@ def rows() -> list[list[str]]:
                 ]
             )
             out.append(_mem_row(f"SFT {c['name']}", mem, "TRL", "", "", load, sft["date"]))
-    for dpo in filter(None, map(_load, ("dpo_vs_trl", "dpo_vs_trl_none", "dpo_vs_trl_116", "dpo_vs_trl_layout"))):
+    dpo_steps = ("dpo_vs_trl", "dpo_vs_trl_none", "dpo_vs_trl_116", "dpo_vs_trl_layout")
+    # 2026-12-03 on the Xeon: the tied embedding's gradient as rows, logsumexp in row blocks
+    dpo_steps += ("dpo_vs_trl_rows_1thread", "dpo_vs_trl_rows")
+    for dpo in filter(None, map(_load, dpo_steps)):
         for c in dpo["configs"]:
             sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
             agree = all(v["agree"] for v in ag.values() if isinstance(v, dict))
-            peer = f"TRL {dpo.get('versions', {}).get('trl', '?')}, {dpo.get('threads', '?')} thread(s)"
+            peer = f"TRL {dpo.get('versions', {}).get('trl', '?')}, {dpo.get('threads', '?')} thread(s), {_cpu(dpo)}"
             what = f"DPO {c['name']} (full FT, {c['batch_size_pairs']} pairs/step, len ≤{c['max_length']}, β {c['beta']}{_ckpt(c)}; {peer})"
             load = _load_note(dpo, c["runs"])
             others = ", ".join(
@@ -154,6 +165,7 @@ def rows() -> list[list[str]]:
         "grpo_vs_trl_shared",
         "grpo_vs_trl_chunked",
         "grpo_vs_trl_streamed",
+        "grpo_vs_trl_decode",
     ):
         out += _grpo_rows(_load(name), name)
     for name, label in DPO_COMMANDS:
@@ -216,6 +228,7 @@ _GRPO_TAG = {
     "shared": " (shared prompts)",
     "chunked": " (backward in chunks)",
     "streamed": " (chunks, π_ref on disk)",
+    "decode": " (own decoding loop, Xeon)",
 }
 
 
@@ -233,6 +246,7 @@ def _grpo_rows(grpo: dict | None, name: str) -> list:
                 "shared": " with each prompt computed once per group",
                 "chunked": " with the on-policy backward in chunks of 8 rows",
                 "streamed": " with the backward in chunks and π_ref's weights on disk (the defaults)",
+                "decode": " with alignlab's own decoding loop (Xeon)",
             }.get(name.rsplit("_", 1)[-1], "")
         )
         load = _load_note(grpo, a["runs"])
