@@ -10,9 +10,10 @@ alone took about 220 ms of a 3 s step, a fresh mapping faulted in page by page.
 :func:`use_sparse_tied_embedding_grad` switches the lookup to ``sparse=True``: its backward returns
 ``(row ids, rows)`` and autograd adds those rows into the dense gradient the head already left in
 ``.grad`` (the head runs last in forward, so its gradient arrives first in backward). The sum is the
-same one (equal to float rounding: the rows are summed in another order). A hook turns ``.grad`` dense again should a sparse
-gradient ever arrive first (a graph where only the lookup is used), so the optimizer always sees a
-dense gradient.
+same one, equal up to float rounding (the rows are summed in another order). A hook turns ``.grad``
+dense again should a sparse gradient ever arrive first (a graph where only the lookup is used), so
+the optimizer always sees a dense gradient. The switch stays on the model after training; it only
+changes what a backward pass builds.
 
 One process only: DDP treats a ``sparse=True`` embedding's weight as having sparse gradients.
 """
