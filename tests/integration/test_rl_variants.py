@@ -7,6 +7,8 @@ import pytest
 import torch
 from integration.test_rl import _mean, tiny_cfg, train_rows
 
+from alignlab.errors import ConfigError
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -137,3 +139,17 @@ def test_on_policy_update_reuses_the_rollout_pass_and_trains_the_same(tmp_path, 
         for key in ("loss", "score", "kl", "entropy"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), (key, a[key], b[key])
     assert live[-1]["loss"] != live[0]["loss"]
+
+
+def test_bfloat16_sampling_logs_the_samplers_kl_to_the_policy(tmp_path):
+    """rollout.sampling_dtype=bfloat16: responses come from a bfloat16 copy; every rollout logs
+    sampler/kl, the mean of log π_bf16 − log π over its tokens, which is small but not 0."""
+    rows = train_rows(
+        _train("grpo", tiny_cfg("grpo", tmp_path, "train.max_steps=2", "rollout.sampling_dtype=bfloat16"))
+    )
+    kls = [r["sampler/kl"] for r in rows]
+    assert len(kls) == 2 and all(0 < abs(k) < 0.05 for k in kls), kls
+    plain = train_rows(_train("grpo", tiny_cfg("grpo", tmp_path / "plain", "train.max_steps=1")))
+    assert "sampler/kl" not in plain[0]
+    with pytest.raises(ConfigError, match="sampling_dtype"):
+        tiny_cfg("grpo", tmp_path, "rollout.sampling_dtype=bf16")

@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from alignlab.models.presets import build_tiny
-from alignlab.rollout.decode import ReservedLayer, decode, reserved_cache, sample_tokens
+from alignlab.rollout.decode import ReservedLayer, decode, inverse_cdf, reserved_cache, sample_tokens
 
 
 def test_one_draw_by_hand():
@@ -120,3 +120,16 @@ def test_stops_once_every_row_has_ended():
     assert out.tolist() == first.tolist() and len(calls) == 1
     none, logps = decode(model, ids, attn, max_new_tokens=0, temperature=1.0, top_p=1.0, eos=2, pad=0, logprobs=True)
     assert none.shape == (1, 0) and logps.shape == (1, 0)
+
+
+def test_inverse_cdf_equals_one_cumulative_sum():
+    gen = torch.Generator().manual_seed(0)
+    for v in (5, 1000, 1024, 3000):
+        w = torch.rand(40, v, generator=gen) ** 8
+        w[:, ::3] = 0  # zero-mass entries are never drawn
+        u = torch.rand(40, 1, generator=gen).double()
+        cdf = w.double().cumsum(-1)
+        want = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
+        got = inverse_cdf(w, u, block=64)
+        assert torch.equal(got, want), v
+        assert (w.gather(-1, got) > 0).all()

@@ -255,6 +255,9 @@ def _check_rl(cfg, *, needs_groups: bool) -> None:
     for key in ("max_new_tokens", "generation_batch_size", "forward_batch_size", "backward_batch_size"):
         if getattr(r, key) < 1:
             raise ConfigError(f"'rollout.{key}' must be at least 1; got {getattr(r, key)}")
+    from alignlab.rollout.precision import sampling_dtype
+
+    sampling_dtype(r.sampling_dtype)  # ConfigError naming the valid ones
     if r.engine not in ("auto", "transformers", "vllm"):
         raise ConfigError(f"'rollout.engine' must be one of auto, transformers, vllm; got {r.engine!r}")
     if cfg.reference_weights not in ("auto", "memory", "disk"):

@@ -32,6 +32,7 @@ def run_best_of_n(cfg) -> dict:
     from alignlab.data import load_records
     from alignlab.data.tokenize import messages_of
     from alignlab.models.load import load_model
+    from alignlab.rollout.precision import sampling_dtype
     from alignlab.rollout.rewards import load_reward_source
     from alignlab.rollout.sampling import sample_rollout, sampling_params, score_rollout, tokenize_prompts
     from alignlab.rollout.vllm_engine import make_engine
@@ -52,6 +53,7 @@ def run_best_of_n(cfg) -> dict:
             batch_size=cfg.rollout.generation_batch_size,
             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
             seed=cfg.seed,
+            dtype=sampling_dtype(cfg.rollout.sampling_dtype),
         )
         ids = tokenize_prompts(records, model.tokenizer, cfg.data.max_prompt_length, run.log)
         _, gens = sample_rollout(engine, model.tokenizer, ids, sampling_params(cfg.rollout, seed=cfg.seed), k=cfg.n)

@@ -26,8 +26,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from alignlab.data.collate import left_pad
+from alignlab.models.logprobs import trunk_and_head
 from alignlab.rollout.decode import cache_argument, decode
 from alignlab.rollout.packing import packed_linears
+from alignlab.rollout.precision import cast_weights, one_query_attention
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,6 @@ def shared_prefill(model, ids: torch.Tensor, attn: torch.Tensor):
     """
     from transformers import DynamicCache
 
-    from alignlab.models.logprobs import trunk_and_head
-
     if ids.shape[1] < 2:
         return None
     first: dict[tuple, int] = {}  # a distinct row -> the index of its first occurrence
@@ -164,11 +164,21 @@ class TransformersEngine:
     """Batched sampling with :func:`alignlab.rollout.decode.decode` (KV cache, left padding, stop at EOS); a LoRA model
     samples with its adapters folded in (:func:`folded_adapters`), on packed weights on a CPU
     (``packed``; :mod:`alignlab.rollout.packing`); rows with the same prompt share its prefill
-    (``share_prefill``: :func:`shared_prefill`)."""
+    (``share_prefill``: :func:`shared_prefill`). With ``dtype`` (``rollout.sampling_dtype``) it
+    samples from a copy of the weights in that dtype, its decoding steps on
+    :func:`alignlab.rollout.precision.one_query_attention` (:mod:`alignlab.rollout.precision`)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 16, packed: bool = True, share_prefill: bool = True):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 16,
+        packed: bool = True,
+        share_prefill: bool = True,
+        dtype: torch.dtype | None = None,
+    ):
         self.model, self.tokenizer, self.batch_size, self.packed = model, tokenizer, batch_size, packed
-        self.share_prefill = share_prefill
+        self.share_prefill, self.dtype = share_prefill, dtype
 
     def sync_weights(self) -> None:
         """Nothing to do: this engine samples from the training model itself."""
@@ -188,7 +198,13 @@ class TransformersEngine:
                 torch.manual_seed(params.seed)
             try:
                 rows = max(1, min(self.batch_size, len(prompts)))  # of a decoding step
-                with folded_adapters(model), packed_linears(model, rows) if self.packed else contextlib.nullcontext():
+                with contextlib.ExitStack() as stack:
+                    stack.enter_context(folded_adapters(model))
+                    if self.dtype is not None and self.dtype != next(model.parameters()).dtype:
+                        stack.enter_context(cast_weights(model, self.dtype))  # after folding: casts W + ΔW
+                        stack.enter_context(one_query_attention(trunk_and_head(model)[0]))
+                    if self.packed:  # float32 on a CPU only (packing_available)
+                        stack.enter_context(packed_linears(model, rows))
                     out = self._sample(prompts, params, model, device, eos, pad)
             finally:
                 model.train(was_training)

@@ -56,13 +56,21 @@ def choose_engine(requested: str, *, vllm_available: bool, gpu: bool) -> str:
 
 
 def make_engine(
-    requested: str, model, tokenizer, *, batch_size: int = 16, gpu_memory_utilization: float = 0.3, seed: int = 0
+    requested: str,
+    model,
+    tokenizer,
+    *,
+    batch_size: int = 16,
+    gpu_memory_utilization: float = 0.3,
+    seed: int = 0,
+    dtype=None,
 ) -> GenerationEngine:
-    """The engine for ``rollout.engine`` (see :func:`choose_engine`) sampling from ``model``."""
+    """The engine for ``rollout.engine`` (see :func:`choose_engine`) sampling from ``model``; ``dtype``
+    (``rollout.sampling_dtype``) is the transformers engine's (vLLM keeps its own)."""
     kind = choose_engine(requested, vllm_available=vllm_installed(), gpu=gpu_present())
     if kind == "vllm":
         return VLLMEngine(model, tokenizer, gpu_memory_utilization=gpu_memory_utilization, seed=seed)
-    return TransformersEngine(model, tokenizer, batch_size=batch_size)
+    return TransformersEngine(model, tokenizer, batch_size=batch_size, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- weights

@@ -26,6 +26,7 @@ adaptive KL controller, the reward normaliser, the monitors' start and series); 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -58,6 +59,17 @@ def timed(timings: dict, name: str):
         timings[f"time/{name}"] = timings.get(f"time/{name}", 0.0) + time.perf_counter() - t0
 
 
+def sampler_kl(sampled: list[list[float]], logprobs: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean over the valid response tokens of ``log π_s(y_t) − log π(y_t)``: the sampler's own
+    log-probs ``sampled`` (one list per row) against the training pass's ``logprobs`` (B, R) on the
+    same tokens; an unbiased estimate of KL(π_s ‖ π) since the tokens were drawn from π_s."""
+    own = torch.zeros_like(logprobs)
+    for i, row in enumerate(sampled):
+        own[i, : len(row)] = torch.tensor(row, dtype=logprobs.dtype)
+    n = mask.sum().clamp(min=1)
+    return float(((own - logprobs) * mask).sum() / n)
+
+
 def sample_and_score(
     ctx: RLContext, records, prompt_ids, *, k: int, with_values: bool, backward=None
 ) -> tuple[Experience, dict]:
@@ -67,8 +79,12 @@ def sample_and_score(
     its seconds move from ``time/logprobs`` to ``time/backward``."""
     cfg = ctx.cfg
     stats: dict = {}
+    params = sampling_params(cfg.rollout)
+    low_precision = cfg.rollout.sampling_dtype != "model"  # sampled from a cast copy: measure the gap
+    if low_precision:
+        params = dataclasses.replace(params, logprobs=True)
     with timed(stats, "generation"):
-        exp, gens = sample_rollout(ctx.engine, ctx.models.tokenizer, prompt_ids, sampling_params(cfg.rollout), k=k)
+        exp, gens = sample_rollout(ctx.engine, ctx.models.tokenizer, prompt_ids, params, k=k)
     with timed(stats, "scoring"):
         exp.scores = score_rollout(ctx.reward, records, gens, truncation_penalty=cfg.rollout.truncation_penalty, k=k)
     exp.prompt_texts = [last_user_text(r.prompt) for r in records for _ in range(k)]
@@ -89,6 +105,8 @@ def sample_and_score(
             )
         )
     stats["time/logprobs"] -= own.get("time/backward", 0.0)
+    if low_precision and all(g.logprobs is not None for g in gens):
+        own["sampler/kl"] = sampler_kl([g.logprobs for g in gens], exp.old_logprobs, exp.response_mask)
     texts = [g.text for g in gens]
     if distributed.active():  # every process now holds the whole rollout (rollout.parallel)
         own = distributed.weighted_mean_stats([(float(exp.response_mask.sum()), own)])
@@ -399,6 +417,7 @@ def run_rl_stage(
     """
     from alignlab.models import placement
     from alignlab.models.load import resolve_device
+    from alignlab.rollout.precision import sampling_dtype
     from alignlab.rollout.rewards import load_reward_source
     from alignlab.rollout.vllm_engine import make_engine
     from alignlab.trainers.common import load_split, model_io, seed_everything
@@ -440,6 +459,7 @@ def run_rl_stage(
             batch_size=cfg.rollout.generation_batch_size,
             gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
             seed=cfg.train.seed,
+            dtype=sampling_dtype(cfg.rollout.sampling_dtype),
         )
         run.log.info(
             "engine %s, reward source %s, reference: %s",
