@@ -65,6 +65,8 @@ def test_packed_linears_compute_f_linear_and_put_the_layers_back(monkeypatch):
     with packed_linears(model, batch_size=2):  # no backward through the packed op
         with pytest.raises(RuntimeError, match="sampling only"):
             model(inputs_embeds=torch.randn(1, 3, model.config.hidden_size, requires_grad=True))
+    half = _tiny().model.bfloat16()  # a bfloat16 sampling copy packs at a decoding step's rows up to 256
+    assert packing_available(half, 256) and not packing_available(half, 257)
     double = _tiny().model.double()
     assert not packing_available(double)
     with packed_linears(double, batch_size=2):

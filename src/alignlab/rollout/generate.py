@@ -203,7 +203,7 @@ class TransformersEngine:
                     if self.dtype is not None and self.dtype != next(model.parameters()).dtype:
                         stack.enter_context(cast_weights(model, self.dtype))  # after folding: casts W + ΔW
                         stack.enter_context(one_query_attention(trunk_and_head(model)[0]))
-                    if self.packed:  # float32 on a CPU only (packing_available)
+                    if self.packed:  # on a CPU in float32, or bfloat16 at small batches (packing_available)
                         stack.enter_context(packed_linears(model, rows))
                     out = self._sample(prompts, params, model, device, eos, pad)
             finally:

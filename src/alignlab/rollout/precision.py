@@ -17,7 +17,7 @@ No importance correction is applied.
   duration of a block and put back after (the originals are never written; buffers such as the
   rotary frequencies stay as they are, transformers computes them in float32).
 * :func:`one_query_attention`: a decoding step's attention (one query per row) as two batched
-  matrix products over the grouped heads, softmax in float32. For bfloat16 on CPU this is 2.3×
+  matrix products over the grouped heads (the softmax accumulating in float32). For bfloat16 on CPU this is 2.3×
   faster than SDPA's flash kernel (SmolLM2-135M, batch 128, ~90 keys: 0.49 vs 1.13 ms a layer).
   Any other call (a prefill, a mask of another form) goes to transformers' SDPA function.
 """
@@ -91,11 +91,12 @@ def _one_query_attention(module, query, key, value, attention_mask, dropout=0.0,
         # products read it in place) with the columns not yet written masked out
         key, value = room
         attend = torch.cat([attend, attend.new_zeros(b, key.shape[2] - length)], dim=1)
-    q = query.reshape(b, kv, h // kv, d)  # (B, KV, G, D)
-    scores = torch.matmul(q, key.transpose(-1, -2)).float().mul_(scale)  # (B, KV, G, L)
+    q = query.reshape(b, kv, h // kv, d) * scale  # (B, KV, G, D); the scale on the few query values
+    scores = torch.matmul(q, key.transpose(-1, -2))  # (B, KV, G, L)
     scores.masked_fill_(~attend.reshape(b, 1, 1, -1), float("-inf"))
-    weights = scores.softmax(-1).to(value.dtype)
-    out = torch.matmul(weights, value)  # (B, KV, G, D)
+    # softmax in the scores' dtype: torch accumulates a bfloat16 softmax in float32 (and rounds once),
+    # which saves two conversions a layer (batch 512: 2.4 vs 3.6 ms a layer)
+    out = torch.matmul(scores.softmax(-1), value)  # (B, KV, G, D)
     return out.reshape(b, 1, h, d), None
 
 
