@@ -9,6 +9,8 @@ seed by
 
 * ``alignlab``: :class:`alignlab.rollout.generate.TransformersEngine` on the policy as the PPO stage
   holds it (``--lora``: LoRA adapters on, B drawn at random so that folding them in is real work);
+* ``alignlab-bfloat16`` (``--sampling-dtypes model bfloat16``): the same engine sampling from a
+  bfloat16 copy of the policy (``rollout.sampling_dtype=bfloat16``; :mod:`alignlab.rollout.precision`);
 * ``transformers``: plain ``model.generate`` on the base model, same prompts, same sampling
   settings (``do_sample``, ``top_k=0``, ``top_p=1``) and seed.
 
@@ -66,6 +68,12 @@ def parse_args(argv=None):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="alignlab's engine runs its linear layers on oneDNN-packed weights (rollout.packing)",
+    )
+    p.add_argument(
+        "--sampling-dtypes",
+        nargs="+",
+        default=["model"],
+        help="alignlab's engine samples in each of these (rollout.sampling_dtype: model, bfloat16, float16)",
     )
     p.add_argument("--label", default="current", help="name of this set of runs in the results file")
     p.add_argument("--output", default=str(BENCH / "results" / "generation.json"))
@@ -133,6 +141,7 @@ def main(argv=None) -> None:
     from alignlab.models.logprobs import trunk_and_head
     from alignlab.rollout import throughput
     from alignlab.rollout.generate import SamplingParams, TransformersEngine
+    from alignlab.rollout.precision import sampling_dtype
 
     print(f"alignlab from {sys.modules['alignlab'].__file__}", flush=True)
     gflops = throughput.matmul_gflops("cpu", 2048, 10)
@@ -155,8 +164,10 @@ def main(argv=None) -> None:
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
 
-    def alignlab_fn(model, prompts, temperature=args.temperature):
-        engine = TransformersEngine(model, tok, batch_size=len(prompts), packed=args.packed)
+    def alignlab_fn(model, prompts, temperature=args.temperature, dtype="model"):
+        engine = TransformersEngine(
+            model, tok, batch_size=len(prompts), packed=args.packed, dtype=sampling_dtype(dtype)
+        )
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=temperature, seed=args.seed)
 
         def fn():
@@ -194,7 +205,9 @@ def main(argv=None) -> None:
         prompts = prompts_for(tok, batch, args.max_prompt_length)
         todo = []
         if "alignlab" in args.engines:
-            todo.append(("alignlab", sampler, alignlab_fn(sampler, prompts)))
+            for dtype in args.sampling_dtypes:
+                name = "alignlab" if dtype == "model" else f"alignlab-{dtype}"
+                todo.append((name, sampler, alignlab_fn(sampler, prompts, dtype=dtype)))
         if "transformers" in args.engines:
             todo.append(("transformers", base.model, transformers_fn(base.model, prompts)))
         for name, model, fn in todo:
@@ -209,7 +222,7 @@ def main(argv=None) -> None:
             row = {"engine": name, "batch": batch, **{k: round(v, 4) for k, v in med.items()}}
             runs.append(row)
             print(
-                f"batch {batch:3d} {name:13s} {med['tokens_per_s']:7.1f} tok/s  {med['positions_per_s']:7.1f} pos/s  "
+                f"batch {batch:3d} {name:17s} {med['tokens_per_s']:7.1f} tok/s  {med['positions_per_s']:7.1f} pos/s  "
                 f"prefill {med['prefill_s'] * 1e3:6.0f} ms  step {med['decode_step_ms']:6.1f} ms  "
                 f"{100 * med['limit_fraction']:5.1f}% of limit (a decoding step: {100 * med['decode_limit_fraction']:4.1f}%)",
                 flush=True,
