@@ -23,6 +23,7 @@ DPO_COMMANDS = (  # results file, what changed
     ("dpo_command_vs_trl_heap", " (AdamW's moments in one block, heap trimmed after each step)"),
     ("dpo_command_vs_trl_rows_1thread", " (tied embedding's gradient as rows, logsumexp in row blocks; Xeon)"),
     ("dpo_command_vs_trl_rows", " (tied embedding's gradient as rows, logsumexp in row blocks; Xeon)"),
+    ("dpo_command_vs_trl_1thread_today", " (the same code, 2026-12-04's Xeon)"),
 )
 
 
@@ -127,6 +128,7 @@ def rows() -> list[list[str]]:
     dpo_steps = ("dpo_vs_trl", "dpo_vs_trl_none", "dpo_vs_trl_116", "dpo_vs_trl_layout")
     # 2026-12-03 on the Xeon: the tied embedding's gradient as rows, logsumexp in row blocks
     dpo_steps += ("dpo_vs_trl_rows_1thread", "dpo_vs_trl_rows")
+    dpo_steps += ("dpo_vs_trl_1thread_today",)  # 2026-12-04, the same code on that day's Xeon
     for dpo in filter(None, map(_load, dpo_steps)):
         for c in dpo["configs"]:
             sp, st, mem, ag = c["steps_per_s"], c["steps_per_s_step_median"], c["peak_rss_mib"], c["agreement"]
@@ -166,6 +168,8 @@ def rows() -> list[list[str]]:
         "grpo_vs_trl_chunked",
         "grpo_vs_trl_streamed",
         "grpo_vs_trl_decode",
+        "grpo_vs_trl_fp32sampling",  # 2026-12-04: the same hour, float32 then bfloat16 sampling
+        "grpo_vs_trl_bf16sampling",
     ):
         out += _grpo_rows(_load(name), name)
     for name, label in DPO_COMMANDS:
@@ -247,6 +251,8 @@ def _grpo_rows(grpo: dict | None, name: str) -> list:
                 "chunked": " with the on-policy backward in chunks of 8 rows",
                 "streamed": " with the backward in chunks and π_ref's weights on disk (the defaults)",
                 "decode": " with alignlab's own decoding loop (Xeon)",
+                "fp32sampling": " sampling in float32 (Xeon, 2026-12-04)",
+                "bf16sampling": " sampling in bfloat16: rollout.sampling_dtype=bfloat16 (Xeon, 2026-12-04)",
             }.get(name.rsplit("_", 1)[-1], "")
         )
         load = _load_note(grpo, a["runs"])
