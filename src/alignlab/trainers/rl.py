@@ -37,6 +37,7 @@ import torch
 
 from alignlab import distributed
 from alignlab.errors import ConfigError
+from alignlab.losses.reduce import masked_mean
 from alignlab.models.policy import RLModels, TrainableState, build_models
 from alignlab.rollout.experience import Experience
 from alignlab.rollout.parallel import gather_rollout, my_share, split_policy_forward
@@ -66,8 +67,7 @@ def sampler_kl(sampled: list[list[float]], logprobs: torch.Tensor, mask: torch.T
     own = torch.zeros_like(logprobs)
     for i, row in enumerate(sampled):
         own[i, : len(row)] = torch.tensor(row, dtype=logprobs.dtype)
-    n = mask.sum().clamp(min=1)
-    return float(((own - logprobs) * mask).sum() / n)
+    return float(masked_mean(own - logprobs, mask, allow_empty=True))
 
 
 def sample_and_score(
