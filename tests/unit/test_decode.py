@@ -22,6 +22,20 @@ def test_one_draw_by_hand():
     assert logps.tolist() == pytest.approx([math.log((0.1, 0.2, 0.3, 0.4)[i]) for i in want], abs=1e-6)
 
 
+@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+def test_sampling_in_blocks_of_rows_gives_the_tokens_of_one_block(monkeypatch, temperature, top_p):
+    """A CPU samples SAMPLE_BLOCK_BYTES of logits at a time: 37 rows in blocks of 5 (the last of 2)
+    give the very tokens and log-probs of all 37 at once for the same seed."""
+    import alignlab.rollout.decode as decode_module
+
+    logits = torch.randn(37, 1000, generator=torch.Generator().manual_seed(3)) * 3
+    whole = sample_tokens(logits, temperature, top_p, generator=torch.Generator().manual_seed(9))
+    monkeypatch.setattr(decode_module, "SAMPLE_BLOCK_BYTES", 4 * 1000 * 5)
+    blocks = sample_tokens(logits, temperature, top_p, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(whole[0], blocks[0]) and torch.equal(whole[1], blocks[1])
+    assert len(set(whole[0].tolist())) > 5  # the rows really drew different tokens
+
+
 def test_draws_follow_the_tempered_softmax():
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -float("inf")])
     for temperature in (1.0, 0.5):
