@@ -88,3 +88,48 @@ def test_free_heap_pages_go_back_to_the_system():
     assert host_memory.release_free_heap()
     assert before - _rss_mib() > 64  # most of the 127 MiB freed
     assert keep.sum() == 1 << 18
+
+
+class _FakeLibc:
+    """Records the glibc calls host_memory makes."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_heap_kept_lifts_the_trim_threshold_for_the_block_and_trims_after(monkeypatch):
+    fake = _FakeLibc()
+    monkeypatch.setattr(host_memory, "_libc", lambda: fake)
+    monkeypatch.setattr(host_memory, "_fixed", False)
+    with host_memory.heap_kept():
+        pass
+    assert fake.calls == []  # glibc still adjusts its thresholds itself: leave them alone
+
+    assert host_memory.fix_mmap_threshold()
+    assert fake.calls == [("mallopt", -3, host_memory.MMAP_THRESHOLD), ("mallopt", -1, host_memory.TRIM_THRESHOLD)]
+    fake.calls.clear()
+    with pytest.raises(RuntimeError), host_memory.heap_kept():
+        assert fake.calls == [("mallopt", -1, host_memory.KEPT_HEAP)]
+        raise RuntimeError("a sampling call failed")
+    assert fake.calls[1:] == [("mallopt", -1, host_memory.TRIM_THRESHOLD), ("malloc_trim", 0)]
+
+
+def test_inside_heap_kept_freed_memory_stays_mapped_until_the_block_ends():
+    if host_memory._libc() is None:
+        pytest.skip("not glibc")
+    assert host_memory.fix_mmap_threshold()
+    with host_memory.heap_kept():
+        chunks = [torch.ones(1 << 18) for _ in range(96)]  # 1 MiB heap chunks at the heap's top
+        before = _rss_mib()
+        del chunks
+        kept = before - _rss_mib()
+    after = before - _rss_mib()
+    assert kept < 16 and after > 64, (kept, after)

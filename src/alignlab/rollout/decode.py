@@ -94,8 +94,10 @@ def reserved_cache(config, reserve: int, cache: DynamicCache | None = None) -> D
     return cache
 
 
-# a block of rows whose float32 logits fit in this many bytes is sampled at a time on a CPU
-SAMPLE_BLOCK_BYTES = 8 << 20
+# a block of rows whose float32 logits fit in this many bytes is sampled at a time on a CPU: under
+# the mmap threshold CPU training fixes (trainers/host_memory.MMAP_THRESHOLD, 4 MiB), so a block's
+# arrays are heap chunks, reused from one block to the next
+SAMPLE_BLOCK_BYTES = 2 << 20
 
 
 def sample_tokens(
@@ -110,11 +112,11 @@ def sample_tokens(
     exceeds ``u · Σp``, u uniform in [0, 1), one per row. The log-prob, ``log p[token]``, is of the
     untruncated softmax (the distribution the training pass scores), whatever ``top_p``.
 
-    On a CPU the rows go in blocks of :data:`SAMPLE_BLOCK_BYTES` of float32 logits (42 rows of a
+    On a CPU the rows go in blocks of :data:`SAMPLE_BLOCK_BYTES` of float32 logits (10 rows of a
     49k vocabulary): a (512, 49k) float32 copy and softmax are fresh 100 MB arrays each step, which
     the allocator maps anew and the kernel faults in page by page (an AMD EPYC, bfloat16 logits at
-    batch 512: 66 ms a step over the head's matmul, 30 ms in blocks). Each row's numbers are the
-    same either way, and the uniforms are drawn for all rows first, so the tokens are too.
+    batch 512: 66 ms a step over the head's matmul, about 20 ms in blocks). Each row's numbers are
+    the same either way, and the uniforms are drawn for all rows first, so the tokens are too.
     """
     b, v = logits.shape
     u = None

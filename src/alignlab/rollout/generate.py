@@ -30,6 +30,7 @@ from alignlab.models.logprobs import trunk_and_head
 from alignlab.rollout.decode import cache_argument, decode
 from alignlab.rollout.packing import packed_linears
 from alignlab.rollout.precision import cast_weights, one_query_attention
+from alignlab.trainers import host_memory
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ class TransformersEngine:
             try:
                 rows = max(1, min(self.batch_size, len(prompts)))  # of a decoding step
                 with contextlib.ExitStack() as stack:
+                    if device.type == "cpu":  # the decoding steps' activations stay mapped between steps
+                        stack.enter_context(host_memory.heap_kept())
                     stack.enter_context(folded_adapters(model))
                     if self.dtype is not None and self.dtype != next(model.parameters()).dtype:
                         stack.enter_context(cast_weights(model, self.dtype))  # after folding: casts W + ΔW
