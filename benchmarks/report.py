@@ -170,6 +170,7 @@ def rows() -> list[list[str]]:
         "grpo_vs_trl_decode",
         "grpo_vs_trl_fp32sampling",  # 2026-12-04: the same hour, float32 then bfloat16 sampling
         "grpo_vs_trl_bf16sampling",
+        "grpo_vs_trl_epyc_heap",  # 2026-12-06: the EPYC, sampling's freed memory kept, float32 sampling
     ):
         out += _grpo_rows(_load(name), name)
     for name, label in DPO_COMMANDS:
@@ -253,6 +254,7 @@ def _grpo_rows(grpo: dict | None, name: str) -> list:
                 "decode": " with alignlab's own decoding loop (Xeon)",
                 "fp32sampling": " sampling in float32 (Xeon, 2026-12-04)",
                 "bf16sampling": " sampling in bfloat16: rollout.sampling_dtype=bfloat16 (Xeon, 2026-12-04)",
+                "heap": " sampling in float32 in row blocks with its freed memory kept (EPYC, 2026-12-06)",
             }.get(name.rsplit("_", 1)[-1], "")
         )
         load = _load_note(grpo, a["runs"])
