@@ -127,9 +127,10 @@ def test_inside_heap_kept_freed_memory_stays_mapped_until_the_block_ends():
         pytest.skip("not glibc")
     assert host_memory.fix_mmap_threshold()
     with host_memory.heap_kept():
-        chunks = [torch.ones(1 << 18) for _ in range(96)]  # 1 MiB heap chunks at the heap's top
+        # 32 MiB of 1 MiB heap chunks: under KEPT_HEAP, past which glibc would trim the whole top
+        chunks = [torch.ones(1 << 18) for _ in range(32)]
         before = _rss_mib()
         del chunks
         kept = before - _rss_mib()
     after = before - _rss_mib()
-    assert kept < 16 and after > 64, (kept, after)
+    assert kept < 8 and after > 24, (kept, after)

@@ -70,8 +70,9 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
 
 @contextlib.contextmanager
 def heap_kept(nbytes: int = KEPT_HEAP):
-    """Within the block up to ``nbytes`` of free memory at the heap's top stays mapped; on exit the
-    trim threshold is :data:`TRIM_THRESHOLD` again and the free pages go back (``malloc_trim``).
+    """Within the block free memory at the heap's top stays mapped while it is under ``nbytes``
+    (past that glibc trims the whole top, as it does past 128 KiB outside); on exit the trim
+    threshold is :data:`TRIM_THRESHOLD` again and the free pages go back (``malloc_trim``).
 
     A no-op unless :func:`fix_mmap_threshold` ran in this process: otherwise glibc still adjusts
     both thresholds itself, and setting one would stop that.
