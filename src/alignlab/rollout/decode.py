@@ -27,6 +27,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from alignlab.models.logprobs import trunk_and_head
+from alignlab.trainers.host_memory import MMAP_THRESHOLD
 
 
 class ReservedLayer(DynamicLayer):
@@ -95,9 +96,8 @@ def reserved_cache(config, reserve: int, cache: DynamicCache | None = None) -> D
 
 
 # a block of rows whose float32 logits fit in this many bytes is sampled at a time on a CPU: under
-# the mmap threshold CPU training fixes (trainers/host_memory.MMAP_THRESHOLD, 4 MiB), so a block's
-# arrays are heap chunks, reused from one block to the next
-SAMPLE_BLOCK_BYTES = 2 << 20
+# the mmap threshold CPU training fixes, so a block's arrays are heap chunks, reused block to block
+SAMPLE_BLOCK_BYTES = MMAP_THRESHOLD // 2
 
 
 def sample_tokens(

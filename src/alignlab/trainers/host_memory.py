@@ -64,7 +64,8 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
     global _fixed
     lib = _libc()
     ok = lib is not None and lib.mallopt(_M_MMAP_THRESHOLD, int(nbytes)) == 1
-    _fixed = bool(ok and lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1) or _fixed
+    if ok and lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1:
+        _fixed = True
     return bool(ok)
 
 
@@ -86,7 +87,7 @@ def heap_kept(nbytes: int = KEPT_HEAP):
         yield
     finally:
         lib.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-        lib.malloc_trim(0)
+        release_free_heap()
 
 
 def release_free_heap() -> bool:
