@@ -24,6 +24,7 @@ DPO_COMMANDS = (  # results file, what changed
     ("dpo_command_vs_trl_rows_1thread", " (tied embedding's gradient as rows, logsumexp in row blocks; Xeon)"),
     ("dpo_command_vs_trl_rows", " (tied embedding's gradient as rows, logsumexp in row blocks; Xeon)"),
     ("dpo_command_vs_trl_1thread_today", " (the same code, 2026-12-04's Xeon)"),
+    ("dpo_command_vs_trl_1thread_epyc", " (2026-12-06's EPYC)"),
 )
 
 
